@@ -1,0 +1,449 @@
+"""How much does building a network from YAML cost at run time?
+
+Times the model that ``skiptrain.build_model`` makes (a ``torch.fx.GraphModule`` whose forward
+is generated straight-line code) against the same network written by hand in plain PyTorch:
+
+* ResNet-20 for CIFAR-10 (/work/shared/examples/resnet20_cifar10.yaml, or the copy found
+  next to this repository) against a hand-written ResNet-20 in the style of torchvision's
+  ``BasicBlock``, with a 1x1-conv + BN ``downsample`` in the two stride-2 blocks;
+* ResNet-18 for ImageNet (configs/imagenet/resnet18.yaml, skipped if missing) against
+  ``torchvision.models.resnet18(weights=None)``.
+
+Both models of a pair get the same weights (the hand-written model's state dict is mapped onto
+skiptrain's names) and are checked to compute the same outputs before anything is timed.
+
+Measurements: forward at batch 1 in eval mode under ``torch.inference_mode()``, and
+forward + backward (cross-entropy loss) in train mode at batch 128 (ResNet-20, 32x32) or
+batch 16 (ResNet-18, 224x224). The two implementations are interleaved: each round times
+both, in an order that alternates from round to round, for the same number of iterations; the
+reported time is the median over rounds of the mean time per iteration, and the ratio is
+skiptrain / hand-written (above 1 means skiptrain is slower).
+
+    python benchmarks/model_overhead.py            # full run (about a few minutes on 2 CPU cores)
+    python benchmarks/model_overhead.py --quick    # smoke run for CI: a few seconds
+
+Other scripts can ``from model_overhead import main`` and call ``main(quick)``, which returns
+one dict per measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+RESNET20_CANDIDATES = [
+    ROOT.parent / "shared" / "examples" / "resnet20_cifar10.yaml",
+    Path("/work/shared/examples/resnet20_cifar10.yaml"),
+    ROOT / "shared" / "examples" / "resnet20_cifar10.yaml",
+]
+RESNET18_CONFIG = ROOT / "configs" / "imagenet" / "resnet18.yaml"
+RESNET20_PARAMS = 272_474
+
+SEED = 0
+
+
+# --------------------------------------------------------------------------- hand-written ResNet-20
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ``BasicBlock``: conv3x3-bn-relu-conv3x3-bn, add the (downsampled) input, relu."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+
+        out = self.conv2(out)
+        out = self.bn2(out)
+
+        if self.downsample is not None:
+            identity = self.downsample(x)
+
+        out += identity
+        out = self.relu(out)
+
+        return out
+
+
+class CifarResNet(nn.Module):
+    """He et al. (2016) sec. 4.2 ResNet for CIFAR, with 1x1-conv + BN (option B) shortcuts
+    where the shape changes, as ``projection: auto`` does in resnet20_cifar10.yaml."""
+
+    def __init__(self, layers: list[int], num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64)):
+        super().__init__()
+        self.inplanes = widths[0]
+        self.conv1 = conv3x3(3, self.inplanes)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(widths[0], layers[0])
+        self.layer2 = self._make_layer(widths[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(widths[2], layers[2], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[2] * BasicBlock.expansion, num_classes)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * BasicBlock.expansion:
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * BasicBlock.expansion, stride),
+                nn.BatchNorm2d(planes * BasicBlock.expansion),
+            )
+        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * BasicBlock.expansion
+        for _ in range(1, blocks):
+            layers.append(BasicBlock(self.inplanes, planes))
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.relu(x)
+
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        x = self.fc(x)
+        return x
+
+
+def resnet20(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet([3, 3, 3], num_classes)
+
+
+def resnet20_key(key: str) -> str:
+    """Hand-written ResNet-20 state-dict key -> the key in the model built from resnet20_cifar10.yaml.
+
+    conv1/bn1 -> stem/batchnorm2d_1, fc -> head; layer1.K -> stage1.K; the first (stride-2) block
+    of layer2/layer3 is the YAML's down2/down3 (its downsample is the inserted projection
+    ``bn2_proj``), and the rest are stage2/stage3 numbered from 0.
+    """
+    key = re.sub(r"^conv1\.", "stem.", key)
+    key = re.sub(r"^bn1\.", "batchnorm2d_1.", key)
+    key = re.sub(r"^fc\.", "head.", key)
+    key = re.sub(r"^layer1\.(\d+)\.", r"stage1.\1.", key)
+
+    def later_stage(m: re.Match) -> str:
+        stage, k = int(m.group(1)), int(m.group(2))
+        return f"down{stage}." if k == 0 else f"stage{stage}.{k - 1}."
+
+    key = re.sub(r"^layer([23])\.(\d+)\.", later_stage, key)
+    return re.sub(r"^(down[23])\.downsample\.", r"\1.bn2_proj.", key)
+
+
+def resnet18_key(key: str) -> str:
+    """torchvision ResNet-18 key -> configs/imagenet/resnet18.yaml key (see that file's header)."""
+    key = re.sub(r"^(layer\d+)\.(\d+)\.downsample\.([01])\.", r"\1_\2.bn2_proj.\3.", key)
+    return re.sub(r"^(layer\d+)\.(\d+)\.", r"\1_\2.", key)
+
+
+# --------------------------------------------------------------------------- model pairs
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def randomize_batchnorms(model: nn.Module, gen: torch.Generator) -> None:
+    """Fresh BNs are identities in eval mode; give them statistics so the equivalence check bites."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+                m.weight.copy_(1.0 + 0.1 * torch.randn(c, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(c, generator=gen))
+
+
+def tie_weights(hand: nn.Module, built: nn.Module, rename: Callable[[str], str], input_shape: tuple) -> None:
+    """Load ``hand``'s weights into ``built`` under mapped names (a strict bijection) and check
+    both compute the same outputs."""
+    randomize_batchnorms(hand, torch.Generator().manual_seed(SEED + 1))
+    mapped = {rename(k): v for k, v in hand.state_dict().items()}
+    assert len(mapped) == len(hand.state_dict()), "two hand-written keys map to one skiptrain key"
+    built.load_state_dict(mapped, strict=True)
+    hand.eval()
+    built.eval()
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(SEED + 2))
+    with torch.inference_mode():
+        torch.testing.assert_close(built(x), hand(x), atol=1e-4, rtol=1e-4)
+
+
+def find_resnet20_config() -> Path:
+    for path in RESNET20_CANDIDATES:
+        if path.is_file():
+            return path
+    raise FileNotFoundError("resnet20_cifar10.yaml not found in: " + ", ".join(map(str, RESNET20_CANDIDATES)))
+
+
+def make_resnet20() -> tuple[nn.Module, nn.Module]:
+    import skiptrain
+
+    hand = resnet20()
+    built = skiptrain.build_model(find_resnet20_config())
+    assert n_params(hand) == n_params(built) == RESNET20_PARAMS, (n_params(hand), n_params(built))
+    tie_weights(hand, built, resnet20_key, (3, 32, 32))
+    return hand, built
+
+
+def make_resnet18() -> tuple[nn.Module, nn.Module]:
+    import skiptrain
+    import torchvision
+
+    hand = torchvision.models.resnet18(weights=None)
+    built = skiptrain.build_model(RESNET18_CONFIG)
+    assert n_params(hand) == n_params(built), (n_params(hand), n_params(built))
+    tie_weights(hand, built, resnet18_key, (3, 224, 224))
+    return hand, built
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def forward_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        with torch.inference_mode():
+            model(x)
+    return step
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        for p in model.parameters():
+            p.grad = None
+        F.cross_entropy(model(x), y).backward()
+    return step
+
+
+def time_chunk(step: Callable[[], None], iters: int) -> float:
+    """Mean seconds per call of ``step`` over ``iters`` calls, with the garbage collector off.
+
+    (``main`` freezes the objects that exist before timing starts, so the ``gc.collect`` here
+    is cheap; without that, torch's imports make each full collection take ~0.3 s.)
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(iters):
+            step()
+        return (time.perf_counter() - start) / iters
+    finally:
+        gc.enable()
+
+
+def interleaved(steps: dict[str, Callable[[], None]], rounds: int, warmup: int,
+                target_s: float, max_iters: int) -> tuple[dict[str, list[float]], int]:
+    """Per-round mean seconds per iteration for each step, the steps alternating in order.
+
+    After ``warmup`` calls of each, the iteration count is chosen so that one chunk takes about
+    ``target_s`` for the slower step, and the same count is used for both.
+    """
+    names = list(steps)
+    probe = {}
+    for name in names:
+        for _ in range(warmup):
+            steps[name]()
+        probe[name] = time_chunk(steps[name], 1)
+    iters = max(1, min(max_iters, round(target_s / max(probe.values()))))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            times[name].append(time_chunk(steps[name], iters))
+    return times, iters
+
+
+def measure(model_name: str, hand: nn.Module, built: nn.Module, input_shape: tuple, num_classes: int,
+            kind: str, batch: int, rounds: int, warmup: int, target_s: float, max_iters: int) -> dict:
+    gen = torch.Generator().manual_seed(SEED + 3)
+    x = torch.randn(batch, *input_shape, generator=gen)
+    if kind == "forward":
+        hand.eval()
+        built.eval()
+        steps = {"hand": forward_step(hand, x), "skiptrain": forward_step(built, x)}
+        label = f"forward, eval, inference_mode, batch {batch}"
+    else:
+        y = torch.randint(0, num_classes, (batch,), generator=gen)
+        hand.train()
+        built.train()
+        steps = {"hand": train_step(hand, x, y), "skiptrain": train_step(built, x, y)}
+        label = f"forward+backward, train, batch {batch}"
+    times, iters = interleaved(steps, rounds, warmup, target_s, max_iters)
+    hand_ms = statistics.median(times["hand"]) * 1e3
+    sk_ms = statistics.median(times["skiptrain"]) * 1e3
+    for model in (hand, built):
+        for p in model.parameters():
+            p.grad = None
+    return {
+        "model": model_name,
+        "measurement": label,
+        "kind": kind,
+        "batch": batch,
+        "input_shape": list(input_shape),
+        "rounds": rounds,
+        "iters_per_round": iters,
+        "hand_ms": hand_ms,
+        "skiptrain_ms": sk_ms,
+        "ratio": sk_ms / hand_ms,
+        "hand_round_ms": [t * 1e3 for t in times["hand"]],
+        "skiptrain_round_ms": [t * 1e3 for t in times["skiptrain"]],
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| model | measurement | hand-written ms | skiptrain ms | ratio |",
+             "|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['measurement']} | {r['hand_ms']:.3f} | {r['skiptrain_ms']:.3f} "
+                     f"| {r['ratio']:.3f} |")
+    return "\n".join(lines)
+
+
+def format_machine(info: dict) -> str:
+    return (f"Machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
+            f"torch {info['torch']}, {info['threads']} threads, Python {info['python']}")
+
+
+# --------------------------------------------------------------------------- entry points
+
+MODELS = ("resnet20", "resnet18")
+
+
+def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: int | None = None,
+         log: Callable[[str], None] | None = None) -> list[dict]:
+    """Run the benchmark and return one dict per measurement (``hand_ms``, ``skiptrain_ms``, ``ratio``, ...).
+
+    ``quick``: 2 rounds, few iterations and small batches (a smoke run, not a measurement); it
+    runs on one thread unless ``threads`` says otherwise, since a smoke run on a busy CI machine
+    with oversubscribed OpenMP threads can take a minute instead of seconds.
+    ResNet-18 is left out, with a note to ``log``, if configs/imagenet/resnet18.yaml is missing.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if threads is None and quick:
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(SEED)
+
+    if quick:
+        cfg = dict(rounds=2, warmup=0, target_s=0.01, max_iters=3)
+        batches = {"resnet20": (1, 8), "resnet18": (1, 1)}
+    else:
+        cfg = dict(rounds=7, warmup=3, target_s=0.5, max_iters=200)
+        batches = {"resnet20": (1, 128), "resnet18": (1, 16)}
+
+    specs = {
+        "resnet20": (make_resnet20, (3, 32, 32), 10),
+        "resnet18": (make_resnet18, (3, 224, 224), 1000),
+    }
+    rows = []
+    try:
+        for name in models:
+            if name not in specs:
+                raise ValueError(f"unknown model {name!r}; choose from {', '.join(specs)}")
+            if name == "resnet18" and not RESNET18_CONFIG.is_file():
+                log(f"skipping resnet18: {RESNET18_CONFIG} not found")
+                continue
+            make, input_shape, num_classes = specs[name]
+            torch.manual_seed(SEED)
+            hand, built = make()
+            # Move everything alive now (torch's import-time objects, the models) out of the
+            # collector's reach, so the gc.collect before each timed chunk costs next to nothing.
+            gc.collect()
+            gc.freeze()
+            fwd_batch, train_batch = batches[name]
+            for kind, batch in (("forward", fwd_batch), ("train", train_batch)):
+                log(f"timing {name} {kind} batch {batch} ...")
+                row = measure(name, hand, built, input_shape, num_classes, kind, batch, **cfg)
+                log(f"  hand {row['hand_ms']:.3f} ms, skiptrain {row['skiptrain_ms']:.3f} ms, ratio "
+                    f"{row['ratio']:.3f} ({row['rounds']} rounds x {row['iters_per_round']} iters)")
+                rows.append(row)
+            del hand, built
+            gc.unfreeze()
+    finally:
+        gc.unfreeze()
+    return rows
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds, few iterations, small batches (CI smoke)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's; 1 with --quick)")
+    args = parser.parse_args(argv)
+    rows = main(args.quick, models=args.models, threads=args.threads)
+    print(format_machine(machine_info()))
+    print()
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,34 @@
+"""The Python API behind the CLI: config in, checked plan or ``nn.Module`` out."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Union
+
+from .config import Config, LocatedDict, load_config
+from .spec import expand
+
+Source = Union[str, Path, dict, Config]
+
+
+def _config(source: Source, overrides: Iterable[str] = ()) -> Config:
+    if isinstance(source, Config):
+        return source
+    if isinstance(source, dict) and not isinstance(source, LocatedDict) and "model" not in source:
+        source = {"model": source}  # a bare model section
+    return load_config(source, overrides)
+
+
+def check_model(source: Source, overrides: Iterable[str] = (), strict: bool = False):
+    """Expand, infer every shape on meta tensors and plan the projections: no weights allocated."""
+    from .shapes import infer
+
+    config = _config(source, overrides)
+    return infer(expand(config.model, strict=strict))
+
+
+def build_model(source: Source, overrides: Iterable[str] = (), strict: bool = False,
+                device=None):
+    """The ``torch.nn.Module`` (a ``torch.fx.GraphModule``) that a config describes."""
+    from .module import build_module
+
+    return build_module(check_model(source, overrides, strict), device=device)

@@ -1,0 +1,256 @@
+"""Load a config: safe YAML with the line and column of every value, and ``--set`` overrides.
+
+Only YAML's plain types are built (``yaml.SafeLoader``): a ``!!python/...`` tag is a
+config error, never executed. Mappings and lists remember where each item was written,
+so any later pass can point at the exact line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import ConfigError, Location, choices_hint
+
+SECTIONS = ("model", "data", "train")
+
+
+class LocatedDict(dict):
+    """A dict that knows where it and each of its keys and values were written."""
+
+    def __init__(self, *args: Any, loc: Location | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.loc = loc
+        self.key_locs: dict[Any, Location] = {}
+        self.value_locs: dict[Any, Location] = {}
+
+    def where(self, key: Any, of_key: bool = False) -> Location | None:
+        """Location of ``key``'s value (or of the key itself); the dict's own as fallback."""
+        locs = self.key_locs if of_key else self.value_locs
+        return locs.get(key) or self.loc
+
+
+class LocatedList(list):
+    """A list that knows where it and each of its items were written."""
+
+    def __init__(self, *args: Any, loc: Location | None = None):
+        super().__init__(*args)
+        self.loc = loc
+        self.item_locs: list[Location | None] = [None] * len(self)
+
+    def where(self, index: int) -> Location | None:
+        if 0 <= index < len(self.item_locs) and self.item_locs[index]:
+            return self.item_locs[index]
+        return self.loc
+
+
+def where(container: Any, key: Any = None) -> Location | None:
+    """Location of ``container[key]`` (or of the container) when it is known."""
+    if key is not None and isinstance(container, (LocatedDict, LocatedList)):
+        return container.where(key)
+    return getattr(container, "loc", None)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that builds Located containers and refuses duplicate keys."""
+
+
+def _node_loc(loader: _Loader, node: yaml.Node) -> Location:
+    mark = node.start_mark
+    return Location(loader.source_name, mark.line + 1, mark.column + 1)
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocatedDict:
+    loader.flatten_mapping(node)
+    result = LocatedDict(loc=_node_loc(loader, node))
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        key_loc = _node_loc(loader, key_node)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise ConfigError("a mapping key must be a plain value", key_loc)
+        if key in result:
+            raise ConfigError(f"key `{key}` is written twice in this mapping", key_loc,
+                              f"the first one is at {result.key_locs[key]}; keep one of them")
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_locs[key] = key_loc
+        result.value_locs[key] = _node_loc(loader, value_node)
+    return result
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList:
+    result = LocatedList((loader.construct_object(child, deep=True) for child in node.value),
+                         loc=_node_loc(loader, node))
+    result.item_locs = [_node_loc(loader, child) for child in node.value]
+    return result
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_Loader.add_constructor("tag:yaml.org,2002:omap", _construct_mapping)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+
+
+def parse_yaml(text: str, source_name: str) -> Any:
+    """Parse YAML text into Located containers; every failure is a located ConfigError."""
+    loader = _Loader(text)
+    loader.source_name = source_name
+    try:
+        return loader.get_single_data()
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = Location(source_name, mark.line + 1, mark.column + 1) if mark else Location(source_name)
+        problem = exc.problem or "unsupported value"
+        if "python/" in problem or "tag" in problem:
+            raise ConfigError(f"YAML tag refused: {problem}", loc,
+                              "skiptrain reads plain YAML only; tags that build Python "
+                              "objects are never executed. Remove the `!!...` tag.") from None
+        raise ConfigError(problem, loc) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = Location(source_name, mark.line + 1, mark.column + 1) if mark else Location(source_name)
+        raise ConfigError(f"invalid YAML: {exc.problem or exc.context}", loc,
+                          "check indentation, colons and brackets on this line") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", Location(source_name)) from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"no such file: {path}", None,
+                          "check the path; configs are YAML files such as configs/quickstart.yaml") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a YAML file", None) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", None) from None
+    return parse_yaml(text, str(path))
+
+
+@dataclass
+class Config:
+    """A loaded config: its three sections as Located containers, and where it came from."""
+
+    model: LocatedDict
+    data: LocatedDict = field(default_factory=LocatedDict)
+    train: LocatedDict = field(default_factory=LocatedDict)
+    path: Path | None = None
+
+    def to_dict(self) -> dict:
+        """Plain nested dicts and lists (for saving the resolved config)."""
+        return {"model": plain(self.model), "data": plain(self.data), "train": plain(self.train)}
+
+
+def plain(value: Any) -> Any:
+    """Strip location bookkeeping: plain dicts and lists all the way down."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> Config:
+    """Load a full config or a model-only file, resolve ``model: path``, apply ``--set``."""
+    if isinstance(source, dict):
+        root, path = _located(source, "<dict>"), None
+    else:
+        path = Path(source)
+        root = read_yaml(path)
+    if root is None:
+        root = LocatedDict(loc=Location(str(path or "<dict>"), 1, 1))
+    if not isinstance(root, dict):
+        raise ConfigError("a config must be a mapping with `model:` (and optionally `data:`, `train:`)",
+                          where(root) or Location(str(path)))
+    if "model" not in root and ("layers" in root or "input" in root):
+        root = LocatedDict({"model": root}, loc=root.loc)  # a model-only file
+        root.value_locs["model"] = root.loc
+    for key in root:
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown section `{key}`", root.where(key, of_key=True),
+                              choices_hint(key, SECTIONS, "sections"))
+    model = root.get("model")
+    if isinstance(model, str):
+        base = path.parent if path else Path.cwd()
+        model_path = base / model
+        if not model_path.is_file():
+            raise ConfigError(f"model file `{model}` not found (looked for {model_path})",
+                              root.where("model"), "the path is relative to the config file's folder")
+        model = read_yaml(model_path)
+        if isinstance(model, dict) and "model" in model:
+            model = model["model"]
+        root["model"] = model
+    for override in overrides:
+        apply_override(root, override)
+    if "model" not in root:
+        raise ConfigError("the config has no `model:` section", root.loc,
+                          "add `model:` with `input:` and `layers:`, or point it at a model file")
+    model = root["model"]
+    sections = {}
+    for name in SECTIONS:
+        value = model if name == "model" else root.get(name)
+        if value is None:
+            value = LocatedDict(loc=root.where(name) if name in root else root.loc)
+        if not isinstance(value, dict):
+            raise ConfigError(f"`{name}:` must be a mapping", root.where(name))
+        sections[name] = value
+    return Config(path=path, **sections)
+
+
+def _located(value: Any, label: str) -> Any:
+    """Wrap plain dicts/lists (from Python callers or --set) in Located containers."""
+    loc = Location(label)
+    if isinstance(value, dict) and not isinstance(value, LocatedDict):
+        out = LocatedDict({k: _located(v, label) for k, v in value.items()}, loc=loc)
+        out.value_locs = {k: where(v) or loc for k, v in out.items()}
+        out.key_locs = dict.fromkeys(out, loc)
+        return out
+    if isinstance(value, list) and not isinstance(value, LocatedList):
+        out = LocatedList([_located(v, label) for v in value], loc=loc)
+        out.item_locs = [loc] * len(out)
+        return out
+    return value
+
+
+def apply_override(root: LocatedDict, override: str) -> None:
+    """Apply one ``dotted.key=value`` (value parsed as YAML) to the loaded config."""
+    label = f"--set {override}"
+    loc = Location(label)
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"`{override}` is not of the form dotted.key=value", loc,
+                          "for example --set train.optimizer.lr=0.05")
+    parts = key.strip().split(".")
+    value = _located(parse_yaml(raw, label), label) if raw.strip() else ""
+    node: Any = root
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise ConfigError(f"`{'.'.join(parts[:depth + 1])}`: index {part} is out of range "
+                                  f"(the list has {len(node)} items)", loc)
+            index = int(part)
+            if last:
+                node[index] = value
+                if isinstance(node, LocatedList):
+                    node.item_locs[index] = loc
+                return
+            node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+                if isinstance(node, LocatedDict):
+                    node.value_locs[part] = loc
+                    node.key_locs.setdefault(part, loc)
+                return
+            if part not in node or node[part] is None:
+                node[part] = LocatedDict(loc=loc)
+                if isinstance(node, LocatedDict):
+                    node.value_locs[part] = loc
+            node = node[part]
+        else:
+            raise ConfigError(f"`{'.'.join(parts[:depth])}` is a single value, not a mapping or list", loc)

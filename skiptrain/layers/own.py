@@ -1,0 +1,95 @@
+"""skiptrain's own layer types. Their axes count the dimensions of ONE sample.
+
+``dim: 0`` is the first sample axis (the channels of an image, the steps of a
+sequence); the batch axis is never named in a config.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..graph import MERGES
+from ..registry import LayerType, add, register
+
+
+def _batch_axis(dim: int) -> int:
+    """A sample axis as a tensor axis: non-negative ones shift past the batch."""
+    return dim + 1 if dim >= 0 else dim
+
+
+@register("self_attention", axis="last")
+class SelfAttention(nn.Module):
+    """Multi-head self-attention on a ``[seq, dim]`` sample (``embed_dim`` is inferred)."""
+
+    def __init__(self, embed_dim: int, num_heads: int = 1, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, bias=bias,
+                                               batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+@register("global_avgpool", axis="channels")
+class GlobalAvgPool(nn.Module):
+    """Average over every spatial axis: ``[C, *spatial]`` -> ``[C]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=tuple(range(2, x.dim()))) if x.dim() > 2 else x
+
+
+@register("mean")
+class Mean(nn.Module):
+    """Mean over sample axis ``dim`` (an int or a list), e.g. over the steps of a sequence."""
+
+    def __init__(self, dim: int | list[int], keepdim: bool = False):
+        super().__init__()
+        dims = dim if isinstance(dim, (list, tuple)) else [dim]
+        self.dims = tuple(_batch_axis(int(d)) for d in dims)
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=self.dims, keepdim=self.keepdim)
+
+
+@register("permute")
+class Permute(nn.Module):
+    """Reorder the sample axes: ``dims: [1, 2, 0]`` turns ``[C, H, W]`` into ``[H, W, C]``."""
+
+    def __init__(self, dims: list[int]):
+        super().__init__()
+        self.dims = (0, *(_batch_axis(int(d)) for d in dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(self.dims)
+
+
+@register("transpose")
+class Transpose(nn.Module):
+    """Swap two sample axes: ``dims: [0, 1]`` turns ``[1, 40]`` into ``[40, 1]``."""
+
+    def __init__(self, dims: list[int]):
+        super().__init__()
+        if len(dims) != 2:
+            raise ValueError(f"transpose swaps exactly two axes, got dims={list(dims)}")
+        self.dim0, self.dim1 = (_batch_axis(int(d)) for d in dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(self.dim0, self.dim1)
+
+
+@register("reshape")
+class Reshape(nn.Module):
+    """Give each sample a new shape (one entry may be -1): ``shape: [16, 8, 8]``."""
+
+    def __init__(self, shape: list[int]):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+for _merge in MERGES:
+    add(LayerType(_merge, nn.Identity, passthrough=True,
+                  doc=f"Merge the nodes in `input: [a, b, ...]` with {_merge}, projecting mismatches."))

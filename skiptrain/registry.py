@@ -1,0 +1,140 @@
+"""The one registry of layer types: a dict, a decorator, a lookup with did-you-mean.
+
+A layer type owns its arguments (read from its constructor's signature), the
+arguments it infers from the input shape, the axis its skips project on, and its
+construction. The builder looks types up here and never branches on their names.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import ConfigError, Location, did_you_mean
+
+Shape = tuple[int, ...]
+
+# Constructor arguments that follow from the input shape of one sample (channels first).
+INFERRED: dict[str, Callable[[Shape], Any]] = {
+    "in_channels": lambda shape: shape[0],
+    "num_features": lambda shape: shape[0],
+    "num_channels": lambda shape: shape[0],
+    "in_features": lambda shape: shape[-1],
+    "normalized_shape": lambda shape: shape[-1],
+    "embed_dim": lambda shape: shape[-1],
+    "d_model": lambda shape: shape[-1],
+}
+_CHANNEL_ARGS = {"in_channels", "num_features", "num_channels"}
+_NOT_ARGUMENTS = {"self", "device", "dtype"}
+AXES = ("channels", "last", "inherit")
+
+
+@dataclass
+class LayerType:
+    """A registered layer: how to build it from config arguments, and what it infers."""
+
+    name: str
+    factory: Callable[..., Any]
+    axis: str = "inherit"  # the axis a skip into this layer projects on (see projection.py)
+    passthrough: bool = False  # merges: no module, the graph does the work
+    defaults: dict[str, Any] = field(default_factory=dict)  # skiptrain's defaults over torch's
+    aliases: tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        if self.passthrough:
+            return {}
+        signature = inspect.signature(self.factory)
+        return {name: p for name, p in signature.parameters.items()
+                if name not in _NOT_ARGUMENTS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+    @property
+    def inferred(self) -> list[str]:
+        return [name for name in self.parameters if name in INFERRED]
+
+    def resolve_args(self, args: dict[str, Any], in_shape: Shape, node_id: str,
+                     arg_locs: dict[str, Location], loc: Location | None) -> dict[str, Any]:
+        """The constructor's keyword arguments: the config's, checked, plus the inferred ones."""
+        accepted = self.parameters
+        for key in args:
+            if key not in accepted:
+                hint = did_you_mean(key, accepted) or (
+                    f"`{self.name}` takes: {', '.join(a for a in accepted if a not in INFERRED) or 'no arguments'}")
+                raise ConfigError(f"`{self.name}` has no argument `{key}` (layer `{node_id}`)",
+                                  arg_locs.get(key, loc), hint)
+        resolved = {**self.defaults, **args}
+        for key in self.inferred:
+            try:
+                value = INFERRED[key](in_shape)
+            except IndexError:
+                raise ConfigError(f"`{self.name}` `{node_id}` cannot infer `{key}` from an input of shape "
+                                  f"{list(in_shape)}", loc) from None
+            if key in args and key != "normalized_shape" and args[key] != value:
+                raise ConfigError(f"`{key}: {args[key]}` disagrees with the input shape {list(in_shape)} "
+                                  f"of `{node_id}`, which gives {value}", arg_locs.get(key, loc),
+                                  f"remove `{key}`: skiptrain infers it from the incoming shape")
+            resolved.setdefault(key, value)
+        missing = [name for name, p in accepted.items() if p.default is p.empty and name not in resolved]
+        if missing:
+            raise ConfigError(f"`{self.name}` `{node_id}` needs `{missing[0]}`", loc,
+                              f"add `{missing[0]}: ...` to the layer")
+        return resolved
+
+    def build(self, args: dict[str, Any]) -> Any:
+        return self.factory(**args)
+
+
+REGISTRY: dict[str, LayerType] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def add(layer_type: LayerType) -> LayerType:
+    """Register a layer type under its name and aliases; a name taken twice is an error."""
+    if layer_type.axis not in AXES:
+        raise ValueError(f"axis must be one of {AXES}, not {layer_type.axis!r}")
+    for name in (layer_type.name, *layer_type.aliases):
+        if name in _ALIASES:
+            raise ValueError(f"layer type name {name!r} is already registered")
+    REGISTRY[layer_type.name] = layer_type
+    for name in (layer_type.name, *layer_type.aliases):
+        _ALIASES[name] = layer_type.name
+    return layer_type
+
+
+def register(name: str, *, axis: str = "inherit", aliases: tuple[str, ...] = (), **defaults: Any):
+    """Class decorator: ``@register("self_attention", axis="last")``."""
+    def decorate(cls):
+        add(LayerType(name, cls, axis=axis, aliases=aliases, defaults=defaults,
+                      doc=inspect.getdoc(cls) or ""))
+        return cls
+    return decorate
+
+
+def axis_of(factory: Callable[..., Any]) -> str:
+    """The projection axis a torch.nn class works on, read from what it infers."""
+    names = set(inspect.signature(factory).parameters)
+    if names & _CHANNEL_ARGS or "Pool" in getattr(factory, "__name__", ""):
+        return "channels"
+    if names & (set(INFERRED) - _CHANNEL_ARGS) or "Embedding" in getattr(factory, "__name__", ""):
+        return "last"
+    return "inherit"
+
+
+def get(name: str, loc: Location | None = None) -> LayerType:
+    """The layer type registered as ``name`` (any alias); unknown names get a suggestion."""
+    _load_builtins()
+    if isinstance(name, str) and name in _ALIASES:
+        return REGISTRY[_ALIASES[name]]
+    hint = did_you_mean(name, REGISTRY) or did_you_mean(name, _ALIASES) or (
+        "see `docs/layers.md` for every layer type; torch.nn class names such as `Conv2d` work too")
+    raise ConfigError(f"unknown layer type `{name}`", loc, hint)
+
+
+def names() -> list[str]:
+    _load_builtins()
+    return sorted(REGISTRY)
+
+
+def _load_builtins() -> None:
+    from . import layers  # noqa: F401  (registers on import)

@@ -1,0 +1,115 @@
+"""What `validate` and `graph` show: rich tables, JSON, Mermaid and Graphviz text."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from .graph import INPUT
+from .shapes import ModelPlan
+
+
+def shape_text(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def plan_json(plan: ModelPlan) -> dict[str, Any]:
+    graph = plan.graph
+    return {
+        "name": graph.name,
+        "input_shape": list(graph.input_shape),
+        "input_dtype": graph.input_dtype,
+        "output_shape": list(plan.output_shape),
+        "params": plan.params,
+        "projection_params": plan.projection_params,
+        "nodes": [{"id": n.id, "type": n.type, "inputs": n.inputs, "output_shape": list(n.meta["shape"]),
+                   "params": n.meta["params"]} for n in graph.order],
+        "skips": [{"from": s.source, "to": s.target, "merge": s.merge, "projection": s.projection}
+                  for s in graph.skips],
+        "projections": [{"id": p.id, "from": p.skip.source, "to": p.skip.target, "kind": p.kind,
+                         "in_shape": list(p.in_shape), "out_shape": list(p.out_shape), "params": p.params}
+                        for p in plan.projections.values()],
+        "warnings": plan.warnings,
+    }
+
+
+def share(params: int, total: int) -> str:
+    return f"{100 * params / total:.2f}%" if total else "-"
+
+
+def node_table(plan: ModelPlan) -> Table:
+    graph = plan.graph
+    table = Table(title=f"{graph.name}: input {shape_text(graph.input_shape)} {graph.input_dtype}",
+                  title_justify="left")
+    for column, justify in (("id", "left"), ("type", "left"), ("output shape", "left"),
+                            ("params", "right"), ("skips in", "left")):
+        table.add_column(column, justify=justify)
+    for node in graph.order:
+        merges = []
+        for skip in graph.skips_into(node.id):
+            proj = plan.projection_for(skip)
+            merges.append(f"{skip.merge} {skip.source}" + (f" via {proj.id}" if proj else ""))
+        table.add_row(node.id, node.type, shape_text(node.meta["shape"]), f"{node.meta['params']:,}",
+                      Text("\n".join(merges), style="cyan"))
+    return table
+
+
+def projection_table(plan: ModelPlan) -> Table:
+    table = Table(title="projections inserted on mismatched skips", title_justify="left")
+    for column in ("projection", "skip", "kind", "shape", "params", "share"):
+        table.add_column(column, justify="right" if column in ("params", "share") else "left")
+    for p in plan.projections.values():
+        table.add_row(p.id, f"{p.skip.source} -> {p.skip.target}", p.description,
+                      f"{shape_text(p.in_shape)} -> {shape_text(p.out_shape)}", f"{p.params:,}",
+                      share(p.params, plan.params))
+    return table
+
+
+def summary_lines(plan: ModelPlan) -> list[str]:
+    lines = [
+        f"nodes: {len(plan.graph.nodes)}   skips: {len(plan.graph.skips)}   "
+        f"projections: {len(plan.projections)}",
+        f"parameters: {plan.params:,} (layers {plan.layer_params:,}, projections "
+        f"{plan.projection_params:,} = {share(plan.projection_params, plan.params)})",
+        f"output: `{plan.graph.output}` {shape_text(plan.output_shape)} {plan.output_dtype}",
+    ]
+    return lines + [f"warning: {w}" for w in plan.warnings]
+
+
+def _label(plan: ModelPlan, node_id: str) -> str:
+    if node_id == INPUT:
+        return f"input {shape_text(plan.graph.input_shape)}"
+    node = plan.graph.nodes[node_id]
+    return f"{node_id}: {node.type} {shape_text(node.meta['shape'])}"
+
+
+def _safe(node_id: str) -> str:
+    return "n_" + "".join(c if c.isalnum() else "_" for c in node_id)
+
+
+def mermaid(plan: ModelPlan) -> str:
+    graph = plan.graph
+    lines = ["flowchart TD", f'  {_safe(INPUT)}(["{_label(plan, INPUT)}"])']
+    lines += [f'  {_safe(n.id)}["{_label(plan, n.id)}"]' for n in graph.order]
+    lines += [f"  {_safe(src)} --> {_safe(n.id)}" for n in graph.order for src in n.inputs]
+    for skip in graph.skips:
+        proj = plan.projection_for(skip)
+        label = f"{skip.merge}" + (f": {proj.description}, {proj.params:,} params" if proj else "")
+        lines.append(f'  {_safe(skip.source)} -. "{label}" .-> {_safe(skip.target)}')
+    return "\n".join(lines) + "\n"
+
+
+def dot(plan: ModelPlan) -> str:
+    graph = plan.graph
+    lines = [f'digraph "{graph.name}" {{', "  rankdir=TB;", "  node [shape=box, fontname=Helvetica];",
+             f'  {_safe(INPUT)} [label="{_label(plan, INPUT)}", shape=oval];']
+    lines += [f'  {_safe(n.id)} [label="{_label(plan, n.id)}"];' for n in graph.order]
+    lines += [f"  {_safe(src)} -> {_safe(n.id)};" for n in graph.order for src in n.inputs]
+    for skip in graph.skips:
+        proj = plan.projection_for(skip)
+        label = skip.merge + (f"\\n{proj.description}\\n{proj.params:,} params" if proj else "")
+        color = "red" if proj else "blue"
+        lines.append(f'  {_safe(skip.source)} -> {_safe(skip.target)} '
+                     f'[style=dashed, color={color}, label="{label}", constraint=false];')
+    return "\n".join(lines + ["}"]) + "\n"

@@ -1,0 +1,319 @@
+"""Expand a model section into a flat graph: blocks, args, ``${...}``, repeat, multipliers.
+
+Ids are hierarchical and stable: block instance ``stage2b`` repeated twice holds
+``stage2b.0.conv1`` and ``stage2b.1.conv1``; an unnamed layer gets ``<type>_<k>``,
+counted per type within its scope.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from .config import LocatedDict, LocatedList, where
+from .errors import ConfigError, Location, choices_hint
+from .expr import substitute
+from .graph import INPUT, MERGES, Graph, Node, Skip
+
+POLICIES = ("auto", "conv", "pad", "pool_conv", "linear", "none")
+DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
+MODEL_KEYS = ("name", "input", "input_dtype", "projection", "blocks", "layers", "skips", "output",
+              "width_multiplier", "depth_multiplier")
+BLOCK_KEYS = ("args", "layers", "skips", "projection", "output")
+INSTANCE_KEYS = ("id", "block", "args", "repeat", "input", "projection")
+LAYER_META_KEYS = ("id", "type", "input", "scale")
+SKIP_KEYS = ("from", "to", "merge", "projection", "axis")
+WIDTH_ARGS = ("out_channels", "out_features")
+_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def check_keys(mapping: dict, allowed: tuple[str, ...], what: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"unknown key `{key}` in {what}", where(mapping, key) and
+                              (mapping.where(key, of_key=True) if isinstance(mapping, LocatedDict) else None),
+                              choices_hint(key, allowed, "keys"))
+
+
+def expand(model: dict, strict: bool = False) -> Graph:
+    """The model section as a checked ``Graph`` (no shapes yet)."""
+    return _Expander(model, strict).run()
+
+
+class _Expander:
+    def __init__(self, model: dict, strict: bool):
+        if not isinstance(model, dict):
+            raise ConfigError("`model:` must be a mapping", where(model))
+        check_keys(model, MODEL_KEYS, "model")
+        self.model = model
+        self.strict = strict
+        self.blocks = model.get("blocks") or LocatedDict()
+        if not isinstance(self.blocks, dict):
+            raise ConfigError("`blocks:` must map block names to definitions", where(model, "blocks"))
+        self.width = self._multiplier("width_multiplier")
+        self.depth = self._multiplier("depth_multiplier")
+        self.nodes: dict[str, Node] = {}
+        self.skips: list[Skip] = []
+        self.paths: dict[str, str] = {}  # every addressable path -> the node id holding its value
+        self.position: dict[str, int] = {INPUT: -1}
+
+    def _multiplier(self, key: str) -> float:
+        value = self.model.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1000:
+            raise ConfigError(f"`{key}` must be a positive number", where(self.model, key))
+        return float(value)
+
+    def policy(self, value: Any, loc: Location | None) -> str:
+        if value not in POLICIES:
+            raise ConfigError(f"unknown projection policy `{value}`", loc, choices_hint(value, POLICIES, "policies"))
+        return "none" if self.strict else value
+
+    def run(self) -> Graph:
+        model = self.model
+        name = model.get("name", "model")
+        shape = input_shape(model)
+        dtype = model.get("input_dtype", "float32")
+        if dtype not in DTYPES:
+            raise ConfigError(f"unknown input_dtype `{dtype}`", where(model, "input_dtype"),
+                              choices_hint(dtype, DTYPES, "dtypes"))
+        layers = model.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise ConfigError("`model.layers` must be a non-empty list of layers", where(model, "layers") or model.loc)
+        policy = self.policy(model.get("projection", "auto"), where(model, "projection"))
+        out, local = self.expand_list(layers, "", INPUT, {}, (), policy)
+        self.add_skips(model.get("skips"), where(model, "skips"), local, {}, policy)
+        output = self.resolve(model["output"], local, where(model, "output")) if "output" in model else out
+        return Graph(str(name), shape, dtype, self.nodes, self.skips, output, loc=getattr(model, "loc", None))
+
+    # -- lists of layers and block instances -------------------------------------------------
+    def expand_list(self, layers: list, prefix: str, scope_input: str, env: dict,
+                    stack: tuple[str, ...], policy: str) -> tuple[str, dict[str, str]]:
+        """Expand one `layers:` list; returns its output node id and its local names."""
+        declared: dict[str, Location | None] = {}
+        for i, entry in enumerate(layers):
+            if not isinstance(entry, dict):
+                raise ConfigError("a layer must be a mapping such as `{type: relu}`", where(layers, i))
+            if "id" in entry:
+                layer_id = entry["id"]
+                loc = where(entry, "id")
+                if not isinstance(layer_id, str) or not _ID.match(layer_id) or layer_id == INPUT:
+                    raise ConfigError(f"invalid id `{layer_id}`", loc,
+                                      "ids are names like `conv1` or `stage2` (letters, digits, _; no dots); "
+                                      "`input` is reserved")
+                if layer_id in declared:
+                    raise ConfigError(f"id `{layer_id}` is used twice in this scope", loc,
+                                      f"the first is at {declared[layer_id]}; ids are unique within a block")
+                declared[layer_id] = loc
+        local: dict[str, str] = {INPUT: scope_input}
+        counters: dict[str, int] = {}
+        prev = scope_input
+        for entry in layers:
+            local_id = entry.get("id") or self.auto_id(entry, declared, counters, local)
+            if "block" in entry:
+                prev = self.expand_instance(entry, local_id, prefix, prev, env, stack, policy, local, declared)
+            else:
+                prev = self.expand_layer(entry, local_id, prefix, prev, env, policy, local, declared)
+            local[local_id] = prefix + local_id
+        return prev, local
+
+    def auto_id(self, entry: dict, declared: dict, counters: dict[str, int], local: dict) -> str:
+        base = entry.get("block") if "block" in entry else entry.get("type")
+        base = re.sub(r"[^A-Za-z0-9_]", "_", str(base)).lower() or "layer"
+        while True:
+            counters[base] = counters.get(base, 0) + 1
+            candidate = f"{base}_{counters[base]}"
+            if candidate not in declared and candidate not in local:
+                return candidate
+
+    def inputs_of(self, entry: dict, prev: str, local: dict, declared: dict) -> list[str]:
+        if "input" not in entry:
+            return [prev]
+        raw = entry["input"]
+        refs = raw if isinstance(raw, list) else [raw]
+        loc = where(entry, "input")
+        if not refs:
+            raise ConfigError("`input:` is an empty list", loc)
+        resolved = []
+        for ref in refs:
+            head = str(ref).split(".")[0]
+            if head in declared and head not in local:
+                raise ConfigError(f"`input: {ref}` refers to a layer that comes later", loc,
+                                  "a layer can only read earlier layers; move it, or use a skip")
+            resolved.append(self.resolve(ref, local, loc))
+        return resolved
+
+    def expand_layer(self, entry: dict, local_id: str, prefix: str, prev: str, env: dict,
+                     policy: str, local: dict, declared: dict) -> str:
+        node_id = prefix + local_id
+        if "type" not in entry:
+            raise ConfigError("a layer needs `type:` (or `block:` for a block instance)", where(entry))
+        layer_type = substitute(entry["type"], env, where(entry, "type"))
+        if not isinstance(layer_type, str):
+            raise ConfigError(f"`type:` must be a layer name, not {layer_type!r}", where(entry, "type"))
+        scale = entry.get("scale", True)
+        if not isinstance(scale, bool):
+            raise ConfigError("`scale:` must be true or false", where(entry, "scale"))
+        args = {}
+        for key, value in entry.items():
+            if key in LAYER_META_KEYS:
+                continue
+            value = substitute(value, env, where(entry, key))
+            if key in WIDTH_ARGS and scale and self.width != 1.0 and type(value) is int:
+                value = max(1, round(value * self.width))
+            args[key] = value
+        inputs = self.inputs_of(entry, prev, local, declared)
+        arg_locs = {k: where(entry, k) for k in entry}
+        if layer_type in MERGES:
+            if not isinstance(entry.get("input"), list) or len(inputs) < 2:
+                raise ConfigError(f"`{layer_type}` merges several inputs: give `input: [a, b, ...]`",
+                                  where(entry, "input") or where(entry),
+                                  "or skip into a layer with `skips: [{from: a, to: b}]`")
+            axis = args.pop("axis", None)
+            check_keys({k: v for k, v in args.items()}, (), f"`{layer_type}` (it takes only `input:` and `axis:`)")
+            for src in inputs[1:]:
+                self.skips.append(Skip(src, node_id, layer_type, policy, axis, where(entry, "input"), implicit=True))
+            inputs = inputs[:1]
+        elif len(inputs) > 1:
+            raise ConfigError(f"`{layer_type}` takes one input, not {len(inputs)}", where(entry, "input"),
+                              "merge several inputs with `type: add` or `type: concat`, or use skips")
+        self.add_node(Node(node_id, layer_type, args, inputs, where(entry), arg_locs))
+        return node_id
+
+    def add_node(self, node: Node) -> None:
+        self.position[node.id] = len(self.nodes)
+        self.nodes[node.id] = node
+        self.paths[node.id] = node.id
+
+    def expand_instance(self, entry: dict, local_id: str, prefix: str, prev: str, env: dict,
+                        stack: tuple[str, ...], policy: str, local: dict, declared: dict) -> str:
+        check_keys(entry, INSTANCE_KEYS, "a block instance")
+        loc = where(entry, "block")
+        name = substitute(entry["block"], env, loc)
+        if not isinstance(name, str) or name not in self.blocks:
+            raise ConfigError(f"unknown block `{name}`", loc,
+                              choices_hint(name, self.blocks, "blocks") if self.blocks else
+                              "define it under `model.blocks:`")
+        if name in stack:
+            raise ConfigError(f"block `{name}` uses itself: {' -> '.join(stack + (name,))}", loc,
+                              "blocks may use other blocks, but not recursively")
+        block = self.blocks[name]
+        if not isinstance(block, dict) or not isinstance(block.get("layers"), list) or not block["layers"]:
+            raise ConfigError(f"block `{name}` needs a non-empty `layers:` list", where(self.blocks, name))
+        check_keys(block, BLOCK_KEYS, f"block `{name}`")
+        block_env = self.block_env(name, block, entry, env)
+        repeat = self.repeat(entry, env)
+        inner_policy = policy
+        for source in (block, entry):
+            if "projection" in source:
+                inner_policy = self.policy(substitute(source["projection"], env, where(source, "projection")),
+                                           where(source, "projection"))
+        inputs = self.inputs_of(entry, prev, local, declared)
+        if len(inputs) > 1:
+            raise ConfigError("a block instance takes one input", where(entry, "input"))
+        out = inputs[0]
+        base = prefix + local_id
+        for copy in range(repeat if repeat is not None else 1):
+            copy_prefix = f"{base}.{copy}." if repeat is not None else f"{base}."
+            out = self.expand_block(block, copy_prefix, out, block_env, stack + (name,), inner_policy)
+            self.paths[copy_prefix[:-1]] = out
+        self.paths[base] = out
+        return out
+
+    def block_env(self, name: str, block: dict, entry: dict, env: dict) -> dict:
+        declared = block.get("args") or {}
+        given = entry.get("args") or {}
+        if not isinstance(declared, dict) or not isinstance(given, dict):
+            raise ConfigError("`args:` must be a mapping of names to values",
+                              where(entry, "args") if "args" in entry else where(block, "args"))
+        for key in given:
+            if key not in declared:
+                raise ConfigError(f"block `{name}` has no argument `{key}`",
+                                  given.where(key, of_key=True) if isinstance(given, LocatedDict) else where(entry),
+                                  choices_hint(key, declared, "arguments") if declared else
+                                  f"declare it in `blocks.{name}.args`")
+        result = {}
+        for key, default in declared.items():
+            value = substitute(given[key], env, where(given, key)) if key in given else default
+            if value is None:
+                raise ConfigError(f"block `{name}` needs argument `{key}`", where(entry, "block"),
+                                  f"add `args: {{{key}: ...}}` to this instance")
+            result[key] = value
+        return result
+
+    def repeat(self, entry: dict, env: dict) -> int | None:
+        if "repeat" not in entry:
+            return None
+        value = substitute(entry["repeat"], env, where(entry, "repeat"))
+        if type(value) is not int or not 1 <= value <= 100_000:
+            raise ConfigError(f"`repeat:` must be an integer from 1 to 100000, not {value!r}", where(entry, "repeat"))
+        return max(1, math.ceil(value * self.depth)) if self.depth != 1.0 else value
+
+    def expand_block(self, block: dict, prefix: str, scope_input: str, env: dict,
+                     stack: tuple[str, ...], policy: str) -> str:
+        out, local = self.expand_list(block["layers"], prefix, scope_input, env, stack, policy)
+        self.add_skips(block.get("skips"), where(block, "skips"), local, env, policy)
+        if "output" in block:
+            out = self.resolve(block["output"], local, where(block, "output"))
+        return out
+
+    # -- references and skips ---------------------------------------------------------------------
+    def resolve(self, ref: Any, local: dict[str, str], loc: Location | None) -> str:
+        """The node id that a reference (``bn2``, ``stage1.2.bn2``, ``input``) names in this scope."""
+        if not isinstance(ref, str) or not ref:
+            raise ConfigError(f"`{ref!r}` is not a node id", loc)
+        head, _, rest = ref.partition(".")
+        if head == INPUT and not rest:
+            return local[INPUT]
+        if head in local and head != INPUT:
+            path = local[head] + ("." + rest if rest else "")
+            if path in self.paths:
+                return self.paths[path]
+        prefix = next((v[: -len(k)] for k, v in local.items() if k != INPUT and v.endswith(k)), "")
+        visible = [p[len(prefix):] for p in self.paths if p.startswith(prefix)] + [INPUT]
+        raise ConfigError(f"unknown id `{ref}`", loc, choices_hint(ref, visible, "ids here"))
+
+    def add_skips(self, skips: Any, loc: Location | None, local: dict, env: dict, policy: str) -> None:
+        if skips is None:
+            return
+        if not isinstance(skips, list):
+            raise ConfigError("`skips:` must be a list of {from: ..., to: ...}", loc)
+        for i, skip in enumerate(skips):
+            if not isinstance(skip, dict) or "from" not in skip or "to" not in skip:
+                raise ConfigError("a skip needs `from:` and `to:`", where(skips, i),
+                                  "for example {from: stem, to: stage1.0.bn2}")
+            check_keys(skip, SKIP_KEYS, "a skip")
+            skip = {k: substitute(v, env, where(skip, k)) for k, v in skip.items()} | {"_src": skip}
+            raw = skip["_src"]
+            if skip["to"] == INPUT:
+                raise ConfigError("a skip cannot go into `input`", where(raw, "to"),
+                                  "`to:` names the later node whose output receives the skip")
+            source = self.resolve(skip["from"], local, where(raw, "from"))
+            target = self.resolve(skip["to"], local, where(raw, "to"))
+            merge = skip.get("merge", "add")
+            if merge not in MERGES:
+                raise ConfigError(f"unknown merge `{merge}`", where(raw, "merge"), choices_hint(merge, MERGES, "merges"))
+            axis = skip.get("axis")
+            if axis is not None and type(axis) is not int:
+                raise ConfigError("`axis:` must be an integer sample axis", where(raw, "axis"))
+            skip_policy = self.policy(skip["projection"], where(raw, "projection")) if "projection" in skip else policy
+            if source == target:
+                raise ConfigError(f"skip from `{skip['from']}` to itself", where(skips, i),
+                                  "a skip joins an earlier node to a later one")
+            if self.position[source] > self.position[target]:
+                raise ConfigError(f"skip from `{skip['from']}` to `{skip['to']}` points backwards: "
+                                  f"`{skip['to']}` comes before `{skip['from']}`", where(skips, i),
+                                  "swap `from` and `to`; skips only go forward (no cycles)")
+            self.skips.append(Skip(source, target, merge, skip_policy, axis, where(skips, i)))
+
+
+def input_shape(model: dict) -> tuple[int, ...]:
+    if "input" not in model:
+        raise ConfigError("`model.input` is missing", getattr(model, "loc", None),
+                          "give the shape of one sample, channels first: [3, 32, 32], [1, 40] or [64, 128]")
+    raw = model["input"]
+    shape = [raw] if type(raw) is int else raw
+    if (not isinstance(shape, list) or not shape or len(shape) > 5
+            or any(type(d) is not int or not 1 <= d <= 2**31 for d in shape)):
+        raise ConfigError(f"`model.input` must be a list of 1 to 5 positive integers, not {raw!r}",
+                          where(model, "input"), "the shape of one sample, without the batch: [3, 32, 32]")
+    return tuple(shape)

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import skiptrain
+
+RESNET_BLOCK = {
+    "input": [4, 8, 8],
+    "blocks": {"basic": {"args": {"c": 4, "s": 1}, "layers": [
+        {"id": "conv1", "type": "conv2d", "out_channels": "${c}", "kernel_size": 3, "stride": "${s}",
+         "padding": 1, "bias": False},
+        {"id": "bn1", "type": "batchnorm2d"}, {"type": "relu"},
+        {"id": "conv2", "type": "conv2d", "out_channels": "${c}", "kernel_size": 3, "padding": 1, "bias": False},
+        {"id": "bn2", "type": "batchnorm2d"}, {"type": "relu"}],
+        "skips": [{"from": "input", "to": "bn2"}]}},
+    "layers": [{"id": "down", "block": "basic", "args": {"c": 8, "s": 2}},
+               {"type": "global_avgpool"}, {"id": "fc", "type": "linear", "out_features": 3}],
+}
+
+
+class HandWritten(nn.Module):
+    """The same network as RESNET_BLOCK, written the torchvision way."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 8, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.downsample = nn.Sequential(nn.Conv2d(4, 8, 1, 2, bias=False), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)) + self.downsample(x))
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+def test_parameter_names_carry_node_ids():
+    model = skiptrain.build_model(RESNET_BLOCK)
+    names = set(model.state_dict())
+    assert {"down.conv1.weight", "down.bn2.running_mean", "down.bn2_proj.0.weight",
+            "down.bn2_proj.1.weight", "fc.weight", "fc.bias"} <= names
+
+
+def test_computes_the_same_as_the_network_written_by_hand():
+    torch.manual_seed(0)
+    model = skiptrain.build_model(RESNET_BLOCK)
+    hand = HandWritten()
+    mapping = {"conv1": "down.conv1", "bn1": "down.bn1", "conv2": "down.conv2", "bn2": "down.bn2",
+               "downsample.0": "down.bn2_proj.0", "downsample.1": "down.bn2_proj.1", "fc": "fc"}
+    state = {}
+    for key, value in hand.state_dict().items():
+        prefix, _, leaf = key.rpartition(".")
+        state[f"{mapping[prefix]}.{leaf}"] = value
+    model.load_state_dict(state, strict=True)
+    x = torch.randn(5, 4, 8, 8)
+    for mode in (True, False):
+        model.train(mode), hand.train(mode)
+        torch.testing.assert_close(model(x), hand(x))
+
+
+def test_generated_code_is_printable_and_frees_values():
+    model = skiptrain.build_model(RESNET_BLOCK)
+    code = model.code
+    assert "self.down.conv1(x)" in code and "down_bn2_proj" in code
+    assert "= None" in code  # values are dropped after their last use
+
+
+def test_builds_on_the_meta_device_and_trains():
+    meta = skiptrain.build_model(RESNET_BLOCK, device="meta")
+    assert all(p.is_meta for p in meta.parameters())
+    model = skiptrain.build_model(RESNET_BLOCK)
+    loss = model(torch.randn(2, 4, 8, 8)).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_metadata_travels_with_the_module():
+    model = skiptrain.build_model(RESNET_BLOCK)
+    assert model.meta["skiptrain"]["input_shape"] == [4, 8, 8]
+    assert model.meta["skiptrain"]["output_shape"] == [3]
+
+
+def test_concat_merges_in_the_order_written():
+    model = skiptrain.build_model({"input": [2], "layers": [
+        {"id": "a", "type": "identity"}, {"id": "b", "type": "identity", "input": "input"},
+        {"id": "c", "type": "concat", "input": ["a", "b", "input"]}]})
+    x = torch.tensor([[1.0, 2.0]])
+    assert model(x).tolist() == [[1.0, 2.0, 1.0, 2.0, 1.0, 2.0]]
+
+
+def test_mul_and_add_merges():
+    model = skiptrain.build_model({"input": [3], "layers": [
+        {"id": "a", "type": "relu"}, {"id": "m", "type": "mul", "input": ["a", "input"]},
+        {"id": "s", "type": "add", "input": ["m", "input"]}]})
+    x = torch.tensor([[-1.0, 2.0, 3.0]])
+    assert model(x).tolist() == [[-1.0, 6.0, 12.0]]
+
+
+@pytest.mark.slow
+def test_torch_compile(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model = skiptrain.build_model(RESNET_BLOCK).eval()
+    compiled = torch.compile(model)
+    x = torch.randn(2, 4, 8, 8)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_dynamo_traces_without_graph_breaks():
+    model = skiptrain.build_model(RESNET_BLOCK).eval()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 4, 8, 8))
+    assert explanation.graph_break_count == 0

@@ -1,0 +1,223 @@
+"""The reference configs in configs/ build the networks they claim to.
+
+* ImageNet ResNet-18/34/50 have exactly torchvision's parameter counts and state-dict
+  layout, and the YAML ResNet-18 computes torchvision's outputs given its weights.
+* The CIFAR ResNets have the paper's sizes (He et al. 2016, sec. 4.2, option A
+  shortcuts), and each plain-N has exactly resnet-N's parameters.
+* Every YAML file under configs/ passes `skiptrain.check_model`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import skiptrain
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+
+# torchvision.models.resnet{18,34,50}(weights=None): sum(p.numel() for p in m.parameters())
+TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032}
+# The node that each block's skip merges into: torchvision's `downsample` lives at `<that node>_proj`.
+SKIP_TARGET = {"resnet18": "bn2", "resnet34": "bn2", "resnet50": "bn3"}
+CIFAR_DEPTHS = [20, 32, 44, 56, 110]
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def tv_to_skiptrain(key: str, skip_target: str) -> str:
+    """torchvision ResNet state-dict key -> skiptrain key.
+
+    The YAML spells each torchvision block `layerN[K]` as its own instance `layerN_K` (a
+    `repeat` cannot give the first copy of a stage a different stride), and the shortcut
+    is the projection that `projection: auto` inserts on the skip into `skip_target`:
+    `layer2.0.conv1.weight` -> `layer2_0.conv1.weight`,
+    `layer2.0.downsample.0.weight` -> `layer2_0.bn2_proj.0.weight` (1x1 conv),
+    `layer2.0.downsample.1.*` -> `layer2_0.bn2_proj.1.*` (its BatchNorm).
+    Stem (`conv1`, `bn1`) and `fc` keys are unchanged.
+    """
+    key = re.sub(r"^(layer\d+)\.(\d+)\.downsample\.([01])\.", rf"\1_\2.{skip_target}_proj.\3.", key)
+    return re.sub(r"^(layer\d+)\.(\d+)\.", r"\1_\2.", key)
+
+
+def skiptrain_to_tv(key: str, skip_target: str) -> str:
+    key = re.sub(rf"^(layer\d+)_(\d+)\.{skip_target}_proj\.([01])\.", r"\1.\2.downsample.\3.", key)
+    return re.sub(r"^(layer\d+)_(\d+)\.", r"\1.\2.", key)
+
+
+def mapped_state_dict(tv_model: torch.nn.Module, sk_model: torch.nn.Module, skip_target: str) -> dict:
+    """torchvision's state dict under skiptrain's keys; asserts the mapping is a bijection with equal shapes."""
+    tv_sd = tv_model.state_dict()
+    sk_sd = sk_model.state_dict()
+    forward = {k: tv_to_skiptrain(k, skip_target) for k in tv_sd}
+    backward = {k: skiptrain_to_tv(k, skip_target) for k in sk_sd}
+
+    assert len(set(forward.values())) == len(forward), "two torchvision keys map to one skiptrain key"
+    unmatched_tv = sorted(k for k, v in forward.items() if v not in sk_sd)
+    unmatched_sk = sorted(k for k, v in backward.items() if v not in tv_sd)
+    assert not unmatched_tv, f"torchvision keys with no skiptrain counterpart: {unmatched_tv[:10]}"
+    assert not unmatched_sk, f"skiptrain keys with no torchvision counterpart: {unmatched_sk[:10]}"
+    for k, v in forward.items():
+        assert backward[v] == k
+        assert tuple(tv_sd[k].shape) == tuple(sk_sd[v].shape), (k, v, tv_sd[k].shape, sk_sd[v].shape)
+    return {forward[k]: t for k, t in tv_sd.items()}
+
+
+def sample_shape(shape) -> tuple:
+    return tuple(int(d) for d in shape)
+
+
+# --------------------------------------------------------------------------- ImageNet
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
+def test_imagenet_resnet_parameter_count(name):
+    path = CONFIGS / "imagenet" / f"{name}.yaml"
+    expected = TORCHVISION_PARAMS[name]
+    report = skiptrain.check_model(path)
+    assert report.params == expected
+    assert sample_shape(report.output_shape) == (1000,)
+    assert n_params(skiptrain.build_model(path)) == expected
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
+def test_imagenet_resnet_state_dict_matches_torchvision(name):
+    torchvision = pytest.importorskip("torchvision")
+    tv = getattr(torchvision.models, name)(weights=None)
+    assert n_params(tv) == TORCHVISION_PARAMS[name]
+    sk = skiptrain.build_model(CONFIGS / "imagenet" / f"{name}.yaml")
+    sk.load_state_dict(mapped_state_dict(tv, sk, SKIP_TARGET[name]), strict=True)
+
+
+def test_imagenet_resnet18_computes_torchvision_outputs():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(weights=None)
+    # Fresh BatchNorms are identities in eval mode; give them non-trivial statistics and
+    # affine parameters so a BN mapped to the wrong place cannot go unnoticed.
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in tv.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+                m.weight.copy_(1.0 + 0.1 * torch.randn(c, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(c, generator=gen))
+
+    sk = skiptrain.build_model(CONFIGS / "imagenet" / "resnet18.yaml")
+    sk.load_state_dict(mapped_state_dict(tv, sk, "bn2"), strict=True)
+    tv.eval()
+    sk.eval()
+    x = torch.randn(2, 3, 224, 224, generator=gen)
+    with torch.no_grad():
+        expected = tv(x)
+        got = sk(x)
+    assert got.shape == expected.shape == (2, 1000)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+
+@pytest.mark.parametrize("depth", CIFAR_DEPTHS)
+def test_cifar_plain_has_resnet_parameter_count(depth):
+    # Option A shortcuts (`projection: pad`) add no parameters, so the skips are free.
+    resnet = skiptrain.check_model(CONFIGS / "cifar" / f"resnet{depth}.yaml")
+    plain = skiptrain.check_model(CONFIGS / "cifar" / f"plain{depth}.yaml")
+    assert resnet.params == plain.params
+    assert sample_shape(resnet.output_shape) == sample_shape(plain.output_shape) == (10,)
+
+
+@pytest.mark.parametrize("depth", CIFAR_DEPTHS)
+def test_cifar_resnet_depth_and_size(depth):
+    # depth = 6n + 2 weighted layers: the stem, 2 convs in each of 3n blocks, the classifier.
+    model = skiptrain.build_model(CONFIGS / "cifar" / f"resnet{depth}.yaml")
+    weighted = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(weighted) == depth
+    assert n_params(model) == skiptrain.check_model(CONFIGS / "cifar" / f"resnet{depth}.yaml").params
+
+
+def projections(report) -> list:
+    found = report.projections
+    return list(found.values()) if isinstance(found, dict) else list(found)
+
+
+@pytest.mark.parametrize("depth", CIFAR_DEPTHS)
+def test_cifar_shortcuts_are_option_a(depth):
+    # Only the two stride-2 blocks need a shortcut projection, and it is the parameter-free zero-pad.
+    resnet = projections(skiptrain.check_model(CONFIGS / "cifar" / f"resnet{depth}.yaml"))
+    assert sorted(p.id for p in resnet) == ["down2.bn2_proj", "down3.bn2_proj"]
+    assert all(p.kind == "pad" and p.params == 0 for p in resnet)
+    assert projections(skiptrain.check_model(CONFIGS / "cifar" / f"plain{depth}.yaml")) == []
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
+def test_imagenet_projections_are_torchvisions_downsamples(name):
+    report = skiptrain.check_model(CONFIGS / "imagenet" / f"{name}.yaml")
+    stages = ["layer1_0", "layer2_0", "layer3_0", "layer4_0"] if name == "resnet50" else \
+        ["layer2_0", "layer3_0", "layer4_0"]
+    found = projections(report)
+    assert sorted(p.id for p in found) == [f"{s}.{SKIP_TARGET[name]}_proj" for s in stages]
+    assert all(p.kind == "conv_bn" for p in found)
+
+
+def test_cifar_resnet20_has_the_papers_0_27M_parameters():
+    assert 260_000 <= skiptrain.check_model(CONFIGS / "cifar" / "resnet20.yaml").params <= 280_000
+
+
+def test_cifar_resnet110_has_the_papers_1_7M_parameters():
+    assert 1_650_000 <= skiptrain.check_model(CONFIGS / "cifar" / "resnet110.yaml").params <= 1_750_000
+
+
+def test_cifar_resnet20_forward():
+    model = skiptrain.build_model(CONFIGS / "cifar" / "resnet20.yaml").eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+
+
+# --------------------------------------------------------------------------- every config
+
+EXPECTED_OUTPUT = {
+    "unet.yaml": (3, 64, 64),
+    "transformer.yaml": (10,),
+    "quickstart.yaml": (10,),
+    "mnist1d_resnet.yaml": (10,),
+}
+
+
+def test_configs_exist():
+    names = {str(p.relative_to(CONFIGS)) for p in ALL_CONFIGS}
+    for depth in CIFAR_DEPTHS:
+        assert f"cifar/resnet{depth}.yaml" in names
+        assert f"cifar/plain{depth}.yaml" in names
+    for name in TORCHVISION_PARAMS:
+        assert f"imagenet/{name}.yaml" in names
+    assert set(EXPECTED_OUTPUT) <= names
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_passes_check_model(path):
+    report = skiptrain.check_model(path)
+    assert report.params > 0
+    rel = str(path.relative_to(CONFIGS))
+    if rel.startswith("cifar/"):
+        expected = (10,)
+    elif rel.startswith("imagenet/"):
+        expected = (1000,)
+    else:
+        expected = EXPECTED_OUTPUT.get(rel)
+    if expected is not None:
+        assert sample_shape(report.output_shape) == expected
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_starts_with_a_comment(path):
+    assert path.read_text().startswith("# "), f"{path} should open with a comment saying what it is"

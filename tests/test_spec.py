@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import pytest
+
+from skiptrain.config import load_config
+from skiptrain.errors import ConfigError
+from skiptrain.spec import expand
+
+BLOCKS = """
+model:
+  input: [3, 16, 16]
+  width_multiplier: WIDTH
+  depth_multiplier: DEPTH
+  blocks:
+    inner:
+      args: {c: 8}
+      layers:
+        - {id: conv, type: conv2d, out_channels: "${c}", kernel_size: 3, padding: 1}
+        - {type: relu}
+    outer:
+      args: {c: 8}
+      layers:
+        - {id: a, block: inner, args: {c: "${c * 2}"}}
+        - {id: b, block: inner, repeat: 2}
+      skips:
+        - {from: input, to: b.1.conv}
+  layers:
+    - {id: stem, type: conv2d, out_channels: 8, kernel_size: 1}
+    - {id: stage, block: outer, repeat: 2, args: {c: 4}}
+    - {type: global_avgpool}
+    - {id: head, type: linear, out_features: 10, scale: false}
+  skips:
+    - {from: stem, to: stage.1.a.conv}
+"""
+
+
+def graph_of(write_yaml, text):
+    return expand(load_config(write_yaml(text)).model)
+
+
+def test_hierarchical_and_automatic_ids(write_yaml):
+    graph = graph_of(write_yaml, BLOCKS.replace("WIDTH", "1.0").replace("DEPTH", "1.0"))
+    ids = list(graph.nodes)
+    assert ids[:6] == ["stem", "stage.0.a.conv", "stage.0.a.relu_1", "stage.0.b.0.conv",
+                       "stage.0.b.0.relu_1", "stage.0.b.1.conv"]
+    assert ids[-2:] == ["global_avgpool_1", "head"]
+    assert graph.nodes["stage.0.a.conv"].args["out_channels"] == 8  # ${c * 2} with c=4
+    assert graph.nodes["stage.1.b.0.conv"].args["out_channels"] == 8  # inner default
+    # the block skip: `input` of stage.1 is the output of stage.0 (its last relu)
+    inner = [(s.source, s.target) for s in graph.skips if s.target == "stage.1.b.1.conv"]
+    assert inner == [("stage.0.b.1.relu_1", "stage.1.b.1.conv")]
+    assert ("stem", "stage.1.a.conv") in [(s.source, s.target) for s in graph.skips]
+    assert graph.output == "head"
+
+
+def test_width_and_depth_multipliers(write_yaml):
+    graph = graph_of(write_yaml, BLOCKS.replace("WIDTH", "2.0").replace("DEPTH", "1.5"))
+    assert graph.nodes["stem"].args["out_channels"] == 16
+    assert graph.nodes["stage.0.a.conv"].args["out_channels"] == 16
+    assert graph.nodes["head"].args["out_features"] == 10  # scale: false
+    assert "stage.2.a.conv" in graph.nodes  # repeat 2 * 1.5 = 3
+    assert "stage.0.b.2.conv" in graph.nodes
+
+
+def test_merge_layers_become_skips(write_yaml):
+    graph = graph_of(write_yaml, """
+        model:
+          input: [8]
+          layers:
+            - {id: a, type: linear, out_features: 8}
+            - {id: b, type: linear, out_features: 8, input: input}
+            - {id: sum, type: add, input: [a, b]}
+    """)
+    assert graph.nodes["sum"].inputs == ["a"]
+    assert [(s.source, s.merge, s.implicit) for s in graph.skips_into("sum")] == [("b", "add", True)]
+
+
+@pytest.mark.parametrize("text, message, hint", [
+    ("layers: [{type: relu}, {type: relu, input: relu_3}]", "unknown id `relu_3`", "relu_1"),
+    ("layers: [{id: a, type: relu}]\n  skips: [{from: a, to: a}]", "to itself", None),
+    ("layers: [{id: a, type: relu}, {id: b, type: relu}]\n  skips: [{from: b, to: a}]", "points backwards", "swap"),
+    ("layers: [{id: a, type: relu, input: b}, {id: b, type: relu}]", "comes later", None),
+    ("layers: [{id: a, type: relu}, {id: a, type: relu}]", "used twice", None),
+    ("layers: [{id: a.b, type: relu}]", "invalid id", None),
+    ("layers: [{block: nope}]", "unknown block", None),
+    ("layers: [{type: relu}]\n  skips: [{from: input, to: relu_l}]", "unknown id", "relu_1"),
+    ("layers: [{type: relu}]\n  skips: [{from: input, to: relu_1, merge: sum}]", "unknown merge", "valid merges"),
+    ("layers: [{type: relu}]\n  skips: [{from: input, to: relu_1, projection: zero}]", "projection policy", None),
+    ("layers: [{type: relu}]\n  skips: [{frm: input, to: relu_1}]", "needs `from:`", None),
+    ("layers: [{type: relu, input: [input, input]}]", "takes one input", "add"),
+    ("layers: [{type: add, input: input}]", "merges several", None),
+    ("layers: []", "non-empty", None),
+    ("layrs: []", "unknown key `layrs`", "layers"),
+])
+def test_graph_errors_are_located(write_yaml, text, message, hint):
+    path = write_yaml(f"model:\n  input: [4]\n  {text}\n")
+    with pytest.raises(ConfigError) as info:
+        expand(load_config(path).model)
+    assert message in info.value.message
+    assert info.value.location is not None and info.value.location.file == str(path)
+    if hint:
+        assert hint in info.value.hint
+
+
+def test_recursive_blocks_are_an_error(write_yaml):
+    path = write_yaml("""
+        model:
+          input: [4]
+          blocks:
+            a: {layers: [{block: b}]}
+            b: {layers: [{type: relu}, {block: a}]}
+          layers: [{block: a}]
+    """)
+    with pytest.raises(ConfigError, match=r"a -> b -> a"):
+        expand(load_config(path).model)
+
+
+def test_block_argument_errors(write_yaml):
+    base = """
+        model:
+          input: [4]
+          blocks:
+            fc: {args: {width: 8}, layers: [{type: linear, out_features: "${width}"}]}
+          layers: [LAYER]
+    """
+    with pytest.raises(ConfigError) as info:
+        expand(load_config(write_yaml(base.replace("LAYER", "{block: fc, args: {widht: 4}}"))).model)
+    assert "width" in info.value.hint
+    with pytest.raises(ConfigError, match="repeat"):
+        expand(load_config(write_yaml(base.replace("LAYER", "{block: fc, repeat: 0}"))).model)
+
+
+def test_bad_input_shape(write_yaml):
+    with pytest.raises(ConfigError, match="positive integers"):
+        expand(load_config(write_yaml("model: {input: [3, -1], layers: [{type: relu}]}")).model)

@@ -58,7 +58,13 @@ class Graph:
         return list(self.nodes.values())
 
     def skips_into(self, target: str) -> list[Skip]:
-        return [s for s in self.skips if s.target == target]
+        """Skips merged into ``target``, in the order written (indexed once: graphs are built, not edited)."""
+        if getattr(self, "_skips_by_target", None) is None or self._indexed != len(self.skips):
+            self._skips_by_target: dict[str, list[Skip]] = {}
+            for skip in self.skips:
+                self._skips_by_target.setdefault(skip.target, []).append(skip)
+            self._indexed = len(self.skips)
+        return self._skips_by_target.get(target, [])
 
     def edges(self) -> list[tuple[str, str, str]]:
         """(source, target, kind) with kind `data` for layer inputs and `skip` for skips."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable
 
 from .errors import ConfigError, Location, did_you_mean
@@ -41,7 +42,7 @@ class LayerType:
     aliases: tuple[str, ...] = ()
     doc: str = ""
 
-    @property
+    @cached_property
     def parameters(self) -> dict[str, inspect.Parameter]:
         if self.passthrough:
             return {}
@@ -49,7 +50,7 @@ class LayerType:
         return {name: p for name, p in signature.parameters.items()
                 if name not in _NOT_ARGUMENTS and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
-    @property
+    @cached_property
     def inferred(self) -> list[str]:
         return [name for name in self.parameters if name in INFERRED]
 

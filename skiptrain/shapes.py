@@ -44,12 +44,11 @@ class ModelPlan:
     def projection_params(self) -> int:
         return sum(p.params for p in self.projections.values())
 
+    def __post_init__(self) -> None:
+        self._by_skip = {id(p.skip): p for p in self.projections.values()}
+
     def projection_for(self, skip: Skip) -> Projection | None:
-        return self.projections.get(id_of(self.graph, skip))
-
-
-def id_of(graph: Graph, skip: Skip) -> int:
-    return next(i for i, s in enumerate(graph.skips) if s is skip)
+        return self._by_skip.get(id(skip))
 
 
 def _freeze(value: Any) -> Any:

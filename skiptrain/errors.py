@@ -77,6 +77,18 @@ class ShapeError(ConfigError):
     kind = "shape error"
 
 
+class DataError(SkiptrainError):
+    """A dataset is missing, malformed, or does not fit the model."""
+
+    kind = "data error"
+
+
+class CheckpointError(SkiptrainError):
+    """A checkpoint or run directory is missing, broken, or unsafe to load."""
+
+    kind = "checkpoint error"
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
     """A hint naming the closest valid choice, or None when nothing is close."""
     matches = difflib.get_close_matches(str(name), sorted(set(map(str, choices))), n=1, cutoff=0.6)

@@ -169,10 +169,6 @@ def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> Con
     if "model" not in root and ("layers" in root or "input" in root):
         root = LocatedDict({"model": root}, loc=root.loc)  # a model-only file
         root.value_locs["model"] = root.loc
-    for key in root:
-        if key not in SECTIONS:
-            raise ConfigError(f"unknown section `{key}`", root.where(key, of_key=True),
-                              choices_hint(key, SECTIONS, "sections"))
     model = root.get("model")
     if isinstance(model, str):
         base = path.parent if path else Path.cwd()
@@ -186,6 +182,10 @@ def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> Con
         root["model"] = model
     for override in overrides:
         apply_override(root, override)
+    for key in root:
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown section `{key}`", root.where(key, of_key=True),
+                              choices_hint(key, SECTIONS, "sections"))
     if "model" not in root:
         raise ConfigError("the config has no `model:` section", root.loc,
                           "add `model:` with `input:` and `layers:`, or point it at a model file")

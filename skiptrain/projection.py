@@ -78,8 +78,8 @@ def plan(skip: Skip, source: Shape, target: Shape, axis_kind: str, proj_id: str)
     if not concat and source == target:
         return None
     policy = skip.projection
-    fix_hint = (f"set `projection: auto` on this skip to insert a learnable projection, or change "
-                f"`{skip.source}` or `{skip.target}` so their shapes agree")
+    fix_hint = (f"set `projection: auto` on this skip (and drop --strict) to insert a learnable projection, "
+                f"or change `{skip.source}` or `{skip.target}` so their shapes agree")
     if policy == "none":
         raise fail("the shapes differ and the projection policy is `none`", fix_hint)
     out_channels = source[axis] if concat else target[axis]

@@ -64,7 +64,7 @@ class LayerType:
                     f"`{self.name}` takes: {', '.join(a for a in accepted if a not in INFERRED) or 'no arguments'}")
                 raise ConfigError(f"`{self.name}` has no argument `{key}` (layer `{node_id}`)",
                                   arg_locs.get(key, loc), hint)
-        resolved = {**self.defaults, **args}
+        resolved = {**self.defaults, **{k: _tuples(v) for k, v in args.items()}}
         for key in self.inferred:
             try:
                 value = INFERRED[key](in_shape)
@@ -84,6 +84,11 @@ class LayerType:
 
     def build(self, args: dict[str, Any]) -> Any:
         return self.factory(**args)
+
+
+def _tuples(value: Any) -> Any:
+    """YAML lists as tuples: torch.nn takes tuples everywhere (``scale_factor: [2, 1]``)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 REGISTRY: dict[str, LayerType] = {}

@@ -24,6 +24,7 @@ INSTANCE_KEYS = ("id", "block", "args", "repeat", "input", "projection")
 LAYER_META_KEYS = ("id", "type", "input", "scale")
 SKIP_KEYS = ("from", "to", "merge", "projection", "axis")
 WIDTH_ARGS = ("out_channels", "out_features")
+_PREFIX = "."  # key in a scope's local names holding the scope's id prefix (never a valid id)
 _ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -104,11 +105,11 @@ class _Expander:
                     raise ConfigError(f"id `{layer_id}` is used twice in this scope", loc,
                                       f"the first is at {declared[layer_id]}; ids are unique within a block")
                 declared[layer_id] = loc
-        local: dict[str, str] = {INPUT: scope_input}
+        local: dict[str, str] = {INPUT: scope_input, _PREFIX: prefix}
         counters: dict[str, int] = {}
         prev = scope_input
         for entry in layers:
-            local_id = entry.get("id") or self.auto_id(entry, declared, counters, local)
+            local_id = entry.get("id") or self.auto_id(entry, env, declared, counters, local)
             if "block" in entry:
                 prev = self.expand_instance(entry, local_id, prefix, prev, env, stack, policy, local, declared)
             else:
@@ -116,8 +117,9 @@ class _Expander:
             local[local_id] = prefix + local_id
         return prev, local
 
-    def auto_id(self, entry: dict, declared: dict, counters: dict[str, int], local: dict) -> str:
-        base = entry.get("block") if "block" in entry else entry.get("type")
+    def auto_id(self, entry: dict, env: dict, declared: dict, counters: dict[str, int], local: dict) -> str:
+        key = "block" if "block" in entry else "type"
+        base = substitute(entry.get(key), env, where(entry, key))
         base = re.sub(r"[^A-Za-z0-9_]", "_", str(base)).lower() or "layer"
         while True:
             counters[base] = counters.get(base, 0) + 1
@@ -169,7 +171,10 @@ class _Expander:
                                   where(entry, "input") or where(entry),
                                   "or skip into a layer with `skips: [{from: a, to: b}]`")
             axis = args.pop("axis", None)
-            check_keys({k: v for k, v in args.items()}, (), f"`{layer_type}` (it takes only `input:` and `axis:`)")
+            for key in args:
+                raise ConfigError(f"`{layer_type}` takes only `input:` and `axis:`, not `{key}`",
+                                  entry.where(key, of_key=True) if isinstance(entry, LocatedDict) else where(entry),
+                                  "set a projection policy on the model, the block, or a skip")
             for src in inputs[1:]:
                 self.skips.append(Skip(src, node_id, layer_type, policy, axis, where(entry, "input"), implicit=True))
             inputs = inputs[:1]
@@ -258,17 +263,17 @@ class _Expander:
 
     # -- references and skips ---------------------------------------------------------------------
     def resolve(self, ref: Any, local: dict[str, str], loc: Location | None) -> str:
+        prefix = local[_PREFIX]
         """The node id that a reference (``bn2``, ``stage1.2.bn2``, ``input``) names in this scope."""
         if not isinstance(ref, str) or not ref:
             raise ConfigError(f"`{ref!r}` is not a node id", loc)
         head, _, rest = ref.partition(".")
         if head == INPUT and not rest:
             return local[INPUT]
-        if head in local and head != INPUT:
+        if head in local and head not in (INPUT, _PREFIX):
             path = local[head] + ("." + rest if rest else "")
             if path in self.paths:
                 return self.paths[path]
-        prefix = next((v[: -len(k)] for k, v in local.items() if k != INPUT and v.endswith(k)), "")
         visible = [p[len(prefix):] for p in self.paths if p.startswith(prefix)] + [INPUT]
         raise ConfigError(f"unknown id `{ref}`", loc, choices_hint(ref, visible, "ids here"))
 

@@ -112,3 +112,9 @@ def test_missing_config_file(tmp_path):
 
 def test_parse_yaml_plain_types_only():
     assert plain(parse_yaml("a: [1, 2.5, x, null, true]", "t")) == {"a": [1, 2.5, "x", None, True]}
+
+
+def test_set_into_an_unknown_section_is_an_error(write_yaml):
+    path = write_yaml("model: {input: [4], layers: [{type: relu}]}\n")
+    with pytest.raises(ConfigError, match="unknown section `trian`"):
+        load_config(path, ["trian.epochs=3"])

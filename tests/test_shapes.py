@@ -66,3 +66,8 @@ def test_unused_branches_are_warned():
         {"id": "a", "type": "linear", "out_features": 4}, {"id": "b", "type": "linear", "out_features": 4,
                                                             "input": "input"}]})
     assert plan.warnings == ["`a`'s output is never used"]
+
+
+def test_yaml_lists_reach_torch_as_tuples():
+    plan = skiptrain.check_model({"input": [2, 4, 4], "layers": [{"type": "upsample", "scale_factor": [2, 1]}]})
+    assert plan.output_shape == (2, 8, 4)

@@ -133,3 +133,40 @@ def test_block_argument_errors(write_yaml):
 def test_bad_input_shape(write_yaml):
     with pytest.raises(ConfigError, match="positive integers"):
         expand(load_config(write_yaml("model: {input: [3, -1], layers: [{type: relu}]}")).model)
+
+
+def test_auto_ids_use_the_substituted_type(write_yaml):
+    graph = graph_of(write_yaml, """
+        model:
+          input: [4]
+          blocks: {b: {args: {act: relu}, layers: [{type: "${act}"}]}}
+          layers: [{id: x, block: b}]
+    """)
+    assert list(graph.nodes) == ["x.relu_1"]
+
+
+def test_unknown_id_inside_a_block_suggests_only_visible_ids(write_yaml):
+    path = write_yaml("""
+        model:
+          input: [4]
+          blocks: {b: {layers: [{id: fc, type: linear, out_features: 4}, {type: relu, input: stem}]}}
+          layers:
+            - {id: stem, type: linear, out_features: 4}
+            - {block: b}
+    """)
+    with pytest.raises(ConfigError) as info:
+        expand(load_config(path).model)
+    assert "`stem`" not in (info.value.hint or "")
+
+
+def test_merge_layers_reject_other_keys_with_a_location(write_yaml):
+    path = write_yaml("""
+        model:
+          input: [4]
+          layers:
+            - {id: a, type: relu}
+            - {id: s, type: add, input: [a, input], projection: none}
+    """)
+    with pytest.raises(ConfigError) as info:
+        expand(load_config(path).model)
+    assert info.value.location.line == 5 and "projection" in info.value.message

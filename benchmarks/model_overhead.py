@@ -21,9 +21,15 @@ skiptrain / hand-written (above 1 means skiptrain is slower).
 
     python benchmarks/model_overhead.py            # full run (about a few minutes on 2 CPU cores)
     python benchmarks/model_overhead.py --quick    # smoke run for CI: a few seconds
+    python benchmarks/model_overhead.py --threads 1  # on a shared machine: see below
+
+Run it on an otherwise idle machine. When other processes compete for the cores, torch's
+intra-op threads (one per core by default) get descheduled at their synchronisation points
+and times swing by whole multiples; ``--threads 1`` is far less sensitive to that. The load
+average is printed with the results so a noisy run can be recognised.
 
 Other scripts can ``from model_overhead import main`` and call ``main(quick)``, which returns
-one dict per measurement.
+one dict per measurement (it sets torch's thread count for the run and restores it after).
 """
 from __future__ import annotations
 
@@ -342,7 +348,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info() -> dict:
+def machine_info(threads: int | None = None) -> dict:
+    """The CPU, core count, torch version and intra-op threads (``threads`` or torch's current setting)."""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -352,8 +359,9 @@ def machine_info() -> dict:
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
         "python": platform.python_version(),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -368,7 +376,8 @@ def format_table(rows: list[dict]) -> str:
 
 def format_machine(info: dict) -> str:
     return (f"Machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
-            f"torch {info['torch']}, {info['threads']} threads, Python {info['python']}")
+            f"torch {info['torch']}, {info['threads']} threads, Python {info['python']}"
+            + (f", load average {info['load_average']:.2f}" if info.get("load_average") is not None else ""))
 
 
 # --------------------------------------------------------------------------- entry points
@@ -388,8 +397,10 @@ def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if threads is None and quick:
         threads = 1
+    previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
     torch.manual_seed(SEED)
 
     if quick:
@@ -422,6 +433,7 @@ def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: 
             for kind, batch in (("forward", fwd_batch), ("train", train_batch)):
                 log(f"timing {name} {kind} batch {batch} ...")
                 row = measure(name, hand, built, input_shape, num_classes, kind, batch, **cfg)
+                row["threads"] = threads
                 log(f"  hand {row['hand_ms']:.3f} ms, skiptrain {row['skiptrain_ms']:.3f} ms, ratio "
                     f"{row['ratio']:.3f} ({row['rounds']} rounds x {row['iters_per_round']} iters)")
                 rows.append(row)
@@ -429,6 +441,7 @@ def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: 
             gc.unfreeze()
     finally:
         gc.unfreeze()
+        torch.set_num_threads(previous_threads)
     return rows
 
 
@@ -436,10 +449,11 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds, few iterations, small batches (CI smoke)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's; 1 with --quick)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for the run (default: torch's; 1 with --quick)")
     args = parser.parse_args(argv)
     rows = main(args.quick, models=args.models, threads=args.threads)
-    print(format_machine(machine_info()))
+    print(format_machine(machine_info(rows[0]["threads"] if rows else None)))
     print()
     print(format_table(rows))
     return 0

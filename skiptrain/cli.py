@@ -106,5 +106,83 @@ def graph(
             sys.stdout.write(text)
 
 
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="A config YAML (optional with --resume: the checkpoint's own).",
+                                            show_default=False),
+    overrides: List[str] = SetOption,
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Exactly this run directory (default runs/<name>-<time>)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override train.epochs."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 or mps."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a run directory or checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a --run-dir that already holds a run."),
+) -> None:
+    """Train a config: checkpoints, metrics, curves and test metrics in a run directory."""
+    with user_errors():
+        from .config import load_config
+        from .train.loop import train as run_training
+
+        if config is None and resume is None:
+            raise typer.BadParameter("give a CONFIG, or --resume RUN_DIR", param_hint="CONFIG")
+        if config is not None:
+            cfg = load_config(config, overrides)
+        else:
+            from . import checkpoint
+
+            cfg = load_config(checkpoint.read(resume)["config"], overrides)
+        summary = run_training(cfg, run_dir=run_dir, epochs=epochs, device=device, resume=resume,
+                               quiet=quiet, force=force)
+        if quiet:
+            for key in ("test_acc", "test_miou", "test_loss"):
+                if key in summary:
+                    print(f"{key}: {summary[key]:.4f}")
+                    break
+            print(f"run directory: {summary['run_dir']}")
+
+
+class Split(str, Enum):
+    val = "val"
+    test = "test"
+
+
+@app.command("eval")
+def eval_command(
+    source: str = typer.Argument(..., help="A run directory or a checkpoint file.", show_default=False),
+    split: Split = typer.Option(Split.test, "--split", help="Which split to measure."),
+    which: str = typer.Option("last", "--checkpoint", help="last or best (for a run directory)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+) -> None:
+    """Measure a trained model: loss, accuracy, top-5 and per class, or mean IoU; a confusion-matrix PNG."""
+    with user_errors():
+        from rich.table import Table
+
+        from .evaluate import evaluate_checkpoint, plot_confusion
+
+        result = evaluate_checkpoint(source, split.value, which, device)
+        names = result.get("class_names") or [str(i) for i in range(len(result.get("confusion") or []))]
+        run_dir = Path(result["checkpoint"]).parent.parent
+        if result.get("confusion"):
+            image = run_dir / f"confusion_{split.value}.png"
+            plot_confusion(result["confusion"], names, image)
+            result["confusion_png"] = str(image)
+        if as_json:
+            sys.stdout.write(json.dumps(result) + "\n")
+            return
+        per_class = result.get("per_class_acc") or result.get("per_class_iou") or []
+        table = Table("class", "accuracy" if "per_class_acc" in result else "IoU",
+                      title=f"{split.value} split, epoch {result['epoch']}", title_justify="left")
+        for name, value in zip(names, per_class):
+            table.add_row(str(name), f"{value:.4f}")
+        if per_class:
+            out.print(table)
+        for key in ("loss", "acc", "top5", "miou", "pixel_acc"):
+            if key in result:
+                out.print(f"{key}: {result[key]:.4f}", markup=False)
+        if "confusion_png" in result:
+            out.print(f"confusion matrix: {result['confusion_png']}", markup=False)
+
+
 def main() -> None:
     app()

@@ -374,3 +374,8 @@ def test_every_registered_dataset_is_tested():
     tested = {"digits", "mnist1d", "shapes", "synthetic", "cifar10", "mnist", "imagefolder", "segfolder"}
     same_code = {"cifar100": "cifar10", "fashion_mnist": "mnist"}  # one torchvision loader, another class
     assert set(dataset_names()) == set(DATASETS) == tested | set(same_code)
+
+
+def test_task_none_takes_the_datasets_own():
+    assert load_data({"dataset": "shapes", "num_samples": 8}, input_shape=(1, 16, 16), task=None).task == "segmentation"
+    assert load_data({"dataset": "synthetic", "num_samples": 20}, input_shape=(4,), task=None).task == "classification"

@@ -1,0 +1,193 @@
+"""Batches: the epoch plan shared by every split, in memory or through a DataLoader.
+
+An epoch's order and its augmentation randomness depend only on (seed, epoch, batch
+index), never on global RNG state, so ``epoch(e, start=k)`` is exactly the tail of
+``epoch(e)`` and a resumed run sees the same batches. With ``world_size > 1`` every
+rank computes the same global order and takes its contiguous slice of each global batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from .augment import Draw, Step
+
+SHUFFLE, AUGMENT, SPLIT, SUBSET = range(4)  # independent random streams of one seed
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, stream, epoch, batch, ...)."""
+    words = np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+def cpu_generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+@runtime_checkable
+class Batches(Protocol):
+    """Batches of one split. ``num_samples`` counts the whole split (all ranks);
+    ``batch_size`` is the size of the batches this object yields (this rank's share)."""
+
+    num_samples: int
+    batch_size: int
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+@dataclass
+class Plan:
+    """Which samples make up each batch of an epoch, for one rank."""
+
+    num_samples: int
+    batch_size: int  # the global batch
+    train: bool  # shuffled, last partial batch dropped; else in order, everything kept
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    def __len__(self) -> int:
+        if self.train:  # drop the last partial batch, unless it is the only one
+            return max(1, self.num_samples // self.batch_size)
+        return -(-self.num_samples // self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor | None:
+        """The epoch's permutation (on the CPU, the same on every device), or None for in order."""
+        if not self.train:
+            return None
+        return torch.randperm(self.num_samples, generator=cpu_generator(self.seed, SHUFFLE, epoch))
+
+    def bounds(self, batch: int) -> tuple[int, int, int, int]:
+        """``(first, last)`` positions in the order of this rank's part of the batch, the
+        global batch's size, and this rank's offset inside it."""
+        begin = batch * self.batch_size
+        total = min(self.batch_size, self.num_samples - begin)
+        lo, hi = self.rank * total // self.world_size, (self.rank + 1) * total // self.world_size
+        return begin + lo, begin + hi, total, lo
+
+    def draw(self, epoch: int, batch: int, device: torch.device) -> Draw:
+        first, last, total, lo = self.bounds(batch)
+        return Draw(derive_seed(self.seed, AUGMENT, epoch, batch), total, lo, lo + last - first, device)
+
+
+@dataclass
+class Pipeline:
+    """Raw stored batch -> model input: float, augment, normalise, reshape.
+
+    Augmentations run on the dataset's native sample shape in input units (before
+    normalisation, so a crop pads with black as torchvision does); the reshape to the
+    model's input shape (``[1, 40]`` -> ``[40]``) comes last.
+    """
+
+    input_shape: tuple[int, ...]
+    scale: float = 1.0
+    mean: torch.Tensor | None = None  # [C] per channel (sample axis 0), or [1]
+    std: torch.Tensor | None = None
+    steps: list[Step] = field(default_factory=list)
+    segmentation: bool = False
+    float_input: bool = True
+
+    def to(self, device: torch.device) -> "Pipeline":
+        move = (lambda t: None if t is None else t.to(device))
+        return Pipeline(self.input_shape, self.scale, move(self.mean), move(self.std), self.steps,
+                        self.segmentation, self.float_input)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, draw: Draw | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.float_input:
+            x = x.to(torch.float32)
+            if self.scale != 1.0:
+                x = x * self.scale
+            if draw is not None and self.steps:
+                mask = y if self.segmentation else None
+                for step in self.steps:
+                    x, mask = step(x, mask, draw)
+                y = mask if self.segmentation else y
+            if self.mean is not None:
+                shape = (1, -1) + (1,) * (x.dim() - 2) if len(self.mean) > 1 else (1,) * x.dim()
+                x = (x - self.mean.view(shape)) / self.std.view(shape)
+        return x.reshape(x.shape[0], *self.input_shape), y
+
+
+class TensorBatches:
+    """A split held as tensors on the device, batched there with index tensors."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, plan: Plan, pipeline: Pipeline,
+                 device: torch.device, augment: bool = False):
+        self.device = torch.device(device)
+        self.x, self.y = x.to(self.device), y.to(self.device)
+        self.plan, self.pipeline, self.augment = plan, pipeline.to(self.device), augment
+        self.num_samples = plan.num_samples
+        self.batch_size = plan.batch_size // plan.world_size
+        self.global_batch_size = plan.batch_size
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.plan.order(epoch)
+        order = None if order is None else order.to(self.device)
+        for batch in range(start, len(self.plan)):
+            first, last, _, _ = self.plan.bounds(batch)
+            if order is None:
+                x, y = self.x[first:last], self.y[first:last]
+            else:
+                index = order[first:last]
+                x, y = self.x[index], self.y[index]
+            draw = self.plan.draw(epoch, batch, self.device) if self.augment else None
+            yield self.pipeline(x, y, draw)
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """A DataLoader batch sampler that follows a Plan; ``set_epoch`` picks epoch and start."""
+
+    def __init__(self, plan: Plan):
+        self.plan, self.epoch, self.start = plan, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return max(0, len(self.plan) - self.start)
+
+    def __iter__(self):
+        order = self.plan.order(self.epoch)
+        for batch in range(self.start, len(self.plan)):
+            first, last, _, _ = self.plan.bounds(batch)
+            yield list(range(first, last)) if order is None else order[first:last].tolist()
+
+
+class LoaderBatches:
+    """A split read from files by a DataLoader (workers decode and resize), then moved to
+    the device where the same batch pipeline as in memory runs."""
+
+    def __init__(self, dataset, plan: Plan, pipeline: Pipeline, device: torch.device,
+                 num_workers: int = 2, augment: bool = False):
+        self.device = torch.device(device)
+        self.plan, self.pipeline, self.augment = plan, pipeline.to(self.device), augment
+        self.sampler = EpochBatchSampler(plan)
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=self.sampler, num_workers=num_workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0)
+        self.num_samples = plan.num_samples
+        self.batch_size = plan.batch_size // plan.world_size
+        self.global_batch_size = plan.batch_size
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if start >= len(self.plan):
+            return
+        self.sampler.set_epoch(epoch, start)
+        blocking = self.device.type != "cuda"
+        for batch, (x, y) in enumerate(self.loader, start):
+            x = x.to(self.device, non_blocking=not blocking)
+            y = y.to(self.device, non_blocking=not blocking)
+            draw = self.plan.draw(epoch, batch, self.device) if self.augment else None
+            yield self.pipeline(x, y, draw)

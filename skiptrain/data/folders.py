@@ -1,0 +1,171 @@
+"""Datasets read from image files by a DataLoader: ``imagefolder`` and ``segfolder``.
+
+``imagefolder``: a folder per class under ``root`` (torchvision's ImageFolder layout).
+``segfolder``: ``root/images/<stem>.png|jpg`` with class-index masks ``root/masks/<stem>.png``.
+Either may instead hold ``root/train``, ``root/val``, ``root/test`` in that layout; the
+splits present are used (val is carved from train when there is no ``val``).
+Workers decode and resize each sample to the model input's H, W; the rest of the
+pipeline (augment, normalise) runs on the batch on the device.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .registry import Request, Source, check_task, dataset
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+SPLITS = ("train", "val", "test")
+MASK_MODES = {"1", "L", "P", "I", "I;16", "I;16B", "I;16L"}
+
+
+def load_image(path: str, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """A uint8 ``[C, H, W]`` tensor: converted to ``mode`` (L or RGB), resized bilinearly."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert(mode)
+        if image.size != (size[1], size[0]):
+            image = image.resize((size[1], size[0]), Image.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
+def load_mask(path: str, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """An int64 ``[H, W]`` class-index mask (palette indices for P images), resized nearest."""
+    from PIL import Image
+
+    with Image.open(path) as mask:
+        if mask.mode not in MASK_MODES:
+            mask = mask.getchannel(0)
+        if size is not None and mask.size != (size[1], size[0]):
+            mask = mask.resize((size[1], size[0]), Image.NEAREST)
+        array = np.asarray(mask).astype(np.int64)
+    return torch.from_numpy(array)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """``(image, class index)`` items from a list of files."""
+
+    def __init__(self, samples: list[tuple[str, int]], size: tuple[int, int], mode: str):
+        self.samples, self.size, self.mode = samples, size, mode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        return load_image(path, self.size, self.mode), target
+
+
+class SegmentationFiles(torch.utils.data.Dataset):
+    """``(image, mask)`` items from a list of file pairs."""
+
+    def __init__(self, samples: list[tuple[str, str]], size: tuple[int, int], mode: str):
+        self.samples, self.size, self.mode = samples, size, mode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        image, mask = self.samples[index]
+        return load_image(image, self.size, self.mode), load_mask(mask, self.size)
+
+
+def _image_geometry(name: str, request: Request) -> tuple[tuple[int, int], str]:
+    shape = request.input_shape
+    if len(shape) != 3 or shape[0] not in (1, 3) or request.input_dtype != "float32":
+        raise DataError(f"`{name}` gives images; the model's input must be [1, H, W] (grey) or [3, H, W] "
+                        f"(RGB) float32, not {list(shape)} {request.input_dtype}", request.options.where("dataset"))
+    return (shape[1], shape[2]), ("L" if shape[0] == 1 else "RGB")
+
+
+def _split_roots(name: str, request: Request) -> dict[str, Path]:
+    root = request.options.root
+    if not root.is_dir():
+        raise DataError(f"`{name}`: the folder {root.resolve()} does not exist", request.options.where("root"),
+                        "point `root:` at the dataset folder")
+    if (root / "train").is_dir():
+        return {split: root / split for split in SPLITS if (root / split).is_dir()}
+    return {"train": root}
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+@dataset("imagefolder")
+def imagefolder(request: Request) -> Source:
+    """A folder per class (``root/<class>/*.png``), or the same under train/val/test."""
+    check_task("imagefolder", "classification", request.task)
+    size, mode = _image_geometry("imagefolder", request)
+    roots, loc = _split_roots("imagefolder", request), request.options.where("root")
+    classes = sorted(d.name for d in roots["train"].iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"`imagefolder`: no class folders in {roots['train'].resolve()}", loc,
+                        "put each class's images in a folder named after it: root/<class>/<image>.png")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for split, folder in roots.items():
+        samples = []
+        for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            if sub.name not in index:
+                raise DataError(f"`imagefolder`: {sub.resolve()} is a class that the training split lacks", loc,
+                                f"the classes are those under {roots['train'].resolve()}: {', '.join(classes)}")
+            samples += [(str(p), index[sub.name]) for p in _images_in(sub)]
+        if not samples:
+            raise DataError(f"`imagefolder`: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under "
+                            f"{folder.resolve()}", loc)
+        splits[split] = ImageFiles(samples, size, mode)
+    return Source("classification", splits["train"], splits.get("test"), splits.get("val"),
+                  num_classes=len(classes), class_names=classes, scale=1 / 255)
+
+
+def _pairs(folder: Path, loc) -> list[tuple[str, str]]:
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    for sub in (images_dir, masks_dir):
+        if not sub.is_dir():
+            raise DataError(f"`segfolder`: the folder {sub.resolve()} does not exist", loc,
+                            "segfolder reads root/images/<name>.png|jpg and root/masks/<name>.png")
+    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.suffix.lower() == ".png"}
+    if not images:
+        raise DataError(f"`segfolder`: no images in {images_dir.resolve()}", loc)
+    for stem, mask in masks.items():
+        if stem not in images:
+            raise DataError(f"`segfolder`: the mask {mask.resolve()} has no image {stem}.* in "
+                            f"{images_dir.resolve()}", loc, "remove the mask or add its image")
+    for stem, image in images.items():
+        if stem not in masks:
+            raise DataError(f"`segfolder`: the image {image.resolve()} has no mask {stem}.png in "
+                            f"{masks_dir.resolve()}", loc, "add its mask (a PNG of class indices) or remove it")
+    return [(str(images[s]), str(masks[s])) for s in sorted(images)]
+
+
+def _count_classes(pairs: list[tuple[str, str]], loc) -> int:
+    """Classes seen in (a seeded subset of up to 1000 of) the training masks."""
+    from PIL import Image
+
+    with Image.open(pairs[0][1]) as first:
+        if first.mode not in MASK_MODES:
+            raise DataError(f"`segfolder`: the mask {pairs[0][1]} is a {first.mode} image, not class indices",
+                            loc, "save masks as single-channel (L or P) PNGs whose pixel values are class indices")
+    chosen = np.random.default_rng(0).permutation(len(pairs))[:1000]
+    return int(max(load_mask(pairs[i][1]).max() for i in chosen)) + 1
+
+
+@dataset("segfolder")
+def segfolder(request: Request) -> Source:
+    """Images and class-index masks with matching names (``images/``, ``masks/``)."""
+    check_task("segfolder", "segmentation", request.task)
+    size, mode = _image_geometry("segfolder", request)
+    roots, loc = _split_roots("segfolder", request), request.options.where("root")
+    pairs = {split: _pairs(folder, loc) for split, folder in roots.items()}
+    num_classes = request.options.num_classes or max(2, _count_classes(pairs["train"], loc))
+    splits = {split: SegmentationFiles(p, size, mode) for split, p in pairs.items()}
+    return Source("segmentation", splits["train"], splits.get("test"), splits.get("val"),
+                  num_classes=num_classes, class_names=None, scale=1 / 255)

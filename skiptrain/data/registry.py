@@ -1,0 +1,78 @@
+"""The dataset registry: a dict, a decorator, and what a dataset function returns.
+
+A dataset function takes a :class:`Request` (the parsed ``data:`` options and the
+model's input) and returns a :class:`Source`: its splits either as in-memory tensors
+``(x, y)`` (batched on the device, see ``batches.py``) or as ``torch.utils.data.Dataset``
+objects (batched by a DataLoader). ``load_data`` does the rest: the validation split,
+normalisation statistics, augmentation and batching are the same for every dataset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import DataError, Location, choices_hint
+from .options import DataOptions
+
+TASKS = ("classification", "segmentation", "regression")
+
+
+@dataclass
+class Request:
+    """What a dataset function is asked for."""
+
+    options: DataOptions
+    input_shape: tuple[int, ...]  # one sample as the model receives it
+    input_dtype: str  # "float32" | "int64"
+    task: str | None  # None: the dataset's own task
+
+
+@dataclass
+class Source:
+    """A dataset's splits and facts, before batching.
+
+    A split is ``(x, y)`` tensors on the CPU (x in the dataset's native sample shape,
+    channels first) or a ``Dataset`` of ``(x, y)`` items. ``scale`` turns stored inputs
+    into model units (``1/255`` for uint8 images). ``val`` is None unless the dataset
+    has its own; then ``load_data`` carves it from ``train`` by ``val_fraction``.
+    """
+
+    task: str
+    train: Any
+    test: Any = None
+    val: Any = None
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    scale: float = 1.0
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.train, tuple)
+
+
+DatasetFn = Callable[[Request], Source]
+DATASETS: dict[str, DatasetFn] = {}
+
+
+def dataset(name: str) -> Callable[[DatasetFn], DatasetFn]:
+    """Register a dataset function under ``name`` (registering a name twice raises)."""
+    def register(fn: DatasetFn) -> DatasetFn:
+        if name in DATASETS:
+            raise ValueError(f"dataset `{name}` is registered twice")
+        DATASETS[name] = fn
+        return fn
+    return register
+
+
+def get_dataset(name: str, location: Location | None = None) -> DatasetFn:
+    """The registered dataset function, or a DataError with a did-you-mean."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset `{name}`", location, choices_hint(name, DATASETS, "datasets"))
+    return DATASETS[name]
+
+
+def check_task(name: str, have: str, want: str | None) -> None:
+    """A dataset made for one task cannot train another (``want`` None: no request)."""
+    if want is not None and have != want:
+        raise DataError(f"`{name}` is a {have} dataset, but the run's task is {want}", None,
+                        f"set `train.task: {have}`, or pick a {want} dataset")

@@ -28,7 +28,7 @@ def check_model(source: Source, overrides: Iterable[str] = (), strict: bool = Fa
 
 def build_model(source: Source, overrides: Iterable[str] = (), strict: bool = False,
                 device=None):
-    """The ``torch.nn.Module`` (a ``torch.fx.GraphModule``) that a config describes."""
+    """The ``torch.nn.Module`` (a ``SkipNet``; ``print(model.code)`` shows its forward) that a config describes."""
     from .module import build_module
 
     return build_module(check_model(source, overrides, strict), device=device)

@@ -38,6 +38,12 @@ class LayerType:
     factory: Callable[..., Any]
     axis: str = "inherit"  # the axis a skip into this layer projects on (see projection.py)
     passthrough: bool = False  # merges: no module, the graph does the work
+    # Its output is a new tensor that its own backward does not read, so a merge may add into
+    # it in place (as torchvision's `out += identity` does after a BatchNorm).
+    fresh_output: bool = False
+    # It has an `inplace` argument that is safe to turn on when it is the sole reader of a
+    # fresh value (ReLU after `out += identity`).
+    may_run_inplace: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)  # skiptrain's defaults over torch's
     aliases: tuple[str, ...] = ()
     doc: str = ""
@@ -108,10 +114,11 @@ def add(layer_type: LayerType) -> LayerType:
     return layer_type
 
 
-def register(name: str, *, axis: str = "inherit", aliases: tuple[str, ...] = (), **defaults: Any):
-    """Class decorator: ``@register("self_attention", axis="last")``."""
+def register(name: str, *, axis: str = "inherit", aliases: tuple[str, ...] = (), fresh_output: bool = False,
+             **defaults: Any):
+    """Class decorator: ``@register("self_attention", axis="last", fresh_output=True)``."""
     def decorate(cls):
-        add(LayerType(name, cls, axis=axis, aliases=aliases, defaults=defaults,
+        add(LayerType(name, cls, axis=axis, aliases=aliases, defaults=defaults, fresh_output=fresh_output,
                       doc=inspect.getdoc(cls) or ""))
         return cls
     return decorate

@@ -60,13 +60,48 @@ def test_computes_the_same_as_the_network_written_by_hand():
     for mode in (True, False):
         model.train(mode), hand.train(mode)
         torch.testing.assert_close(model(x), hand(x))
+    model(x).square().sum().backward()
+    hand(x).square().sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    for key, p in hand.named_parameters():
+        prefix, _, leaf = key.rpartition(".")
+        torch.testing.assert_close(grads[f"{mapping[prefix]}.{leaf}"], p.grad)
+
+
+def test_in_place_shortcuts_never_touch_a_value_read_twice():
+    """`+=` and ReLU(inplace) only where torchvision uses them; shared values stay intact."""
+    model_cfg = {"input": [3, 6, 6], "layers": [
+        {"id": "a", "type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1},
+        {"id": "r", "type": "relu"},  # a is also read by the skip below: no in-place ReLU
+        {"id": "c", "type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1},
+        {"id": "s", "type": "sigmoid"},  # sigmoid's backward reads its output: no `+=` into it
+        {"id": "r2", "type": "relu"}],
+        "skips": [{"from": "a", "to": "c"}, {"from": "r", "to": "s"}]}
+    torch.manual_seed(0)
+    model = skiptrain.build_model(model_cfg)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+
+    def reference(x):
+        a = model.a(x)
+        r = torch.relu(a)
+        c = model.c(r) + a
+        s = torch.sigmoid(c) + r
+        return torch.relu(s)
+
+    torch.testing.assert_close(model(x), reference(x))
+    (g_model,) = torch.autograd.grad(model(x).sum(), x)
+    (g_ref,) = torch.autograd.grad(reference(x).sum(), x)
+    torch.testing.assert_close(g_model, g_ref)
+    assert not model.r.inplace and "c += a" in model.code and "s +=" not in model.code
 
 
 def test_generated_code_is_printable_and_frees_values():
     model = skiptrain.build_model(RESNET_BLOCK)
     code = model.code
-    assert "self.down.conv1(x)" in code and "down_bn2_proj" in code
-    assert "= None" in code  # values are dropped after their last use
+    assert "down = m['down']._modules" in code and "down['conv1'](x)" in code
+    assert "down_bn2_proj = down['bn2_proj'](x)" in code
+    assert "; x = None" in code  # values are dropped after their last use
+    print(model)  # the module tree prints like any nn.Module
 
 
 def test_builds_on_the_meta_device_and_trains():

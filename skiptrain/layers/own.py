@@ -17,7 +17,7 @@ def _batch_axis(dim: int) -> int:
     return dim + 1 if dim >= 0 else dim
 
 
-@register("self_attention", axis="last")
+@register("self_attention", axis="last", fresh_output=True)
 class SelfAttention(nn.Module):
     """Multi-head self-attention on a ``[seq, dim]`` sample (``embed_dim`` is inferred)."""
 
@@ -30,15 +30,17 @@ class SelfAttention(nn.Module):
         return self.attention(x, x, x, need_weights=False)[0]
 
 
-@register("global_avgpool", axis="channels")
+@register("global_avgpool", axis="channels", fresh_output=True)
 class GlobalAvgPool(nn.Module):
     """Average over every spatial axis: ``[C, *spatial]`` -> ``[C]``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=tuple(range(2, x.dim()))) if x.dim() > 2 else x
+        if x.dim() < 3:
+            raise ValueError(f"global_avgpool averages spatial axes; a sample of shape {list(x.shape[1:])} has none")
+        return x.mean(dim=tuple(range(2, x.dim())))
 
 
-@register("mean")
+@register("mean", fresh_output=True)
 class Mean(nn.Module):
     """Mean over sample axis ``dim`` (an int or a list), e.g. over the steps of a sequence."""
 

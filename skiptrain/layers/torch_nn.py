@@ -21,6 +21,8 @@ _EXCLUDED = {
 }
 # skiptrain's defaults where torch's would surprise a user of per-sample shapes.
 _DEFAULTS = {"TransformerEncoderLayer": {"batch_first": True}}
+# Activations whose backward reads only their result, so running in place on a fresh value is safe.
+_INPLACE_SAFE = {"ReLU", "ReLU6", "LeakyReLU"}
 _PREFIXES = (("ConvTranspose", "conv_transpose"), ("AdaptiveAvg", "adaptive_avg"),
              ("AdaptiveMax", "adaptive_max"), ("FractionalMax", "fractional_max"),
              ("TransformerEncoderLayer", "transformer_encoder_layer"))
@@ -49,8 +51,12 @@ def _register_torch_nn() -> None:
             continue
         primary = alias(class_name)
         doc = (cls.__doc__ or "").strip().split("\n")[0]
-        add(LayerType(primary, cls, axis=axis_of(cls), aliases=_aliases(class_name, primary),
-                      defaults=_DEFAULTS.get(class_name, {}), doc=doc))
+        axis = axis_of(cls)
+        # layers that infer a width (conv, linear, norms, attention) or pool compute a new tensor
+        # and their backward reads only their input: the skip may add into their output in place
+        add(LayerType(primary, cls, axis=axis, aliases=_aliases(class_name, primary),
+                      defaults=_DEFAULTS.get(class_name, {}), doc=doc, fresh_output=axis != "inherit",
+                      may_run_inplace=class_name in _INPLACE_SAFE))
 
 
 _register_torch_nn()

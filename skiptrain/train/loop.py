@@ -105,7 +105,7 @@ def train(config: Config, *, run_dir: str | None = None, epochs: int | None = No
     dev = select_device(device or settings.device)
     plan = infer(expand(config.model))
     data = load_data(config.data, input_shape=plan.graph.input_shape, input_dtype=plan.graph.input_dtype,
-                     task=settings.task or "classification", device=dev, seed=settings.seed)
+                     task=settings.task, device=dev, seed=settings.seed)
     task = settings.task or data.task
     check_fit(config, plan, data, task)
     seed_everything(settings.seed, settings.deterministic)

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_config", "check_model", "build_model", "SkiptrainError", "ConfigError", "__version__"]
+__all__ = ["load_config", "check_model", "build_model", "load_checkpoint", "train", "SkiptrainError", "ConfigError",
+           "__version__"]
 
 from .config import load_config
 from .errors import ConfigError, SkiptrainError
@@ -17,4 +18,10 @@ def __getattr__(name: str):
     if name in ("check_model", "build_model"):
         from . import api
         return getattr(api, name)
+    if name == "load_checkpoint":
+        from .checkpoint import load_checkpoint
+        return load_checkpoint
+    if name == "train":
+        from .training.loop import train
+        return train
     raise AttributeError(f"module 'skiptrain' has no attribute {name!r}")

@@ -117,11 +117,13 @@ def train(
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a run directory or checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
     force: bool = typer.Option(False, "--force", help="Overwrite a --run-dir that already holds a run."),
+    limit_batches: Optional[int] = typer.Option(None, "--limit-batches", min=1,
+                                                help="At most this many batches per split and epoch (a smoke test)."),
 ) -> None:
     """Train a config: checkpoints, metrics, curves and test metrics in a run directory."""
     with user_errors():
         from .config import load_config
-        from .train.loop import train as run_training
+        from .training.loop import train as run_training
 
         if config is None and resume is None:
             raise typer.BadParameter("give a CONFIG, or --resume RUN_DIR", param_hint="CONFIG")
@@ -132,7 +134,7 @@ def train(
 
             cfg = load_config(checkpoint.read(resume)["config"], overrides)
         summary = run_training(cfg, run_dir=run_dir, epochs=epochs, device=device, resume=resume,
-                               quiet=quiet, force=force)
+                               quiet=quiet, force=force, limit_batches=limit_batches)
         if quiet:
             for key in ("test_acc", "test_miou", "test_loss"):
                 if key in summary:
@@ -182,6 +184,90 @@ def eval_command(
                 out.print(f"{key}: {result[key]:.4f}", markup=False)
         if "confusion_png" in result:
             out.print(f"confusion matrix: {result['confusion_png']}", markup=False)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+@app.command()
+def export(
+    source: str = typer.Argument(..., help="A run directory, a checkpoint, or a config (random weights).",
+                                 show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="The .onnx file to write.", show_default=False),
+    opset: Optional[int] = typer.Option(None, "--opset", min=7, help="ONNX opset (default: the exporter's)."),
+    batch: str = typer.Option("dynamic", "--batch", help="dynamic, or a fixed batch size N."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Check with onnx.checker and compare onnxruntime to PyTorch."),
+) -> None:
+    """Export to ONNX (eval mode, named input/output, metadata) and verify against PyTorch."""
+    if batch != "dynamic" and not (batch.isdigit() and int(batch) > 0):
+        raise typer.BadParameter("dynamic, or a positive integer", param_hint="--batch")
+    with user_errors():
+        from .export import export_onnx
+
+        report = export_onnx(source, output, opset=opset, batch=batch, verify=verify)
+        if report["fallback_reason"]:
+            err.print(f"warning: the dynamo exporter failed ({report['fallback_reason']}); "
+                      "used the TorchScript-based exporter instead", markup=False)
+        out.print(f"exported {report['name']} to {report['output']} ({report['exporter']} exporter, "
+                  f"opset {report['opset']}, batch {report['batch']}) in {report['seconds']:.1f} s", markup=False)
+        if report["checks"] is not None:
+            out.print("onnx.checker: ok", markup=False)
+            for check in report["checks"]:
+                out.print(f"onnxruntime vs PyTorch, batch {check['batch']}, `{check['output']}`: max abs diff "
+                          f"{check['max_abs']:.2e}, max rel diff {check['max_rel']:.2e} "
+                          f"(tolerance atol {report['atol']:g} + rtol {report['rtol']:g})", markup=False)
+        out.print(f"file size: {_megabytes(report['size_bytes'])}", markup=False)
+        if report["latency_ms"]:
+            ms = report["latency_ms"]
+            out.print(f"latency at batch {report['latency_batch']}: onnxruntime {ms['onnxruntime']:.3f} ms, PyTorch {ms['pytorch']:.3f} ms "
+                      f"({ms['pytorch'] / max(ms['onnxruntime'], 1e-9):.1f}x)", markup=False)
+
+
+@app.command()
+def predict(
+    source: str = typer.Argument(..., help="A run directory, a checkpoint, or an .onnx file.", show_default=False),
+    inputs: List[Path] = typer.Argument(..., help="Images (PNG, JPEG), .npy arrays, or folders of them.",
+                                        show_default=False),
+    top: int = typer.Option(5, "--top", "-k", min=1, help="How many classes to show per input."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir",
+                                              help="Where segmentation masks go (default predictions/)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
+) -> None:
+    """Predict on images or arrays: top classes with probabilities, or segmentation masks as PNG."""
+    with user_errors():
+        from rich.table import Table
+
+        from .predict import predict as run_predict
+
+        results = run_predict(source, inputs, top=top, output_dir=output_dir)
+        if as_json:
+            sys.stdout.write(json.dumps({"source": source, "predictions": results}) + "\n")
+            return
+        if results and "mask" in results[0]:
+            table = Table("input", "mask", "classes (share of pixels)", title_justify="left")
+            for row in results:
+                shares = ", ".join(f"{name} {share:.0%}" for name, share in
+                                   sorted(row["pixels"].items(), key=lambda item: -item[1]))
+                table.add_row(row["input"], row["mask"], shares)
+        elif results and "top" in results[0]:
+            table = Table("input", "rank", "class", "probability", title_justify="left")
+            for row in results:
+                for rank, entry in enumerate(row["top"], 1):
+                    table.add_row(row["input"] if rank == 1 else "", str(rank), entry["name"],
+                                  f"{entry['probability']:.4f}", end_section=rank == len(row["top"]))
+        else:
+            table = Table("input", "output", title_justify="left")
+            for row in results:
+                values = row["output"] if isinstance(row["output"], list) else [row["output"]]
+                table.add_row(row["input"], ", ".join(f"{v:.4g}" for v in _flat(values)))
+        out.print(table)
+
+
+def _flat(values):
+    for value in values:
+        yield from (_flat(value) if isinstance(value, list) else (value,))
 
 
 def main() -> None:

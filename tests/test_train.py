@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from skiptrain.cli import app
-from skiptrain.train.optim import build_optimizer, lr_factor
+from skiptrain.training.optim import build_optimizer, lr_factor
 
 runner = CliRunner()
 
@@ -183,3 +183,30 @@ def test_weight_decay_skips_norms_and_biases():
     assert decays[id(model[0].bias)] == 0.0 and decays[id(model[1].weight)] == 0.0
     everything = build_optimizer(model, {"name": "adamw", "lr": 0.1, "weight_decay": 0.5, "decay_norm_and_bias": True})
     assert all(g["weight_decay"] == 0.5 for g in everything.param_groups)
+
+
+from .conftest import EXAMPLES  # noqa: E402
+
+
+@pytest.mark.parametrize("example", [e for e in EXAMPLES if "data:" in e.read_text()], ids=lambda p: p.name)
+def test_every_shared_example_with_data_trains(example, tmp_path):
+    """Each example trains unchanged (two batches of one epoch); CIFAR ones only when their data is there."""
+    text = example.read_text()
+    if "cifar" in text and not (example.parent / "data").exists() and not (tmp_path / "data").exists():
+        result = invoke("train", example, "--run-dir", tmp_path / "run", "--epochs", "1", "--limit-batches", "2", "-q")
+        assert result.exit_code == 1 and "data error" in result.stderr and "Traceback" not in result.output
+        return
+    result = invoke("train", example, "--run-dir", tmp_path / "run", "--epochs", "1", "--limit-batches", "2", "-q")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_python_api_trains_and_loads_a_checkpoint(write_yaml, tmp_path):
+    import skiptrain
+
+    config = skiptrain.load_config(write_yaml(TINY.replace("epochs: 2", "epochs: 1")))
+    summary = skiptrain.train(config, run_dir=str(tmp_path / "run"), quiet=True)
+    model, loaded = skiptrain.load_checkpoint(tmp_path / "run")
+    assert not model.training and loaded.model["name"] == "tiny"
+    assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 4)
+    assert summary["run_dir"] == str(tmp_path / "run")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import time
@@ -92,8 +93,12 @@ def check_fit(config: Config, plan, data, task: str) -> None:
 
 
 def train(config: Config, *, run_dir: str | None = None, epochs: int | None = None, device: str | None = None,
-          resume: str | None = None, quiet: bool = False, force: bool = False) -> dict[str, Any]:
-    """Train a config end to end; returns the summary that is also written to summary.json."""
+          resume: str | None = None, quiet: bool = False, force: bool = False,
+          limit_batches: int | None = None) -> dict[str, Any]:
+    """Train a config end to end; returns the summary that is also written to summary.json.
+
+    ``limit_batches`` caps the batches of every split per epoch: a smoke test of a config.
+    """
     from ..data import load_data
 
     state = checkpoint.read(resume) if resume else None
@@ -145,7 +150,11 @@ def train(config: Config, *, run_dir: str | None = None, epochs: int | None = No
     def prepare(x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
-    steps_per_epoch = len(data.train)
+    steps_per_epoch = min(len(data.train), limit_batches or len(data.train))
+
+    def batches(split, epoch: int):
+        return itertools.islice(split.epoch(epoch), limit_batches)
+
     base_lr = optimizer.param_groups[0]["base_lr"]
     metric_key = {"classification": "val_acc", "segmentation": "val_miou"}.get(task, "val_loss")
     data_meta = {"dataset": data.name, "task": task, "num_classes": data.num_classes,
@@ -155,7 +164,7 @@ def train(config: Config, *, run_dir: str | None = None, epochs: int | None = No
         model.train()
         report.start_epoch(epoch, settings.epochs, steps_per_epoch)
         started, loss_sum, seen = time.perf_counter(), torch.zeros((), device=dev), 0
-        for x, y in data.train.epoch(epoch):
+        for x, y in batches(data.train, epoch):
             lr = set_lr(optimizer, lr_factor(step, steps_per_epoch, settings.epochs, settings.scheduler, base_lr))
             with autocast():
                 loss = loss_fn(forward(prepare(x)), y)
@@ -179,7 +188,7 @@ def train(config: Config, *, run_dir: str | None = None, epochs: int | None = No
                                  f"the last good checkpoint is in {run.checkpoints}")
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
         if data.val is not None:
-            val = evaluate(model, data.val.epoch(0), task, data.num_classes, autocast, prepare)
+            val = evaluate(model, batches(data.val, 0), task, data.num_classes, autocast, prepare)
             row["val_loss"] = val["loss"]
             for key in ("acc", "miou"):
                 if key in val:
@@ -206,7 +215,7 @@ def train(config: Config, *, run_dir: str | None = None, epochs: int | None = No
     summary: dict[str, Any] = {"name": plan.graph.name, "run_dir": str(run.path), "epochs": settings.epochs,
                                "params": plan.params, "device": str(dev), "best": best}
     if data.test is not None:
-        test = evaluate(model, data.test.epoch(0), task, data.num_classes, autocast, prepare)
+        test = evaluate(model, batches(data.test, 0), task, data.num_classes, autocast, prepare)
         summary.update({f"test_{k}": v for k, v in test.items() if not isinstance(v, list)})
     history = run.history()
     summary["final_train_loss"] = history[-1]["train_loss"] if history else None

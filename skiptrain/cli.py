@@ -7,6 +7,7 @@ torch is imported inside the commands, so ``--help`` stays fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -119,8 +120,36 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite a --run-dir that already holds a run."),
     limit_batches: Optional[int] = typer.Option(None, "--limit-batches", min=1,
                                                 help="At most this many batches per split and epoch (a smoke test)."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1,
+                                        help="Train in N processes on this machine (DDP through torch.distributed.run)."),
 ) -> None:
     """Train a config: checkpoints, metrics, curves and test metrics in a run directory."""
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if run_dir is None:  # every process must write to the same place: fix the name once, here
+            raise typer.BadParameter("--nproc needs --run-dir (all processes share one run directory)",
+                                     param_hint="--run-dir")
+        from .distributed import launch
+
+        if config is not None:
+            with user_errors():  # the common mistake, caught once here rather than once per process
+                from .config import load_config, where
+                from .errors import DataError
+
+                data = load_config(config, overrides).data
+                batch = data.get("batch_size", 128)
+                if isinstance(batch, int) and batch % nproc:
+                    raise DataError(f"batch_size {batch} does not split evenly over {nproc} processes",
+                                    where(data, "batch_size"),
+                                    f"use a multiple of {nproc}: batch_size is the global batch")
+        args = [str(config)] if config is not None else []
+        for option, value in (("--run-dir", run_dir), ("--epochs", epochs), ("--device", device),
+                              ("--resume", resume), ("--limit-batches", limit_batches)):
+            if value is not None:
+                args += [option, str(value)]
+        for override in overrides:
+            args += ["--set", override]
+        args += ["--quiet"] * quiet + ["--force"] * force
+        raise typer.Exit(launch(nproc, args))
     with user_errors():
         from .config import load_config
         from .training.loop import train as run_training
@@ -135,7 +164,7 @@ def train(
             cfg = load_config(checkpoint.read(resume)["config"], overrides)
         summary = run_training(cfg, run_dir=run_dir, epochs=epochs, device=device, resume=resume,
                                quiet=quiet, force=force, limit_batches=limit_batches)
-        if quiet:
+        if quiet and "run_dir" in summary:  # rank 0 only, under DDP
             for key in ("test_acc", "test_miou", "test_loss"):
                 if key in summary:
                     print(f"{key}: {summary[key]:.4f}")

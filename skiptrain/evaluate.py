@@ -89,7 +89,7 @@ def evaluate_checkpoint(source: str, split: str = "test", which: str = "last", d
     from .config import load_config
     from .data import load_data
     from .errors import DataError
-    from .training.loop import select_device
+    from .training.setup import select_device
 
     state = checkpoint.read(source, which)
     config = load_config(state["config"])

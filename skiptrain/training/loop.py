@@ -1,21 +1,25 @@
-"""The training loop: one visible loop over epochs and batches, like nanoGPT's train.py."""
+"""The training loop: one visible loop over epochs and batches, like nanoGPT's train.py.
+
+``train`` runs the same code in one process or in each of torchrun's processes:
+DistributedDataParallel averages the gradients, each rank sees its share of every
+global batch, and only rank 0 writes the run directory and prints.
+"""
 from __future__ import annotations
 
 import contextlib
 import itertools
 import math
-import random
 import time
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__, checkpoint
-from ..config import Config, load_config, where
-from ..errors import DataError, SkiptrainError
+from .. import __version__, checkpoint, distributed
+from ..config import Config, load_config
+from ..errors import SkiptrainError
 from ..evaluate import evaluate
 from ..module import build_module
 from ..shapes import infer
@@ -24,97 +28,87 @@ from .optim import build_optimizer, lr_factor, set_lr
 from .progress import Reporter
 from .rundir import RunDir
 from .settings import TrainSettings, parse_settings
+from .setup import check_fit, make_loss, seed_everything, select_device, select_precision
 
 
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SkiptrainError(f"unknown device `{name}`", None, "use auto, cpu, cuda, cuda:1 or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SkiptrainError(f"device `{name}` asked for, but this machine has no CUDA GPU", None,
-                             "use --device cpu (or device: auto)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise SkiptrainError(f"device `{name}` does not exist: {torch.cuda.device_count()} GPU(s)", None)
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SkiptrainError("device `mps` asked for, but MPS is not available", None, "use --device cpu")
-    return device
+@dataclass
+class Run:
+    """Everything one training run holds, so each step of the loop is a short function."""
+
+    config: Config
+    settings: TrainSettings
+    world: distributed.World
+    device: torch.device
+    plan: Any
+    data: Any
+    task: str
+    model: nn.Module  # the plain model: its state dict is what checkpoints hold
+    forward: nn.Module  # what the loop calls: DDP- and/or compile-wrapped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.Module
+    autocast: Callable
+    prepare: Callable
+    report: Reporter
+    run_dir: RunDir | None  # None on ranks other than 0
+    limit_batches: int | None = None
+    epoch: int = 0
+    step: int = 0
+    best: dict | None = None
+    data_meta: dict = field(default_factory=dict)
+
+    def batches(self, split, epoch: int):
+        return itertools.islice(split.epoch(epoch), self.limit_batches)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return min(len(self.data.train), self.limit_batches or len(self.data.train))
 
 
-def select_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a gradient scaler is needed)."""
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16, False
-        return None, False
-    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[precision]
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
-
-
-def make_loss(task: str, cfg: dict[str, Any]) -> nn.Module:
-    name = cfg.get("name", "auto")
-    if name == "mse" or (name == "auto" and task == "regression"):
-        return nn.MSELoss()
-    return nn.CrossEntropyLoss(label_smoothing=float(cfg.get("label_smoothing", 0.0)),
-                               ignore_index=int(cfg.get("ignore_index", -100)))
-
-
-def check_fit(config: Config, plan, data, task: str) -> None:
-    """The model's input and output must match the dataset before any training starts."""
-    model_in, model_out = tuple(plan.graph.input_shape), tuple(plan.output_shape)
-    if tuple(data.input_shape) != model_in:
-        raise DataError(f"the model takes samples of shape {list(model_in)}, but `{data.name}` gives "
-                        f"{list(data.input_shape)}", where(config.model, "input"),
-                        f"set `model.input: {list(data.input_shape)}`")
-    if task == "classification" and data.num_classes and model_out != (data.num_classes,):
-        raise DataError(f"the model outputs {list(model_out)}, but `{data.name}` has {data.num_classes} classes",
-                        plan.graph.nodes[plan.graph.output].loc,
-                        f"make the last layer output {data.num_classes} values (e.g. `out_features: {data.num_classes}`)")
-    if task == "segmentation" and data.num_classes and model_out != (data.num_classes, *data.input_shape[1:]):
-        raise DataError(f"the model outputs {list(model_out)}, but segmentation of `{data.name}` needs "
-                        f"{[data.num_classes, *data.input_shape[1:]]}", plan.graph.nodes[plan.graph.output].loc,
-                        f"end with a conv of `out_channels: {data.num_classes}` at the input resolution")
-
-
-def train(config: Config, *, run_dir: str | None = None, epochs: int | None = None, device: str | None = None,
+def train(config: Config | None, *, run_dir: str | None = None, epochs: int | None = None, device: str | None = None,
           resume: str | None = None, quiet: bool = False, force: bool = False,
           limit_batches: int | None = None) -> dict[str, Any]:
     """Train a config end to end; returns the summary that is also written to summary.json.
 
     ``limit_batches`` caps the batches of every split per epoch: a smoke test of a config.
     """
-    from ..data import load_data
-
     state = checkpoint.read(resume) if resume else None
     if config is None:
         config = load_config(state["config"])
     if epochs is not None:
         config.train["epochs"] = epochs
     settings = parse_settings(config.train)
+    world = distributed.join(device or settings.device)
+    run = None
+    try:
+        run = start(config, settings, world, device, state, run_dir, quiet, force, limit_batches)
+        for epoch in range(run.epoch + 1, settings.epochs + 1):
+            row = train_epoch(run, epoch)
+            save(run, row)
+        return finish(run)
+    finally:
+        if run is not None:
+            run.forward = run.model  # the DDP wrapper must go before its process group does
+        del run
+        distributed.leave(world)
+
+
+def start(config: Config, settings: TrainSettings, world: distributed.World, device: str | None, state: dict | None,
+          run_dir: str | None, quiet: bool, force: bool, limit_batches: int | None) -> Run:
+    from ..data import load_data
+
     dev = select_device(device or settings.device)
+    if world.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", world.local_rank)
     plan = infer(expand(config.model))
     data = load_data(config.data, input_shape=plan.graph.input_shape, input_dtype=plan.graph.input_dtype,
-                     task=settings.task, device=dev, seed=settings.seed)
+                     task=settings.task, device=dev, seed=settings.seed, rank=world.rank, world_size=world.world_size)
     task = settings.task or data.task
     check_fit(config, plan, data, task)
     seed_everything(settings.seed, settings.deterministic)
     model = build_module(plan, device=dev)
+    if settings.sync_bn and world.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     autocast_dtype, use_scaler = select_precision(settings.precision, dev)
     channels_last = (settings.channels_last is True or (settings.channels_last == "auto" and dev.type == "cuda")) \
         and len(plan.graph.input_shape) == 3
@@ -122,27 +116,11 @@ def train(config: Config, *, run_dir: str | None = None, epochs: int | None = No
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, settings.optimizer)
     scaler = torch.amp.GradScaler(dev.type, enabled=use_scaler)
-    loss_fn = make_loss(task, settings.loss)
-    if state is not None:
-        run = RunDir(run_dir or _run_dir_of(state))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
-        start_epoch, step, best = state["epoch"], state["step"], state.get("best")
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
-        run.truncate_history(start_epoch)
-    else:
-        run = RunDir.create(settings.out_dir, plan.graph.name, run_dir, force)
-        start_epoch, step, best = 0, 0, None
-    run.write_config(config.to_dict())
-    report = Reporter(quiet)
-    report.info(f"run directory: {run.path}")
-    report.info(f"model {plan.graph.name}: {plan.params:,} parameters; data {data.name}: "
-                f"{data.train.num_samples} train samples; device {dev}; "
-                f"precision {str(autocast_dtype).removeprefix('torch.') if autocast_dtype else 'fp32'}")
-    forward = torch.compile(model) if settings.compile else model
+    forward: nn.Module = model
+    if world.enabled:
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if settings.compile:
+        forward = torch.compile(forward)
 
     def autocast():
         return torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
@@ -150,91 +128,126 @@ def train(config: Config, *, run_dir: str | None = None, epochs: int | None = No
     def prepare(x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
-    steps_per_epoch = min(len(data.train), limit_batches or len(data.train))
+    run = Run(config, settings, world, dev, plan, data, task, model, forward, optimizer, scaler,
+              make_loss(task, settings.loss), autocast, prepare, Reporter(quiet, enabled=world.is_main), None,
+              limit_batches)
+    run.data_meta = {"dataset": data.name, "task": task, "num_classes": data.num_classes,
+                     "class_names": data.class_names, "mean": data.mean, "std": data.std,
+                     "input_shape": list(data.input_shape)}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and use_scaler:
+            scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        run.epoch, run.step, run.best = state["epoch"], state["step"], state.get("best")
+    if world.is_main:
+        if state is not None:
+            run.run_dir = RunDir(run_dir or str(Path(state["path"]).parent.parent))
+            run.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
+            run.run_dir.truncate_history(run.epoch)
+        else:
+            run.run_dir = RunDir.create(settings.out_dir, plan.graph.name, run_dir, force)
+        run.run_dir.write_config(config.to_dict())
+        run.report.info(f"run directory: {run.run_dir.path}")
+    precision = str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "fp32"
+    processes = f" x {world.world_size} processes" if world.enabled else ""
+    run.report.info(f"model {plan.graph.name}: {plan.params:,} parameters; data {data.name}: "
+                    f"{data.train.num_samples} train samples; device {dev}{processes}; precision {precision}")
+    return run
 
-    def batches(split, epoch: int):
-        return itertools.islice(split.epoch(epoch), limit_batches)
 
+def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """One pass over the training split, then the validation metrics (rank 0)."""
+    settings, model, optimizer, scaler = run.settings, run.model, run.optimizer, run.scaler
     base_lr = optimizer.param_groups[0]["base_lr"]
-    metric_key = {"classification": "val_acc", "segmentation": "val_miou"}.get(task, "val_loss")
-    data_meta = {"dataset": data.name, "task": task, "num_classes": data.num_classes,
-                 "class_names": data.class_names, "mean": data.mean, "std": data.std,
-                 "input_shape": list(data.input_shape)}
-    for epoch in range(start_epoch + 1, settings.epochs + 1):
-        model.train()
-        report.start_epoch(epoch, settings.epochs, steps_per_epoch)
-        started, loss_sum, seen = time.perf_counter(), torch.zeros((), device=dev), 0
-        for x, y in batches(data.train, epoch):
-            lr = set_lr(optimizer, lr_factor(step, steps_per_epoch, settings.epochs, settings.scheduler, base_lr))
-            with autocast():
-                loss = loss_fn(forward(prepare(x)), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if settings.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            loss_sum += loss.detach() * x.shape[0]
-            seen += x.shape[0]
-            if report.live:
-                report.step(loss.item(), seen / (time.perf_counter() - started))
-        train_loss = (loss_sum / max(1, seen)).item()
-        seconds = time.perf_counter() - started
-        if not math.isfinite(train_loss):
-            raise SkiptrainError(f"the training loss became {train_loss} in epoch {epoch} (step {step})", None,
-                                 "lower the learning rate, add train.grad_clip, or use fp32/bf16 instead of fp16; "
-                                 f"the last good checkpoint is in {run.checkpoints}")
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
-        if data.val is not None:
-            val = evaluate(model, batches(data.val, 0), task, data.num_classes, autocast, prepare)
-            row["val_loss"] = val["loss"]
-            for key in ("acc", "miou"):
-                if key in val:
-                    row[f"val_{key}"] = val[key]
-        row.update(lr=lr, seconds=seconds, samples_per_s=seen / max(seconds, 1e-9))
-        run.append_metrics(row)
-        report.end_epoch(row)
-        score = row.get(metric_key, row["train_loss"] if metric_key == "val_loss" and "val_loss" not in row else None)
-        better = score is not None and (best is None or (score < best["value"] if metric_key == "val_loss"
-                                                          else score > best["value"]))
-        if better:
-            best = {"metric": metric_key, "value": score, "epoch": epoch}
-        if better or epoch % settings.checkpoint_every == 0 or epoch == settings.epochs:
-            snapshot = {"format": checkpoint.FORMAT, "skiptrain_version": __version__, "config": config.to_dict(),
-                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict() if use_scaler else None, "epoch": epoch, "step": step,
-                        "best": best, "rng": checkpoint.rng_state(), "data": data_meta,
-                        "settings": _plain_settings(settings)}
-            if epoch % settings.checkpoint_every == 0 or epoch == settings.epochs:
-                checkpoint.atomic_save(snapshot, run.checkpoints / "last.pt")
-            if better:
-                checkpoint.atomic_save(snapshot, run.checkpoints / "best.pt")
-    report.finish()
-    summary: dict[str, Any] = {"name": plan.graph.name, "run_dir": str(run.path), "epochs": settings.epochs,
-                               "params": plan.params, "device": str(dev), "best": best}
-    if data.test is not None:
-        test = evaluate(model, batches(data.test, 0), task, data.num_classes, autocast, prepare)
+    model.train()
+    run.report.start_epoch(epoch, settings.epochs, run.steps_per_epoch)
+    started, loss_sum, seen = time.perf_counter(), torch.zeros((), device=run.device), 0
+    lr = optimizer.param_groups[0]["lr"]
+    for x, y in run.batches(run.data.train, epoch):
+        lr = set_lr(optimizer, lr_factor(run.step, run.steps_per_epoch, settings.epochs, settings.scheduler, base_lr))
+        with run.autocast():
+            loss = run.loss_fn(run.forward(run.prepare(x)), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if settings.grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        run.step += 1
+        loss_sum += loss.detach().float() * x.shape[0]
+        seen += x.shape[0]
+        if run.report.live:
+            run.report.step(loss.item(), seen / (time.perf_counter() - started))
+    loss_sum, count = distributed.all_sum(run.world, loss_sum, torch.tensor(float(seen), device=run.device))
+    seconds = time.perf_counter() - started
+    train_loss = (loss_sum / count.clamp(min=1)).item()
+    run.epoch = epoch
+    if not math.isfinite(train_loss):
+        where = run.run_dir.checkpoints if run.run_dir else "the run directory"
+        raise SkiptrainError(f"the training loss became {train_loss} in epoch {epoch} (step {run.step})", None,
+                             "lower the learning rate, add train.grad_clip, or use fp32/bf16 instead of fp16; "
+                             f"the last good checkpoint is in {where}")
+    row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+    if run.data.val is not None and run.world.is_main:
+        val = evaluate(model, run.batches(run.data.val, 0), run.task, run.data.num_classes, run.autocast, run.prepare)
+        row["val_loss"] = val["loss"]
+        row.update({f"val_{key}": val[key] for key in ("acc", "miou") if key in val})
+    row.update(lr=lr, seconds=seconds, samples_per_s=count.item() / max(seconds, 1e-9))
+    return row
+
+
+def save(run: Run, row: dict[str, Any]) -> None:
+    """Metrics first, then checkpoints (atomically): a kill between them repeats the epoch, never skips it."""
+    if not run.world.is_main:
+        return
+    run.run_dir.append_metrics(row)
+    run.report.end_epoch(row)
+    key = {"classification": "val_acc", "segmentation": "val_miou"}.get(run.task, "val_loss")
+    if key not in row:
+        key = "train_loss" if key == "val_loss" else None
+    score = row.get(key) if key else None
+    lower_is_better = key in ("val_loss", "train_loss")
+    better = score is not None and (run.best is None or (score < run.best["value"] if lower_is_better
+                                                         else score > run.best["value"]))
+    if better:
+        run.best = {"metric": key, "value": score, "epoch": run.epoch}
+    periodic = run.epoch % run.settings.checkpoint_every == 0 or run.epoch == run.settings.epochs
+    if not (better or periodic):
+        return
+    snapshot = {"format": checkpoint.FORMAT, "skiptrain_version": __version__, "config": run.config.to_dict(),
+                "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None, "epoch": run.epoch,
+                "step": run.step, "best": run.best, "rng": checkpoint.rng_state(), "data": run.data_meta,
+                "settings": asdict(run.settings), "world_size": run.world.world_size}
+    if periodic:
+        checkpoint.atomic_save(snapshot, run.run_dir.checkpoints / "last.pt")
+    if better:
+        checkpoint.atomic_save(snapshot, run.run_dir.checkpoints / "best.pt")
+
+
+def finish(run: Run) -> dict[str, Any]:
+    """Test metrics, summary.json and curves.png (rank 0); the summary on every rank."""
+    summary: dict[str, Any] = {"name": run.plan.graph.name, "epochs": run.settings.epochs, "params": run.plan.params,
+                               "device": str(run.device), "world_size": run.world.world_size, "best": run.best}
+    if not run.world.is_main:
+        return summary
+    run.report.finish()
+    summary["run_dir"] = str(run.run_dir.path)
+    if run.data.test is not None:
+        test = evaluate(run.model, run.batches(run.data.test, 0), run.task, run.data.num_classes,
+                        run.autocast, run.prepare)
         summary.update({f"test_{k}": v for k, v in test.items() if not isinstance(v, list)})
-    history = run.history()
+    history = run.run_dir.history()
     summary["final_train_loss"] = history[-1]["train_loss"] if history else None
     summary["train_seconds"] = sum(r["seconds"] for r in history)
-    run.write_summary(summary)
-    run.plot_curves()
+    run.run_dir.write_summary(summary)
+    run.run_dir.plot_curves()
     for key, label in (("test_acc", "test accuracy"), ("test_miou", "test mean IoU"), ("test_loss", "test loss")):
         if key in summary:
-            report.info(f"{label}: {summary[key]:.4f}")
+            run.report.info(f"{label}: {summary[key]:.4f}")
             break
-    report.info(f"run directory: {run.path}")
+    run.report.info(f"run directory: {run.run_dir.path}")
     return summary
-
-
-def _run_dir_of(state: dict) -> str:
-    from pathlib import Path
-
-    return str(Path(state["path"]).parent.parent)
-
-
-def _plain_settings(settings: TrainSettings) -> dict:
-    return {k: v for k, v in asdict(settings).items()}

@@ -1,0 +1,71 @@
+"""Multi-process training on PyTorch's own engine: torchrun's environment, DDP, a launcher.
+
+skiptrain adds no scheme of its own: ``torchrun`` (or ``skiptrain train --nproc N``,
+which calls ``torch.distributed.run``) starts the processes and sets ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK``; each process joins the group here.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def join(device: str) -> World:
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU); a lone process is world 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return World()
+    world = World(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = torch.cuda.is_available() and device != "cpu" and not device.startswith("mps")
+    if use_cuda:
+        torch.cuda.set_device(world.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return world
+
+
+def leave(world: World) -> None:
+    """A barrier first: without it some ranks died with SIGABRT at exit (platform notes)."""
+    if world.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_sum(world: World, *values: torch.Tensor) -> list[torch.Tensor]:
+    if world.enabled:
+        for value in values:
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return list(values)
+
+
+def launch(nproc: int, train_args: list[str]) -> int:
+    """Run ``skiptrain train ARGS`` in ``nproc`` processes on this machine through torch.distributed.run."""
+    from torch.distributed import run
+
+    args = run.get_args_parser().parse_args(
+        ["--standalone", f"--nproc_per_node={nproc}", "--module", "skiptrain", "train", *train_args])
+    try:
+        run.run(args)
+    except Exception as exc:  # ChildFailedError: the failing rank has printed its own message
+        failures = getattr(exc, "failures", {})
+        codes = {f.exitcode for f in failures.values()} if failures else {1}
+        return max(codes) if all(c > 0 for c in codes) else 1
+    return 0

@@ -1,0 +1,78 @@
+"""What a run needs before its first step: device, precision, seeds, loss, and a model that fits the data."""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Config, where
+from ..errors import DataError, SkiptrainError
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SkiptrainError(f"unknown device `{name}`", None, "use auto, cpu, cuda, cuda:1 or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SkiptrainError(f"device `{name}` asked for, but this machine has no CUDA GPU", None,
+                             "use --device cpu (or device: auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SkiptrainError(f"device `{name}` does not exist: {torch.cuda.device_count()} GPU(s)", None)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SkiptrainError("device `mps` asked for, but MPS is not available", None, "use --device cpu")
+    return device
+
+
+def select_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a gradient scaler is needed)."""
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16, False
+        return None, False
+    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, True)}[precision]
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def make_loss(task: str, cfg: dict[str, Any]) -> nn.Module:
+    name = cfg.get("name", "auto")
+    if name == "mse" or (name == "auto" and task == "regression"):
+        return nn.MSELoss()
+    return nn.CrossEntropyLoss(label_smoothing=float(cfg.get("label_smoothing", 0.0)),
+                               ignore_index=int(cfg.get("ignore_index", -100)))
+
+
+def check_fit(config: Config, plan, data, task: str) -> None:
+    """The model's input and output must match the dataset before any training starts."""
+    model_in, model_out = tuple(plan.graph.input_shape), tuple(plan.output_shape)
+    if tuple(data.input_shape) != model_in:
+        raise DataError(f"the model takes samples of shape {list(model_in)}, but `{data.name}` gives "
+                        f"{list(data.input_shape)}", where(config.model, "input"),
+                        f"set `model.input: {list(data.input_shape)}`")
+    if task == "classification" and data.num_classes and model_out != (data.num_classes,):
+        raise DataError(f"the model outputs {list(model_out)}, but `{data.name}` has {data.num_classes} classes",
+                        plan.graph.nodes[plan.graph.output].loc,
+                        f"make the last layer output {data.num_classes} values (e.g. `out_features: {data.num_classes}`)")
+    if task == "segmentation" and data.num_classes and model_out != (data.num_classes, *data.input_shape[1:]):
+        raise DataError(f"the model outputs {list(model_out)}, but segmentation of `{data.name}` needs "
+                        f"{[data.num_classes, *data.input_shape[1:]]}", plan.graph.nodes[plan.graph.output].loc,
+                        f"end with a conv of `out_channels: {data.num_classes}` at the input resolution")

@@ -175,8 +175,7 @@ def resnet20_key(key: str) -> str:
 
 def resnet18_key(key: str) -> str:
     """torchvision ResNet-18 key -> configs/imagenet/resnet18.yaml key (see that file's header)."""
-    key = re.sub(r"^(layer\d+)\.(\d+)\.downsample\.([01])\.", r"\1_\2.bn2_proj.\3.", key)
-    return re.sub(r"^(layer\d+)\.(\d+)\.", r"\1_\2.", key)
+    return re.sub(r"^(layer\d+\.\d+)\.downsample\.([01])\.", r"\1.bn2_proj.\2.", key)
 
 
 # --------------------------------------------------------------------------- model pairs

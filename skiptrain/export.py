@@ -208,6 +208,11 @@ def _failure(model: torch.nn.Module, example, opset, plan, dynamo_reason: str, s
             return ExportError(f"{what} cannot be exported to ONNX: {_summary(exc)}", loc,
                                f"the dynamo exporter said: {dynamo_reason}; replace the layer, "
                                "or try another --opset")
+    for node_id in sorted(plan.graph.nodes, key=len, reverse=True):  # a traced name in the messages
+        if node_id.replace(".", "_") in f"{dynamo_reason} {script_reason}":
+            what, loc = _describe(node_id, plan)
+            return ExportError(f"{what} cannot be exported to ONNX: {dynamo_reason}", loc,
+                               f"the TorchScript-based exporter said: {script_reason}")
     return ExportError(f"neither ONNX exporter could export the model: {dynamo_reason}", None,
                        f"the TorchScript-based exporter said: {script_reason}")
 

@@ -20,7 +20,7 @@ DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 MODEL_KEYS = ("name", "input", "input_dtype", "projection", "blocks", "layers", "skips", "output",
               "width_multiplier", "depth_multiplier")
 BLOCK_KEYS = ("args", "layers", "skips", "projection", "output")
-INSTANCE_KEYS = ("id", "block", "args", "repeat", "input", "projection")
+INSTANCE_KEYS = ("id", "block", "args", "first_args", "repeat", "input", "projection")
 LAYER_META_KEYS = ("id", "type", "input", "scale")
 SKIP_KEYS = ("from", "to", "merge", "projection", "axis")
 WIDTH_ARGS = ("out_channels", "out_features")
@@ -205,7 +205,10 @@ class _Expander:
         if not isinstance(block, dict) or not isinstance(block.get("layers"), list) or not block["layers"]:
             raise ConfigError(f"block `{name}` needs a non-empty `layers:` list", where(self.blocks, name))
         check_keys(block, BLOCK_KEYS, f"block `{name}`")
-        block_env = self.block_env(name, block, entry, env)
+        block_env = self.block_env(name, block, entry.get("args"), entry, env)
+        # `first_args` change the first copy only: the strided first block of a ResNet stage
+        first_env = self.block_env(name, block, {**(entry.get("args") or {}), **entry["first_args"]}, entry, env,
+                                   "first_args") if entry.get("first_args") else block_env
         repeat = self.repeat(entry, env)
         inner_policy = policy
         for source in (block, entry):
@@ -219,17 +222,25 @@ class _Expander:
         base = prefix + local_id
         for copy in range(repeat if repeat is not None else 1):
             copy_prefix = f"{base}.{copy}." if repeat is not None else f"{base}."
-            out = self.expand_block(block, copy_prefix, out, block_env, stack + (name,), inner_policy)
+            out = self.expand_block(block, copy_prefix, out, first_env if copy == 0 else block_env,
+                                    stack + (name,), inner_policy)
             self.paths[copy_prefix[:-1]] = out
         self.paths[base] = out
         return out
 
-    def block_env(self, name: str, block: dict, entry: dict, env: dict) -> dict:
+    def block_env(self, name: str, block: dict, given: dict | None, entry: dict, env: dict,
+                  key: str = "args") -> dict:
         declared = block.get("args") or {}
-        given = entry.get("args") or {}
-        if not isinstance(declared, dict) or not isinstance(given, dict):
-            raise ConfigError("`args:` must be a mapping of names to values",
-                              where(entry, "args") if "args" in entry else where(block, "args"))
+        given = given or {}
+        if not isinstance(declared, dict) or not isinstance(given, dict) or not isinstance(entry.get(key) or {}, dict):
+            raise ConfigError(f"`{key}:` must be a mapping of names to values",
+                              where(entry, key) if key in entry else where(block, "args"))
+        if isinstance(entry.get(key), LocatedDict):  # locate errors in the mapping the user wrote
+            given = LocatedDict(given, loc=entry[key].loc)
+            for source in (entry.get("args"), entry.get(key)):
+                if isinstance(source, LocatedDict):
+                    given.key_locs.update(source.key_locs)
+                    given.value_locs.update(source.value_locs)
         for key in given:
             if key not in declared:
                 raise ConfigError(f"block `{name}` has no argument `{key}`",

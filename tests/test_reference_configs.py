@@ -32,23 +32,17 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def tv_to_skiptrain(key: str, skip_target: str) -> str:
-    """torchvision ResNet state-dict key -> skiptrain key.
+    """torchvision ResNet state-dict key -> skiptrain key: only the shortcut is renamed.
 
-    The YAML spells each torchvision block `layerN[K]` as its own instance `layerN_K` (a
-    `repeat` cannot give the first copy of a stage a different stride), and the shortcut
-    is the projection that `projection: auto` inserts on the skip into `skip_target`:
-    `layer2.0.conv1.weight` -> `layer2_0.conv1.weight`,
-    `layer2.0.downsample.0.weight` -> `layer2_0.bn2_proj.0.weight` (1x1 conv),
-    `layer2.0.downsample.1.*` -> `layer2_0.bn2_proj.1.*` (its BatchNorm).
-    Stem (`conv1`, `bn1`) and `fc` keys are unchanged.
+    The YAML's ids are torchvision's (`layer2.0.conv1.weight` is the same key); the
+    shortcut is the projection that `projection: auto` inserts on the skip into
+    `skip_target`: `layer2.0.downsample.{0,1}.*` -> `layer2.0.bn2_proj.{0,1}.*`.
     """
-    key = re.sub(r"^(layer\d+)\.(\d+)\.downsample\.([01])\.", rf"\1_\2.{skip_target}_proj.\3.", key)
-    return re.sub(r"^(layer\d+)\.(\d+)\.", r"\1_\2.", key)
+    return re.sub(r"^(layer\d+\.\d+)\.downsample\.([01])\.", rf"\1.{skip_target}_proj.\2.", key)
 
 
 def skiptrain_to_tv(key: str, skip_target: str) -> str:
-    key = re.sub(rf"^(layer\d+)_(\d+)\.{skip_target}_proj\.([01])\.", r"\1.\2.downsample.\3.", key)
-    return re.sub(r"^(layer\d+)_(\d+)\.", r"\1.\2.", key)
+    return re.sub(rf"^(layer\d+\.\d+)\.{skip_target}_proj\.([01])\.", r"\1.downsample.\2.", key)
 
 
 def mapped_state_dict(tv_model: torch.nn.Module, sk_model: torch.nn.Module, skip_target: str) -> dict:
@@ -161,8 +155,8 @@ def test_cifar_shortcuts_are_option_a(depth):
 @pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
 def test_imagenet_projections_are_torchvisions_downsamples(name):
     report = skiptrain.check_model(CONFIGS / "imagenet" / f"{name}.yaml")
-    stages = ["layer1_0", "layer2_0", "layer3_0", "layer4_0"] if name == "resnet50" else \
-        ["layer2_0", "layer3_0", "layer4_0"]
+    stages = ["layer1.0", "layer2.0", "layer3.0", "layer4.0"] if name == "resnet50" else \
+        ["layer2.0", "layer3.0", "layer4.0"]
     found = projections(report)
     assert sorted(p.id for p in found) == [f"{s}.{SKIP_TARGET[name]}_proj" for s in stages]
     assert all(p.kind == "conv_bn" for p in found)

@@ -170,3 +170,25 @@ def test_merge_layers_reject_other_keys_with_a_location(write_yaml):
     with pytest.raises(ConfigError) as info:
         expand(load_config(path).model)
     assert info.value.location.line == 5 and "projection" in info.value.message
+
+
+def test_first_args_change_only_the_first_copy(write_yaml):
+    graph = graph_of(write_yaml, """
+        model:
+          input: [4, 8, 8]
+          blocks:
+            b: {args: {c: 4, s: 1}, layers: [{id: conv, type: conv2d, out_channels: "${c}", kernel_size: 1, stride: "${s}"}]}
+          layers:
+            - {id: layer2, block: b, repeat: 3, args: {c: 8}, first_args: {s: 2}}
+    """)
+    strides = [graph.nodes[f"layer2.{k}.conv"].args["stride"] for k in range(3)]
+    widths = [graph.nodes[f"layer2.{k}.conv"].args["out_channels"] for k in range(3)]
+    assert strides == [2, 1, 1] and widths == [8, 8, 8]
+    with pytest.raises(ConfigError) as info:
+        graph_of(write_yaml, """
+            model:
+              input: [4, 8, 8]
+              blocks: {b: {args: {s: 1}, layers: [{type: relu}]}}
+              layers: [{block: b, repeat: 2, first_args: {stride: 2}}]
+        """)
+    assert "has no argument `stride`" in info.value.message and info.value.location.line == 4

@@ -53,8 +53,20 @@ def where(container: Any, key: Any = None) -> Location | None:
     return getattr(container, "loc", None)
 
 
+MAX_VALUES = 1_000_000  # values a document may hold once its aliases are expanded
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that builds Located containers and refuses duplicate keys."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:  # a 5000-digit int, a 2001-13-45 date
+            text = str(getattr(node, "value", ""))
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise ConfigError(f"cannot read the value `{shown}`: {str(exc).split(';')[0]}", _node_loc(self, node),
+                              "write a plain number (at most 4300 digits), string, list or mapping") from None
 
 
 def _node_loc(loader: _Loader, node: yaml.Node) -> Location:
@@ -93,10 +105,24 @@ _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 
 def parse_yaml(text: str, source_name: str) -> Any:
     """Parse YAML text into Located containers; every failure is a located ConfigError."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:  # a control character: the reader checks the text first
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise ConfigError(f"invalid YAML: character U+{exc.character:04X} is not allowed", Location(source_name, line, column),
+                          "remove the control character (YAML allows tabs and newlines only)") from None
     loader.source_name = source_name
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_VALUES:
+            raise ConfigError(f"the YAML holds more than {MAX_VALUES:,} values once its aliases are expanded",
+                              _node_loc(loader, node), "each `*alias` repeats everything its `&anchor` holds; "
+                              "aliases of aliases multiply. Write the values out, or use blocks and `repeat:`")
+        return loader.construct_document(node) if node is not None else None
+    except RecursionError:
+        raise ConfigError("the YAML is nested too deeply", Location(source_name),
+                          "a config needs a few levels of mappings and lists, not hundreds") from None
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(source_name, mark.line + 1, mark.column + 1) if mark else Location(source_name)
@@ -115,6 +141,16 @@ def parse_yaml(text: str, source_name: str) -> Any:
         raise ConfigError(f"invalid YAML: {exc}", Location(source_name)) from None
     finally:
         loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` holds with every alias expanded: linear in the nodes, not in the result."""
+    if id(node) not in sizes:
+        sizes[id(node)] = 1  # a node inside itself: the constructor refuses it
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
 
 
 def read_yaml(path: str | Path) -> Any:

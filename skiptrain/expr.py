@@ -21,10 +21,14 @@ def evaluate(expression: str, env: Mapping[str, Any], loc: Location | None) -> A
     """Value of one ``${expression}`` given the block arguments in ``env``."""
     try:
         tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # ValueError: a NUL; the others: too deep
         raise ConfigError(f"cannot parse `${{{expression}}}`", loc,
                           "only integers, argument names, + - * // and parentheses are allowed") from None
-    return _eval(tree.body, expression, env, loc)
+    try:
+        return _eval(tree.body, expression, env, loc)
+    except RecursionError:
+        raise ConfigError(f"`${{{expression}}}` is nested too deeply", loc,
+                          "write a short expression such as `${channels * 4}`") from None
 
 
 def _eval(node: ast.AST, text: str, env: Mapping[str, Any], loc: Location | None) -> Any:
@@ -45,7 +49,7 @@ def _eval(node: ast.AST, text: str, env: Mapping[str, Any], loc: Location | None
             raise ConfigError(f"`${{{text}}}` divides by zero", loc)
         result = _BINARY[type(node.op)](left, right)
         if abs(result) > _LIMIT:
-            raise ConfigError(f"`${{{text}}}` is too large ({abs(result):.3g})", loc)
+            raise ConfigError(f"`${{{text}}}` is too large (more than 2**62)", loc)
         return result
     raise ConfigError(f"`${{{text}}}` is not allowed: only integer arithmetic with + - * // "
                       "and parentheses on argument names", loc,

@@ -97,6 +97,9 @@ def build_module(plan: ModelPlan, device: str | torch.device | None = None) -> S
         for node in graph.order:
             layer = registry.get(node.type, node.loc)
             value = values[node.inputs[0]]
+            # `+=` may write into a fresh value only if no other reader sees it, and without a type promotion
+            exclusive = readers[node.inputs[0]] == 1 if layer.passthrough else True
+            same_dtype = node.meta.get("layer_dtype") == node.meta.get("dtype")
             if not layer.passthrough:
                 args = node.meta["args"]
                 if (layer.may_run_inplace and "inplace" not in node.args and value in owned
@@ -116,7 +119,7 @@ def build_module(plan: ModelPlan, device: str | torch.device | None = None) -> S
                     projected = names.new(proj.id)
                     body.append((f"{projected} = {call(proj.id, source)}", [source]))
                     source = projected
-                if skip.merge == "add" and value in owned:  # `out += identity`: no new tensor
+                if skip.merge == "add" and value in owned and exclusive and same_dtype:  # `out += identity`
                     body.append((f"{value} += {source}", [value, source]))
                     continue
                 merged = names.new(f"{node.id}_{skip.merge}")
@@ -128,6 +131,7 @@ def build_module(plan: ModelPlan, device: str | torch.device | None = None) -> S
                     body.append((f"{merged} = {value} {_OPERATORS[skip.merge]} {source}", [value, source]))
                 value = merged
                 owned.add(merged)
+                exclusive = True
             values[node.id] = value
     output = values[graph.output]
     code = "\n".join(["def forward(self, x):", "    m = self._modules", *scope_lines,

@@ -92,7 +92,13 @@ def plan(skip: Skip, source: Shape, target: Shape, axis_kind: str, proj_id: str)
                 raise fail("`pad` cannot shrink features", "use `projection: auto` (a linear layer)")
             return _sized(Projection(proj_id, skip, "pad", source, target, extra={"pad": target[-1] - source[-1], "dim": -1}))
         return _sized(Projection(proj_id, skip, "linear", source, target, extra={"out_features": target[-1]}))
+    if axis != 0:
+        raise fail(f"a projection works on the channels (axis 0) or the last axis, not on axis {axis}",
+                   "skip between nodes whose other axes agree, or drop `axis:`")
     spatial_axes = [i for i in range(rank) if i != axis]
+    if len(spatial_axes) > 3 and policy != "pad":
+        raise fail(f"a projection on channels handles 1 to 3 spatial axes, not {len(spatial_axes)}",
+                   "use `projection: pad`, or skip between nodes whose shapes agree")
     src_sp = [source[i] for i in spatial_axes]
     dst_sp = [target[i] for i in spatial_axes]
     out_shape = list(target)

@@ -4,6 +4,11 @@ Each layer is built on the ``meta`` device and run on an empty batch of its inpu
 shape: no weights are allocated, and the shape rule is exactly torch's. Results are
 memoized per (layer type, arguments, input shape), so a 1,000-layer network that
 repeats one block costs a handful of meta forwards.
+
+Meta kernels do not check dtypes the way CPU and CUDA kernels do, so two rules are
+added: a layer with float32 weights takes float32 values (an embedding takes ids), and a
+weightless layer that receives another dtype (``gelu`` on int64 ids) also runs once on a
+small CPU batch.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from . import projection, registry
 from .errors import ShapeError
@@ -20,6 +26,7 @@ from .projection import Projection
 Shape = tuple[int, ...]
 _CACHE: dict[tuple, tuple[Shape, str, int]] = {}
 _CACHE_LIMIT = 20_000
+_CPU_CHECK_LIMIT = 1 << 20  # elements of the batch a weightless layer is tried on for a non-float32 dtype
 
 
 @dataclass
@@ -52,11 +59,16 @@ class ModelPlan:
 
 
 def _freeze(value: Any) -> Any:
+    """A cache key for an argument: `1`, `1.0` and `true` stay apart (torch takes them differently)."""
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
     if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    return value
+        return ("dict", tuple((_freeze(k), _freeze(v)) for k, v in value.items()))
+    try:
+        hash(value)
+    except TypeError:  # a YAML `!!set`
+        return ("unhashable", type(value).__name__, repr(value))
+    return type(value).__name__, value
 
 
 def layer_shape(layer: registry.LayerType, args: dict, in_shape: Shape, in_dtype: str,
@@ -74,8 +86,9 @@ def layer_shape(layer: registry.LayerType, args: dict, in_shape: Shape, in_dtype
         raise ShapeError(f"cannot build `{node.type}` `{node.id}`: {_first_line(exc)}", node.loc,
                          "check this layer's arguments against torch.nn's documentation") from None
     module.eval()
-    batch = torch.empty((2, *in_shape), device="meta", dtype=getattr(torch, in_dtype))
+    _check_weights(module, in_dtype, node)
     try:
+        batch = torch.empty((2, *in_shape), device="meta", dtype=getattr(torch, in_dtype))
         with torch.no_grad():
             out = module(batch)
     except Exception as exc:
@@ -87,11 +100,44 @@ def layer_shape(layer: registry.LayerType, args: dict, in_shape: Shape, in_dtype
         raise ShapeError(f"`{node.type}` `{node.id}` does not return one batched tensor", node.loc,
                          "layers must keep the batch axis first (torch.nn arguments such as "
                          "`flatten`'s `start_dim` count it)")
+    if 0 in out.shape:
+        raise ShapeError(f"`{node.type}` `{node.id}` gives an empty output of shape {list(out.shape[1:])}", node.loc,
+                         "every axis needs at least one element: check sizes such as `out_features`, "
+                         "`out_channels`, `kernel_size` and `stride`")
+    if in_dtype != "float32" and batch.numel() <= _CPU_CHECK_LIMIT and out.numel() <= _CPU_CHECK_LIMIT:
+        _check_on_cpu(module, batch, node)
     result = (tuple(out.shape[1:]), str(out.dtype).removeprefix("torch."),
               sum(p.numel() for p in module.parameters()))
     if len(_CACHE) < _CACHE_LIMIT:
         _CACHE[key] = result
     return result
+
+
+def _check_weights(module: nn.Module, in_dtype: str, node: Node) -> None:
+    """A layer's float32 weights need float32 values, which the meta device does not check."""
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return  # takes integer ids; the meta forward checks that
+    weights = {str(t.dtype).removeprefix("torch.") for t in (*module.parameters(), *module.buffers())
+               if t.is_floating_point()}
+    if weights and weights != {in_dtype}:
+        raise ShapeError(f"`{node.type}` `{node.id}` has {'/'.join(sorted(weights))} weights but receives "
+                         f"{in_dtype} values", node.loc,
+                         "skiptrain builds float32 layers: token ids (int64) go through an `embedding` first, "
+                         "other inputs use `input_dtype: float32`")
+
+
+def _check_on_cpu(module: nn.Module, batch: torch.Tensor, node: Node) -> None:
+    """Run a weightless layer once on CPU: its kernel may not support this dtype (`gelu` on int64)."""
+    if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+        return
+    try:
+        with torch.no_grad():
+            module(torch.zeros(batch.shape, dtype=batch.dtype))
+    except Exception as exc:
+        dtype = str(batch.dtype).removeprefix("torch.")
+        raise ShapeError(f"`{node.type}` `{node.id}` cannot take {dtype} values: {_first_line(exc)}", node.loc,
+                         "token ids (int64) go through an `embedding` first; other inputs use "
+                         "`input_dtype: float32`") from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -113,15 +159,23 @@ def infer(graph: Graph) -> ModelPlan:
         shape, dtype, params = layer_shape(layer, args, in_shape, in_dtype, node)
         axis_kind = layer.axis if layer.axis != "inherit" else axes[node.inputs[0]]
         node.meta.update(args=args, in_shape=in_shape, layer_shape=shape, params=params, axis=axis_kind)
+        node.meta["layer_dtype"] = dtype
         for skip in graph.skips_into(node.id):
-            source = values[skip.source][0]
+            source, source_dtype = values[skip.source]
             proj = projection.plan(skip, source, shape, axis_kind, _projection_id(node.id, taken))
             if proj is not None:
+                if proj.params and source_dtype != "float32":
+                    raise ShapeError(f"skip `{skip.source}` -> `{skip.target}` needs a projection "
+                                     f"({proj.description}) whose float32 weights cannot take the {source_dtype} "
+                                     f"values of `{skip.source}`", skip.loc,
+                                     "skip from a float32 node, or make the shapes agree")
                 taken.add(proj.id)
                 projections[skip_index[id(skip)]] = proj
             axis = skip.axis if skip.axis is not None else projection.feature_axis(axis_kind, len(shape))
             shape = projection.merged_shape(skip, proj.out_shape if proj else source, shape, axis % len(shape))
+            dtype = str(torch.promote_types(getattr(torch, dtype), getattr(torch, source_dtype))).removeprefix("torch.")
         node.meta["shape"] = shape
+        node.meta["dtype"] = dtype
         values[node.id] = (shape, dtype)
         axes[node.id] = axis_kind
     warnings = [f"`{n}`'s output is never used" for n in graph.unused()]

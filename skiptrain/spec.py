@@ -24,6 +24,7 @@ INSTANCE_KEYS = ("id", "block", "args", "first_args", "repeat", "input", "projec
 LAYER_META_KEYS = ("id", "type", "input", "scale")
 SKIP_KEYS = ("from", "to", "merge", "projection", "axis")
 WIDTH_ARGS = ("out_channels", "out_features")
+MAX_NODES = 1_000_000  # nested repeats multiply: refuse a graph that would not fit in memory
 _PREFIX = "."  # key in a scope's local names holding the scope's id prefix (never a valid id)
 _ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -160,7 +161,10 @@ class _Expander:
             if key in LAYER_META_KEYS:
                 continue
             value = substitute(value, env, where(entry, key))
-            if key in WIDTH_ARGS and scale and self.width != 1.0 and type(value) is int:
+            if key in WIDTH_ARGS and scale and self.width != 1.0 and type(value) is int and value > 0:
+                if value > 2**62:
+                    raise ConfigError(f"`{key}` is too large to scale by `width_multiplier`", where(entry, key),
+                                      "sizes go up to 2**62")
                 value = max(1, round(value * self.width))
             args[key] = value
         inputs = self.inputs_of(entry, prev, local, declared)
@@ -171,6 +175,8 @@ class _Expander:
                                   where(entry, "input") or where(entry),
                                   "or skip into a layer with `skips: [{from: a, to: b}]`")
             axis = args.pop("axis", None)
+            if axis is not None and type(axis) is not int:
+                raise ConfigError("`axis:` must be an integer sample axis", where(entry, "axis"))
             for key in args:
                 raise ConfigError(f"`{layer_type}` takes only `input:` and `axis:`, not `{key}`",
                                   entry.where(key, of_key=True) if isinstance(entry, LocatedDict) else where(entry),
@@ -185,6 +191,9 @@ class _Expander:
         return node_id
 
     def add_node(self, node: Node) -> None:
+        if len(self.nodes) >= MAX_NODES:
+            raise ConfigError(f"the model expands to more than {MAX_NODES:,} layers", node.loc,
+                              "check `repeat:`, `depth_multiplier` and nested repeats: they multiply")
         self.position[node.id] = len(self.nodes)
         self.nodes[node.id] = node
         self.paths[node.id] = node.id
@@ -206,6 +215,8 @@ class _Expander:
             raise ConfigError(f"block `{name}` needs a non-empty `layers:` list", where(self.blocks, name))
         check_keys(block, BLOCK_KEYS, f"block `{name}`")
         block_env = self.block_env(name, block, entry.get("args"), entry, env)
+        if not isinstance(entry.get("first_args") or {}, dict):
+            raise ConfigError("`first_args:` must be a mapping of names to values", where(entry, "first_args"))
         # `first_args` change the first copy only: the strided first block of a ResNet stage
         first_env = self.block_env(name, block, {**(entry.get("args") or {}), **entry["first_args"]}, entry, env,
                                    "first_args") if entry.get("first_args") else block_env

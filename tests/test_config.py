@@ -118,3 +118,38 @@ def test_set_into_an_unknown_section_is_an_error(write_yaml):
     path = write_yaml("model: {input: [4], layers: [{type: relu}]}\n")
     with pytest.raises(ConfigError, match="unknown section `trian`"):
         load_config(path, ["trian.epochs=3"])
+
+
+# -- found by tests/test_fuzz.py: odd YAML is a located ConfigError, never a crash or a hang --------
+
+@pytest.mark.parametrize("text, message", [
+    ("a: " + "9" * 5000, "cannot read the value"),          # int() refuses more than 4300 digits
+    ("a: 2001-13-45", "cannot read the value"),             # a timestamp that is not a date
+    ("a: !!float abc", "cannot read the value"),
+    ("a: " + "[" * 3000 + "]" * 3000, "nested too deeply"),  # the composer recurses
+    ("a: 1\nb: x\x1fy", r"U\+001F is not allowed"),          # the reader refuses it before parsing
+])
+def test_odd_yaml_values_are_config_errors(text, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_yaml(text, "t.yaml")
+    assert info.value.location.file == "t.yaml"
+
+
+def test_a_control_character_is_located():
+    with pytest.raises(ConfigError) as info:
+        parse_yaml("a: 1\nb: x\x1fy", "t.yaml")
+    assert (info.value.location.line, info.value.location.column) == (2, 5)
+
+
+def test_aliases_that_expand_to_a_billion_values_are_refused(write_yaml):
+    levels = ["&l0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = write_yaml("model:\n  input: [3, 8, 8]\n  layers:\n"
+                      f"    - {{type: conv2d, out_channels: 4, kernel_size: [{', '.join(levels)}]}}\n")
+    with pytest.raises(ConfigError, match="aliases are expanded"):
+        load_config(path)
+
+
+def test_a_few_aliases_still_work():
+    data = plain(parse_yaml("a: &conv {type: conv2d, kernel_size: 3}\nb: [*conv, *conv]", "t"))
+    assert data["b"] == [{"type": "conv2d", "kernel_size": 3}] * 2

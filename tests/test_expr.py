@@ -43,3 +43,17 @@ def test_substitute_keeps_types_and_formats_text():
     assert substitute("${name}", ENV, None) == "relu"
     assert substitute("conv${depth}", ENV, None) == "conv3"
     assert substitute({"k": "${depth}"}, ENV, None) == {"k": 3}
+
+
+@pytest.mark.parametrize("text", [
+    "1\x00", "-" * 100_000 + "1", " + ".join(["1"] * 3000), "(" * 300 + "1" + ")" * 300, "9" * 5000,
+])
+def test_hostile_expressions_are_config_errors(text):
+    """Found by tests/test_fuzz.py: ast.parse raises ValueError, MemoryError or RecursionError on these."""
+    with pytest.raises(ConfigError):
+        evaluate(text, ENV, None)
+
+
+def test_a_result_too_large_from_a_huge_argument_is_a_config_error():
+    with pytest.raises(ConfigError, match="too large"):
+        evaluate("width * 2", {"width": 10 ** 400}, None)

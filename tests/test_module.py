@@ -148,3 +148,30 @@ def test_dynamo_traces_without_graph_breaks():
     model = skiptrain.build_model(RESNET_BLOCK).eval()
     explanation = torch._dynamo.explain(model)(torch.randn(2, 4, 8, 8))
     assert explanation.graph_break_count == 0
+
+
+# -- found by tests/test_fuzz.py ---------------------------------------------------------------------
+
+def test_a_merge_layer_does_not_add_in_place_into_a_value_read_again():
+    """`s = add(a, input)` compiled to `a += x`, and `add(s, a)` then read the changed `a`."""
+    model = skiptrain.build_model({"input": [4], "layers": [
+        {"id": "a", "type": "linear", "out_features": 4},
+        {"id": "s", "type": "add", "input": ["a", "input"]},
+        {"id": "o", "type": "add", "input": ["s", "a"]}]}).eval()
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        a = model.a(x)
+        torch.testing.assert_close(model(x), (a + x) + a)
+
+
+def test_a_skip_that_promotes_the_dtype_is_not_added_in_place():
+    """`ids_maxpooled += floats` cannot write float values into an int64 tensor."""
+    model = skiptrain.build_model({"input": [1, 4, 4], "input_dtype": "int64", "layers": [
+        {"id": "p", "type": "maxpool2d", "kernel_size": 1},
+        {"id": "e", "type": "embedding", "num_embeddings": 10, "embedding_dim": 4, "input": "input"},
+        {"id": "f", "type": "flatten", "start_dim": 3}],
+        "skips": [{"from": "f", "to": "p"}], "output": "p"}).eval()
+    x = torch.randint(0, 10, (2, 1, 4, 4))
+    out = model(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, x.float() + model.e(x).flatten(3))

@@ -149,3 +149,23 @@ def test_policy_precedence_skip_over_block_over_model():
     plan = skiptrain.check_model(model)
     kinds = {p.id: p.kind for p in plan.projections.values()}
     assert kinds == {"one.c_proj": "conv", "three_proj": "conv_bn"}  # `two` has no mismatch: 8 -> 8
+
+
+# -- found by tests/test_fuzz.py ---------------------------------------------------------------------
+
+def test_a_mismatch_off_the_channel_or_last_axis_is_a_shape_error():
+    """With `axis: 1` the conv projection worked on axis 0 anyway, and the built model failed."""
+    model = {"input": [4, 8, 8], "layers": [{"id": "a", "type": "conv2d", "out_channels": 8, "kernel_size": 1}],
+             "skips": [{"from": "input", "to": "a", "merge": "concat", "axis": 1}]}
+    with pytest.raises(ShapeError, match="not on axis 1"):
+        skiptrain.check_model(model)
+
+
+def test_a_channel_projection_on_four_spatial_axes_is_a_shape_error():
+    """There is no Conv4d: planning raised KeyError."""
+    model = {"input": [2, 3, 4, 4, 4], "layers": [{"id": "p", "type": "permute", "dims": [1, 0, 2, 3, 4]}],
+             "skips": [{"from": "input", "to": "p"}]}
+    with pytest.raises(ShapeError, match="1 to 3 spatial axes"):
+        skiptrain.check_model(model)
+    model["projection"] = "pad"  # zero-padding works on any rank
+    run(model)

@@ -71,3 +71,64 @@ def test_unused_branches_are_warned():
 def test_yaml_lists_reach_torch_as_tuples():
     plan = skiptrain.check_model({"input": [2, 4, 4], "layers": [{"type": "upsample", "scale_factor": [2, 1]}]})
     assert plan.output_shape == (2, 8, 4)
+
+
+# -- found by tests/test_fuzz.py ---------------------------------------------------------------------
+
+def test_the_shape_cache_keeps_1_and_1_0_apart():
+    """`kernel_size: 1.0` hit the cache entry of `kernel_size: 1`, so validate passed and the build failed."""
+    def model(k):
+        return {"input": [3, 8, 8], "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": k}]}
+    skiptrain.check_model(model(1))
+    with pytest.raises(ShapeError):
+        skiptrain.check_model(model(1.0))
+
+
+def test_arguments_that_cannot_be_sorted_or_hashed_reach_torch():
+    def model(value):
+        return {"input": [3, 8, 8], "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": value}]}
+    with pytest.raises(ShapeError):
+        skiptrain.check_model(model({1: 2, "a": 3}))  # sorting the keys for the cache raised TypeError
+    assert skiptrain.check_model(model({2, 3})).output_shape == (4, 7, 6)  # a YAML !!set: unhashable
+
+
+@pytest.mark.parametrize("dtype, layer", [
+    ("int64", {"type": "linear", "out_features": 4}),       # meta's linear does not compare dtypes
+    ("float16", {"type": "layernorm"}),
+    ("int64", {"type": "gelu"}),                            # no CPU kernel for int64
+    ("int32", {"type": "avgpool2d", "kernel_size": 1}),
+])
+def test_dtypes_the_kernels_refuse_are_shape_errors(dtype, layer):
+    with pytest.raises(ShapeError, match=dtype):
+        skiptrain.check_model({"input": [2, 4, 4], "input_dtype": dtype, "layers": [layer]})
+
+
+def test_token_ids_still_feed_embeddings_and_shape_layers():
+    plan = skiptrain.check_model({"input": [6], "input_dtype": "int64", "layers": [
+        {"type": "relu"}, {"type": "embedding", "num_embeddings": 10, "embedding_dim": 4}, {"type": "gelu"}]})
+    assert plan.output_shape == (6, 4) and plan.output_dtype == "float32"
+
+
+def test_a_projection_cannot_take_integer_values():
+    with pytest.raises(ShapeError, match="cannot take the int64 values"):
+        skiptrain.check_model({"input": [6], "input_dtype": "int64", "layers": [
+            {"id": "e", "type": "embedding", "num_embeddings": 10, "embedding_dim": 1},
+            {"id": "f", "type": "flatten"}, {"type": "linear", "out_features": 3}],
+            "skips": [{"from": "input", "to": "linear_1"}]})
+
+
+def test_a_skip_of_another_dtype_promotes_the_merged_value():
+    plan = skiptrain.check_model({"input": [6], "input_dtype": "int64", "layers": [
+        {"id": "e", "type": "embedding", "num_embeddings": 10, "embedding_dim": 1},
+        {"id": "f", "type": "flatten"}], "skips": [{"from": "input", "to": "f"}]})
+    assert plan.output_dtype == "float32"
+
+
+def test_an_empty_output_is_a_shape_error():
+    with pytest.raises(ShapeError, match="empty output"):
+        skiptrain.check_model({"input": [4], "layers": [{"type": "linear", "out_features": 0}]})
+
+
+def test_an_input_too_large_to_describe_is_a_shape_error():
+    with pytest.raises(ShapeError):
+        skiptrain.check_model({"input": [2 ** 31, 2 ** 31, 2 ** 31], "layers": [{"type": "relu"}]})

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+import skiptrain
 from skiptrain.config import load_config
 from skiptrain.errors import ConfigError
 from skiptrain.spec import expand
@@ -192,3 +193,38 @@ def test_first_args_change_only_the_first_copy(write_yaml):
               layers: [{block: b, repeat: 2, first_args: {stride: 2}}]
         """)
     assert "has no argument `stride`" in info.value.message and info.value.location.line == 4
+
+
+# -- found by tests/test_fuzz.py ---------------------------------------------------------------------
+
+def test_a_merge_layer_axis_must_be_an_integer():
+    with pytest.raises(ConfigError, match="`axis:` must be an integer"):
+        skiptrain.check_model({"input": [4], "layers": [
+            {"id": "a", "type": "relu"}, {"type": "concat", "input": ["a", "input"], "axis": "x"}]})
+
+
+@pytest.mark.parametrize("args, first_args", [({}, "zz"), ({"c": 2}, [1])])
+def test_first_args_must_be_a_mapping(args, first_args):
+    with pytest.raises(ConfigError, match="`first_args:` must be a mapping"):
+        skiptrain.check_model({"input": [4], "blocks": {"b": {"args": {"c": 1}, "layers": [{"type": "relu"}]}},
+                               "layers": [{"block": "b", "args": args, "first_args": first_args}]})
+
+
+def test_width_multiplier_leaves_invalid_sizes_to_be_refused():
+    """A negative width stayed negative only without a multiplier (it became 1); a huge one overflowed."""
+    def model(width):
+        return {"input": [4], "width_multiplier": 0.5, "layers": [{"type": "linear", "out_features": width}]}
+    with pytest.raises(ConfigError):
+        skiptrain.check_model(model(-6))
+    with pytest.raises(ConfigError, match="too large to scale"):
+        skiptrain.check_model(model(10 ** 400))
+    assert skiptrain.check_model(model(1)).output_shape == (1,)  # small widths still round up to 1
+
+
+def test_nested_repeats_that_explode_are_refused(monkeypatch):
+    monkeypatch.setattr("skiptrain.spec.MAX_NODES", 1000)
+    model = {"input": [4], "blocks": {"inner": {"layers": [{"type": "relu"}]},
+                                      "outer": {"layers": [{"block": "inner", "repeat": 100}]}},
+             "layers": [{"block": "outer", "repeat": 100}]}
+    with pytest.raises(ConfigError, match="more than 1,000 layers"):
+        expand(load_config(model).model)

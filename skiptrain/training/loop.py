@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ from .optim import build_optimizer, lr_factor, set_lr
 from .progress import Reporter
 from .rundir import RunDir
 from .settings import TrainSettings, parse_settings
-from .setup import check_fit, make_loss, seed_everything, select_device, select_precision
+from .setup import check_fit, check_memory, make_loss, seed_everything, select_device, select_precision
 
 
 @dataclass
@@ -52,9 +55,13 @@ class Run:
     report: Reporter
     run_dir: RunDir | None  # None on ranks other than 0
     limit_batches: int | None = None
-    epoch: int = 0
-    step: int = 0
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    batch: int = 0  # batches done in the current epoch (mid-epoch checkpoints)
+    partial: tuple[float, int] = (0.0, 0)  # this epoch's loss sum and samples so far
     best: dict | None = None
+    skipped: int = 0  # batches skipped for a non-finite loss (on_nan: skip_batch)
+    stop: int | None = None  # a signal asked us to stop
     data_meta: dict = field(default_factory=dict)
 
     def batches(self, split, epoch: int):
@@ -72,7 +79,7 @@ def train(config: Config | None, *, run_dir: str | None = None, epochs: int | No
 
     ``limit_batches`` caps the batches of every split per epoch: a smoke test of a config.
     """
-    state = checkpoint.read(resume) if resume else None
+    state = checkpoint.read(resume, on_fallback=_warn) if resume else None
     if config is None:
         config = load_config(state["config"])
     if epochs is not None:
@@ -82,15 +89,50 @@ def train(config: Config | None, *, run_dir: str | None = None, epochs: int | No
     run = None
     try:
         run = start(config, settings, world, device, state, run_dir, quiet, force, limit_batches)
-        for epoch in range(run.epoch + 1, settings.epochs + 1):
-            row = train_epoch(run, epoch)
-            save(run, row)
+        with _graceful_stop(run):
+            for epoch in range(run.epoch + 1, settings.epochs + 1):
+                row = train_epoch(run, epoch)
+                save(run, row)
         return finish(run)
     finally:
         if run is not None:
             run.forward = run.model  # the DDP wrapper must go before its process group does
         del run
         distributed.leave(world)
+
+
+class TrainingStopped(SkiptrainError):
+    """A signal stopped the run after a checkpoint was written: exit 128 + signal number."""
+
+    kind = "stopped"
+
+    def __init__(self, signum: int, message: str, hint: str):
+        super().__init__(message, None, hint)
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def _graceful_stop(run: "Run"):
+    """SIGINT/SIGTERM: finish the step, checkpoint, exit 130/143; a second signal exits at once."""
+    if run.world.enabled or threading.current_thread() is not threading.main_thread():
+        yield  # under torchrun the agent owns signals: it stops every rank together
+        return
+
+    def request(signum, frame):
+        run.stop = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 def start(config: Config, settings: TrainSettings, world: distributed.World, device: str | None, state: dict | None,
@@ -101,6 +143,7 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
     if world.enabled and dev.type == "cuda":
         dev = torch.device("cuda", world.local_rank)
     plan = infer(expand(config.model))
+    check_memory(plan.params, settings.optimizer, dev)
     data = load_data(config.data, input_shape=plan.graph.input_shape, input_dtype=plan.graph.input_dtype,
                      task=settings.task, device=dev, seed=settings.seed, rank=world.rank, world_size=world.world_size)
     task = settings.task or data.task
@@ -141,6 +184,7 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
             scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
         run.epoch, run.step, run.best = state["epoch"], state["step"], state.get("best")
+        run.batch, run.partial = state.get("batch", 0), tuple(state.get("partial", (0.0, 0)))
     if world.is_main:
         if state is not None:
             run.run_dir = RunDir(run_dir or str(Path(state["path"]).parent.parent))
@@ -158,17 +202,24 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
 
 
 def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
-    """One pass over the training split, then the validation metrics (rank 0)."""
+    """One pass over the training split (from where a mid-epoch checkpoint left it), then validation."""
     settings, model, optimizer, scaler = run.settings, run.model, run.optimizer, run.scaler
     base_lr = optimizer.param_groups[0]["base_lr"]
     model.train()
     run.report.start_epoch(epoch, settings.epochs, run.steps_per_epoch)
-    started, loss_sum, seen = time.perf_counter(), torch.zeros((), device=run.device), 0
+    started = time.perf_counter()
+    loss_sum = torch.tensor(run.partial[0], device=run.device)
+    seen, first = run.partial[1], run.batch
+    resumed = seen
     lr = optimizer.param_groups[0]["lr"]
-    for x, y in run.batches(run.data.train, epoch):
+    batches = itertools.islice(run.data.train.epoch(epoch, start=first), max(0, run.steps_per_epoch - first))
+    for x, y in batches:
         lr = set_lr(optimizer, lr_factor(run.step, run.steps_per_epoch, settings.epochs, settings.scheduler, base_lr))
         with run.autocast():
             loss = run.loss_fn(run.forward(run.prepare(x)), y)
+        if not torch.isfinite(loss):
+            _non_finite(run, epoch, loss)
+            continue
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if settings.grad_clip:
@@ -177,26 +228,53 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
         scaler.step(optimizer)
         scaler.update()
         run.step += 1
+        run.batch += 1
         loss_sum += loss.detach().float() * x.shape[0]
         seen += x.shape[0]
         if run.report.live:
-            run.report.step(loss.item(), seen / (time.perf_counter() - started))
+            run.report.step(loss.item(), (seen - resumed) / (time.perf_counter() - started))
+        if run.stop is not None or (settings.checkpoint_every_steps and run.step % settings.checkpoint_every_steps == 0):
+            run.partial = (loss_sum.item(), seen)
+            save_checkpoint(run, best=False)
+            if run.stop is not None:
+                _stopped(run, epoch)
     loss_sum, count = distributed.all_sum(run.world, loss_sum, torch.tensor(float(seen), device=run.device))
     seconds = time.perf_counter() - started
     train_loss = (loss_sum / count.clamp(min=1)).item()
-    run.epoch = epoch
-    if not math.isfinite(train_loss):
-        where = run.run_dir.checkpoints if run.run_dir else "the run directory"
-        raise SkiptrainError(f"the training loss became {train_loss} in epoch {epoch} (step {run.step})", None,
-                             "lower the learning rate, add train.grad_clip, or use fp32/bf16 instead of fp16; "
-                             f"the last good checkpoint is in {where}")
+    run.epoch, run.batch, run.partial = epoch, 0, (0.0, 0)
     row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
     if run.data.val is not None and run.world.is_main:
         val = evaluate(model, run.batches(run.data.val, 0), run.task, run.data.num_classes, run.autocast, run.prepare)
         row["val_loss"] = val["loss"]
         row.update({f"val_{key}": val[key] for key in ("acc", "miou") if key in val})
-    row.update(lr=lr, seconds=seconds, samples_per_s=count.item() / max(seconds, 1e-9))
+    trained = count.item() - resumed * run.world.world_size  # samples this process run actually trained on
+    row.update(lr=lr, seconds=seconds, samples_per_s=trained / max(seconds, 1e-9))
+    if run.skipped:
+        row["skipped_batches"] = run.skipped
     return row
+
+
+def _non_finite(run: Run, epoch: int, loss: torch.Tensor) -> None:
+    """`on_nan: stop` ends the run, naming the step and the likely cause; `skip_batch` drops the batch."""
+    if run.settings.on_nan == "skip_batch" and run.skipped < 100:
+        run.skipped += 1
+        return
+    fp16 = run.scaler.is_enabled()
+    cause = ("fp16 overflow: use precision bf16 or fp32" if fp16 else
+             f"a learning rate too high (now {run.optimizer.param_groups[0]['lr']:.3g}): lower it, add warmup_epochs "
+             "or train.grad_clip")
+    where = run.run_dir.checkpoints if run.run_dir else "the run directory"
+    raise SkiptrainError(f"the loss became {loss.item()} at step {run.step + 1} (epoch {epoch}, batch {run.batch + 1})",
+                         None, f"most likely {cause}; the last good checkpoint is in {where}"
+                               + ("; `train.on_nan: skip_batch` skips such batches" if run.settings.on_nan == "stop"
+                                  else f"; {run.skipped} batches were skipped before this one"))
+
+
+def _stopped(run: Run, epoch: int) -> None:
+    name = signal.Signals(run.stop).name
+    where = run.run_dir.path if run.run_dir else "the run directory"
+    raise TrainingStopped(run.stop, f"{name} received: stopped after step {run.step} (epoch {epoch}, batch "
+                                    f"{run.batch}); checkpoint saved", f"resume with: skiptrain train --resume {where}")
 
 
 def save(run: Run, row: dict[str, Any]) -> None:
@@ -215,17 +293,26 @@ def save(run: Run, row: dict[str, Any]) -> None:
     if better:
         run.best = {"metric": key, "value": score, "epoch": run.epoch}
     periodic = run.epoch % run.settings.checkpoint_every == 0 or run.epoch == run.settings.epochs
-    if not (better or periodic):
+    if periodic or run.settings.checkpoint_every_steps:
+        save_checkpoint(run, best=False)
+    if better:
+        save_checkpoint(run, best=True)
+
+
+def save_checkpoint(run: Run, best: bool) -> None:
+    """last.pt (keeping the one before as previous.pt) or best.pt: everything to continue exactly."""
+    if not run.world.is_main:
         return
     snapshot = {"format": checkpoint.FORMAT, "skiptrain_version": __version__, "config": run.config.to_dict(),
                 "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                 "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None, "epoch": run.epoch,
-                "step": run.step, "best": run.best, "rng": checkpoint.rng_state(), "data": run.data_meta,
-                "settings": asdict(run.settings), "world_size": run.world.world_size}
-    if periodic:
-        checkpoint.atomic_save(snapshot, run.run_dir.checkpoints / "last.pt")
-    if better:
+                "batch": run.batch, "partial": list(run.partial), "step": run.step, "best": run.best,
+                "rng": checkpoint.rng_state(), "data": run.data_meta, "settings": asdict(run.settings),
+                "world_size": run.world.world_size}
+    if best:
         checkpoint.atomic_save(snapshot, run.run_dir.checkpoints / "best.pt")
+    else:
+        checkpoint.atomic_save(snapshot, run.run_dir.checkpoints / "last.pt", keep_previous=True)
 
 
 def finish(run: Run) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class TrainSettings:
     deterministic: bool = False
     out_dir: str = "runs"
     checkpoint_every: int = 1
+    checkpoint_every_steps: int | None = None  # also save inside long epochs
     sync_bn: bool = False
     on_nan: str = "stop"
 
@@ -61,6 +62,10 @@ def parse_settings(train: dict) -> TrainSettings:
             raise ConfigError(f"unknown task `{value}`", where(train, key), choices_hint(value, TASKS, "tasks"))
         values[key] = value
     settings = TrainSettings(**values)
+    if settings.checkpoint_every_steps is not None and (type(settings.checkpoint_every_steps) is not int
+                                                        or settings.checkpoint_every_steps < 1):
+        raise ConfigError("`train.checkpoint_every_steps` must be a positive integer or null",
+                          where(train, "checkpoint_every_steps"))
     for key in ("epochs", "checkpoint_every", "seed"):
         value = getattr(settings, key)
         if type(value) is not int or value < (0 if key == "seed" else 1):

@@ -76,3 +76,38 @@ def check_fit(config: Config, plan, data, task: str) -> None:
         raise DataError(f"the model outputs {list(model_out)}, but segmentation of `{data.name}` needs "
                         f"{[data.num_classes, *data.input_shape[1:]]}", plan.graph.nodes[plan.graph.output].loc,
                         f"end with a conv of `out_channels: {data.num_classes}` at the input resolution")
+
+
+# bytes of optimizer state per parameter (fp32): Adam-style keeps two moments, SGD one momentum buffer
+_STATE_BYTES = {"adam": 8, "adamw": 8, "rmsprop": 8, "sgd": 4}
+
+
+def memory_needed(params: int, optimizer: dict) -> int:
+    """Weights, gradients and optimizer state in fp32; activations come on top."""
+    state = _STATE_BYTES[optimizer["name"]]
+    if optimizer["name"] == "sgd" and not optimizer.get("momentum"):
+        state = 0
+    return params * (4 + 4 + state)
+
+
+def available_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(params: int, optimizer: dict, device: torch.device) -> None:
+    """Refuse, before allocating anything, a model whose training state cannot fit the device."""
+    needed, available = memory_needed(params, optimizer), available_memory(device)
+    if available is not None and needed > available:
+        raise SkiptrainError(f"the model has {params:,} parameters: weights, gradients and {optimizer['name']} state "
+                             f"need {needed / 2**30:.1f} GiB, but {device} has {available / 2**30:.1f} GiB available",
+                             None, "use a smaller model (width_multiplier, fewer blocks), another device, or sgd "
+                                   "(less optimizer state); activations need memory on top of this")

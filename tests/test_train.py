@@ -210,3 +210,29 @@ def test_python_api_trains_and_loads_a_checkpoint(write_yaml, tmp_path):
     assert not model.training and loaded.model["name"] == "tiny"
     assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 4)
     assert summary["run_dir"] == str(tmp_path / "run")
+
+
+def test_bf16_autocast_trains_on_cpu(write_yaml, tmp_path):
+    config = TINY.replace("epochs: 2", "epochs: 1\n  precision: bf16")
+    result = invoke("train", write_yaml(config), "--run-dir", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert "precision bfloat16" in result.output
+
+
+def test_deterministic_runs_are_bitwise_repeatable(write_yaml, tmp_path):
+    config = write_yaml(TINY.replace("epochs: 2", "epochs: 1"))
+    for name in ("a", "b"):
+        assert invoke("train", config, "--run-dir", tmp_path / name, "-q").exit_code == 0
+    a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_compile_trains_and_saves_plain_keys(write_yaml, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    config = TINY.replace("epochs: 2", "epochs: 1\n  compile: true")
+    result = invoke("train", write_yaml(config), "--run-dir", tmp_path / "r", "-q")
+    assert result.exit_code == 0, result.output
+    state = torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod") for k in state["model"])

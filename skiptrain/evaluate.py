@@ -106,6 +106,8 @@ def evaluate_checkpoint(source: str, split: str = "test", which: str = "last", d
         raise DataError(f"`{data.name}` has no {split} split", None,
                         "use --split val, or set data.val_fraction above 0" if split == "val" else "use --split val")
     result = evaluate(model, batches.epoch(0), task, data.num_classes)
+    if "acc" in result:
+        result["accuracy"] = result["acc"]  # the documented name; `acc` matches metrics.jsonl's val_acc
     result.update(split=split, checkpoint=state["path"], epoch=state["epoch"], task=task,
                   class_names=data.class_names)
     return result

@@ -91,7 +91,8 @@ def test_eval_on_a_run_and_a_checkpoint(write_yaml, tmp_path):
     assert invoke("train", write_yaml(TINY.replace("epochs: 2", "epochs: 1")), "--run-dir", run, "-q").exit_code == 0
     result = invoke("eval", run, "--json")
     data = json.loads(result.stdout)
-    assert {"accuracy", "loss"} <= set(data) or {"acc", "loss"} <= set(data)
+    assert {"accuracy", "top5", "loss", "per_class_acc"} <= set(data) or {"accuracy", "loss"} <= set(data)
+    assert data["accuracy"] == data["acc"]
     assert len(data["confusion"]) == 4
     assert (run / "confusion_test.png").is_file()
     summary = json.loads((run / "summary.json").read_text())

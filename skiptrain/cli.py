@@ -170,6 +170,12 @@ def train(
                     print(f"{key}: {summary[key]:.4f}")
                     break
             print(f"run directory: {summary['run_dir']}")
+        if summary.get("world_size", 1) > 1:
+            # The run is complete and the group left; skip interpreter teardown, where gloo's
+            # threads sometimes abort a finished worker ("terminate called without an active exception").
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
 
 class Split(str, Enum):
@@ -297,6 +303,98 @@ def predict(
 def _flat(values):
     for value in values:
         yield from (_flat(value) if isinstance(value, list) else (value,))
+
+
+@app.command("compare")
+def compare_command(
+    configs: List[Path] = typer.Argument(..., help="Two or more config YAMLs.", show_default=False),
+    overrides: List[str] = SetOption,
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="The same train.epochs for every run."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir",
+                                              help="Where the runs and the report go (default runs/compare-<time>)."),
+    limit_batches: Optional[int] = typer.Option(None, "--limit-batches", min=1,
+                                                help="At most this many batches per split and epoch."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 or mps."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the report."),
+) -> None:
+    """Train several configs on the same data, seed and budget: report.md, compare.json, curves.png."""
+    if len(configs) < 2:
+        raise typer.BadParameter("give at least two configs", param_hint="CONFIGS")
+    with user_errors():
+        from .compare import compare
+
+        result = compare(configs, overrides, epochs=epochs, output_dir=output_dir, limit_batches=limit_batches,
+                         device=device, quiet=quiet)
+        sys.stdout.write(Path(result["report"]).read_text())
+        print(f"output directory: {result['output_dir']}")
+
+
+@app.command("gradflow")
+def gradflow_command(
+    config: Path = ConfigArg,
+    overrides: List[str] = SetOption,
+    run: int = typer.Option(0, "--run", min=0, metavar="N_STEPS", help="Also measure after N training steps."),
+    output: Path = typer.Option(Path("gradflow.png"), "--output", "-o", help="The PNG to write."),
+    as_json: bool = typer.Option(False, "--json", help="Print the per-layer norms as one JSON object."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps."),
+) -> None:
+    """Gradient norm of every parameterised layer on one training batch, at init (and after N steps)."""
+    with user_errors():
+        from .gradflow import first_to_last, gradflow, plot_gradflow
+
+        result = gradflow(config, overrides, steps=run, device=device)
+        plot_gradflow([(result["name"], result)], output)
+        result["png"] = str(output)
+        if as_json:
+            sys.stdout.write(json.dumps(result) + "\n")
+            return
+        for layer in result["layers"]:
+            after = f"  {layer['trained']:.3e}" if run else ""
+            out.print(f"{layer['index']:4d}  {layer['id']:<32} {layer['init']:.3e}{after}", markup=False)
+        out.print(f"first/last layer gradient norm at init: {first_to_last(result):.3e}", markup=False)
+        err.print(f"wrote {output}", markup=False)
+
+
+@app.command()
+def schema(
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+) -> None:
+    """Print a JSON Schema (draft 2020-12) of the config language, for editors and CI."""
+    with user_errors():
+        from .schema import schema_text
+
+        text = schema_text()
+        if output:
+            output.write_text(text)
+            err.print(f"wrote {output}", markup=False)
+        else:
+            sys.stdout.write(text)
+
+
+@app.command()
+def init(
+    template: Optional[str] = typer.Argument(None, help="A template name; without one, list the templates.",
+                                             show_default=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The file to write (default TEMPLATE.yaml)."),
+    list_all: bool = typer.Option(False, "--list", help="List the templates and exit."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Start a config from a commented template: quickstart, resnet-cifar, unet, transformer, ..."""
+    with user_errors():
+        from .starter import describe, template_names, write_template
+
+        if list_all or template is None:
+            from rich.table import Table
+
+            table = Table("template", "description", title_justify="left")
+            for name in template_names():
+                table.add_row(name, describe(name))
+            out.print(table)
+            if template is None and not list_all:
+                out.print("write one with: skiptrain init TEMPLATE [--output FILE]", markup=False)
+            return
+        path = write_template(template, output, force=force)
+        out.print(f"wrote {path}; check it with: skiptrain validate {path}", markup=False)
 
 
 def main() -> None:

@@ -110,7 +110,8 @@ def parse_yaml(text: str, source_name: str) -> Any:
     except yaml.reader.ReaderError as exc:  # a control character: the reader checks the text first
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        raise ConfigError(f"invalid YAML: character U+{exc.character:04X} is not allowed", Location(source_name, line, column),
+        raise ConfigError(f"invalid YAML: character U+{exc.character:04X} is not allowed",
+                          Location(source_name, line, column),
                           "remove the control character (YAML allows tabs and newlines only)") from None
     loader.source_name = source_name
     try:

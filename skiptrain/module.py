@@ -102,9 +102,11 @@ def build_module(plan: ModelPlan, device: str | torch.device | None = None) -> S
             same_dtype = node.meta.get("layer_dtype") == node.meta.get("dtype")
             if not layer.passthrough:
                 args = node.meta["args"]
-                if (layer.may_run_inplace and "inplace" not in node.args and value in owned
-                        and readers[node.inputs[0]] == 1):
+                sole_reader = value in owned and readers[node.inputs[0]] == 1
+                if layer.may_run_inplace and "inplace" not in node.args and sole_reader:
                     args = {**args, "inplace": True}  # sole reader of a fresh tensor, as torchvision does
+                elif args.get("inplace") and not sole_reader:
+                    args = {**args, "inplace": False}  # a written `inplace: true` would change a value still read
                 modules[node.id] = layer.build(args)
                 target = names.new(node.id)
                 body.append((f"{target} = {call(node.id, value)}", [value]))

@@ -73,6 +73,9 @@ class _Expander:
     def run(self) -> Graph:
         model = self.model
         name = model.get("name", "model")
+        if isinstance(name, (dict, list)) or not str(name).isprintable():
+            raise ConfigError("`name:` must be one line of printable text", where(model, "name"),
+                              "for example `name: resnet20`")
         shape = input_shape(model)
         dtype = model.get("input_dtype", "float32")
         if dtype not in DTYPES:

@@ -167,11 +167,30 @@ def test_a_merge_layer_does_not_add_in_place_into_a_value_read_again():
 def test_a_skip_that_promotes_the_dtype_is_not_added_in_place():
     """`ids_maxpooled += floats` cannot write float values into an int64 tensor."""
     model = skiptrain.build_model({"input": [1, 4, 4], "input_dtype": "int64", "layers": [
-        {"id": "p", "type": "maxpool2d", "kernel_size": 1},
-        {"id": "e", "type": "embedding", "num_embeddings": 10, "embedding_dim": 4, "input": "input"},
-        {"id": "f", "type": "flatten", "start_dim": 3}],
-        "skips": [{"from": "f", "to": "p"}], "output": "p"}).eval()
+        {"id": "e", "type": "embedding", "num_embeddings": 10, "embedding_dim": 1},
+        {"id": "f", "type": "flatten", "start_dim": 3},
+        {"id": "p", "type": "maxpool2d", "kernel_size": 1, "input": "input"}],
+        "skips": [{"from": "f", "to": "p"}]}).eval()
     x = torch.randint(0, 10, (2, 1, 4, 4))
-    out = model(x)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, x.float() + model.e(x).flatten(3))
+    with torch.no_grad():
+        out = model(x)
+        torch.testing.assert_close(out, x.float() + model.e(x).flatten(3))
+
+
+def test_a_written_inplace_is_ignored_where_it_would_change_a_value_still_read():
+    model = skiptrain.build_model({"input": [4], "layers": [
+        {"id": "a", "type": "linear", "out_features": 4},
+        {"id": "r", "type": "relu", "inplace": True},
+        {"id": "s", "type": "add", "input": ["r", "a"]},
+        {"id": "d", "type": "dropout", "inplace": True, "input": "input"}],
+        "skips": [{"from": "input", "to": "s"}], "output": "s"}).eval()
+    x = torch.randn(2, 4)
+    before = x.clone()
+    with torch.no_grad():
+        a = model.a(x)
+        torch.testing.assert_close(model(x), a.relu() + a + x)
+    assert torch.equal(x, before)  # the caller's input is never written
+    assert not model.r.inplace and not model.d.inplace
+    sole = skiptrain.build_model({"input": [4], "layers": [
+        {"type": "linear", "out_features": 4}, {"id": "r", "type": "relu", "inplace": True}]})
+    assert sole.r.inplace  # where it is safe, it is kept

@@ -228,3 +228,11 @@ def test_nested_repeats_that_explode_are_refused(monkeypatch):
              "layers": [{"block": "outer", "repeat": 100}]}
     with pytest.raises(ConfigError, match="more than 1,000 layers"):
         expand(load_config(model).model)
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "two\nlines", ["x"]])
+def test_a_model_name_is_one_line_of_text(name):
+    """A NUL in `name` reached `compile()` as the forward's file name: ValueError."""
+    with pytest.raises(ConfigError, match="`name:` must be one line"):
+        skiptrain.check_model({"name": name, "input": [4], "layers": [{"type": "relu"}]})
+    assert skiptrain.check_model({"name": "ñandú 2", "input": [4], "layers": [{"type": "relu"}]})

@@ -1,0 +1,312 @@
+"""A JSON Schema (draft 2020-12) of the config language, for editors and CI.
+
+Generated from the definitions the loader checks with: the key tuples of ``spec.py``,
+the layer registry (each type's constructor arguments), the data options and the train
+settings. Nothing here is listed twice: a new layer type, dataset or train key appears in
+the schema by itself. The schema is a convenience: ``skiptrain validate`` stays the
+authority (shapes, ids and skips are beyond what a schema can check).
+
+    # yaml-language-server: $schema=./skiptrain.schema.json
+"""
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import fields
+from typing import Any
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_ID = "https://skiptrain.dev/skiptrain.schema.json"
+EXPR = {"$ref": "#/$defs/expr"}
+_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def config_schema() -> dict[str, Any]:
+    """The whole schema: a full config (model, data, train) or a model-only file."""
+    from .config import SECTIONS
+
+    sections = {"model": {"description": "the network: a mapping, or the path of a model file",
+                          "if": {"type": "object"}, "then": {"$ref": "#/$defs/model"}, "else": {"type": "string"}},
+                "data": {"$ref": "#/$defs/data"}, "train": {"$ref": "#/$defs/train"}}
+    full = {"type": "object", "required": ["model"], "additionalProperties": False,
+            "properties": {name: sections[name] for name in SECTIONS}}
+    return {
+        "$schema": DIALECT,
+        "$id": SCHEMA_ID,
+        "title": "skiptrain config",
+        "description": "A skiptrain config (model, data, train), or a model-only file. "
+                       "`skiptrain validate` checks what a schema cannot: shapes, ids, skips.",
+        "if": {"type": "object", "required": ["model"]},
+        "then": full,
+        "else": {"$ref": "#/$defs/model"},
+        "$defs": {"expr": {"type": "string", "pattern": r"\$\{[^}]*\}",
+                           "description": "`${expr}`: a block argument or integer arithmetic"},
+                  "model": model_schema(), "block": block_schema(), "instance": instance_schema(),
+                  "entry": {"if": {"type": "object", "required": ["block"]},
+                            "then": {"$ref": "#/$defs/instance"}, "else": {"$ref": "#/$defs/layer"}},
+                  "layers": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/entry"}},
+                  "skip": skip_schema(), "skips": {"type": "array", "items": {"$ref": "#/$defs/skip"}},
+                  "ref": {"type": "string", "description": "an id in this scope (dotted paths allowed) or `input`"},
+                  "layer": layer_schema(), "data": data_schema(), "train": train_schema()},
+    }
+
+
+# -- model ---------------------------------------------------------------------------------
+def _policy(expr: bool = True) -> dict[str, Any]:
+    from .spec import POLICIES
+
+    choice = {"enum": list(POLICIES), "description": "projection policy for mismatched skips"}
+    return {"anyOf": [choice, EXPR]} if expr else choice
+
+
+def model_schema() -> dict[str, Any]:
+    from .spec import DTYPES, MODEL_KEYS
+
+    positive = {"type": "integer", "minimum": 1, "maximum": 2**31}
+    props = {
+        "name": {"type": "string", "description": "the model's name (also its class name)"},
+        "input": {"description": "shape of one sample, batch excluded: [3, 32, 32]",
+                  "anyOf": [positive, {"type": "array", "items": positive, "minItems": 1, "maxItems": 5}]},
+        "input_dtype": {"enum": list(DTYPES), "default": "float32"},
+        "projection": {**_policy(expr=False), "default": "auto"},
+        "blocks": {"type": "object", "description": "block name -> definition",
+                   "additionalProperties": {"$ref": "#/$defs/block"}},
+        "layers": {"$ref": "#/$defs/layers"},
+        "skips": {"$ref": "#/$defs/skips"},
+        "output": {"$ref": "#/$defs/ref"},
+        "width_multiplier": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000, "default": 1.0},
+        "depth_multiplier": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000, "default": 1.0},
+    }
+    assert set(props) == set(MODEL_KEYS), "model_schema is out of step with spec.MODEL_KEYS"
+    return {"type": "object", "required": ["input", "layers"], "additionalProperties": False,
+            "properties": {key: props[key] for key in MODEL_KEYS}}
+
+
+def block_schema() -> dict[str, Any]:
+    from .spec import BLOCK_KEYS
+
+    props = {"args": {"type": "object", "description": "argument name -> default (null: required)"},
+             "layers": {"$ref": "#/$defs/layers"}, "skips": {"$ref": "#/$defs/skips"},
+             "projection": _policy(), "output": {"$ref": "#/$defs/ref"}}
+    return {"type": "object", "required": ["layers"], "additionalProperties": False,
+            "properties": {key: props[key] for key in BLOCK_KEYS}}
+
+
+def instance_schema() -> dict[str, Any]:
+    from .spec import INSTANCE_KEYS
+
+    props = {"id": {"type": "string", "pattern": _ID_PATTERN}, "block": {"type": "string"},
+             "args": {"type": "object"}, "first_args": {"type": "object", "description": "args of the first copy"},
+             "repeat": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 100_000}, EXPR]},
+             "input": {"$ref": "#/$defs/ref"}, "projection": _policy()}
+    return {"type": "object", "required": ["block"], "additionalProperties": False,
+            "description": "a block instance", "properties": {key: props[key] for key in INSTANCE_KEYS}}
+
+
+def skip_schema() -> dict[str, Any]:
+    from .graph import MERGES
+    from .spec import SKIP_KEYS
+
+    ref = {"anyOf": [{"$ref": "#/$defs/ref"}, EXPR]}
+    props = {"from": ref, "to": ref, "merge": {"anyOf": [{"enum": list(MERGES)}, EXPR], "default": "add"},
+             "projection": _policy(), "axis": {"anyOf": [{"type": "integer"}, EXPR]}}
+    return {"type": "object", "required": ["from", "to"], "additionalProperties": False,
+            "properties": {key: props[key] for key in SKIP_KEYS}}
+
+
+# -- layers --------------------------------------------------------------------------------
+def layer_schema() -> dict[str, Any]:
+    """Meta keys, `type` (completed from the registry), and one if-then per type for its arguments."""
+    from . import registry
+    from .spec import LAYER_META_KEYS
+
+    kinds, aliases, branches = [], [], []
+    for name in registry.names():
+        layer_type = registry.get(name)
+        kinds.append({"const": name, "description": layer_summary(layer_type)})
+        aliases += layer_type.aliases
+        branches.append({"if": {"properties": {"type": {"enum": [name, *layer_type.aliases]}}, "required": ["type"]},
+                         "then": layer_arguments(layer_type)})
+    # a `${...}` type is only known after substitution: any arguments then
+    branches.append({"if": {"properties": {"type": EXPR}, "required": ["type"]},
+                     "then": {"additionalProperties": True}})
+    meta = {"id": {"type": "string", "pattern": _ID_PATTERN, "not": {"const": "input"}},
+            "type": {"description": "a layer type", "anyOf": [*kinds, {"enum": sorted(aliases)}, EXPR]},
+            "input": {"anyOf": [{"$ref": "#/$defs/ref"}, {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ref"}}]},
+            "scale": {"type": "boolean", "default": True,
+                      "description": "false: exempt from width_multiplier"}}
+    return {"type": "object", "required": ["type"], "properties": {key: meta[key] for key in LAYER_META_KEYS},
+            "allOf": branches, "unevaluatedProperties": False}
+
+
+def layer_arguments(layer_type: Any) -> dict[str, Any]:
+    """The `then` of one type: its arguments, typed from the constructor; the required ones."""
+    from .graph import MERGES
+    from .registry import INFERRED
+
+    if layer_type.name in MERGES:
+        return {"properties": {"axis": {"anyOf": [{"type": "integer"}, EXPR], "description": "the merge axis"}}}
+    hints = _hints(layer_type.factory)
+    props, required = {}, []
+    for name, param in layer_type.parameters.items():
+        default = layer_type.defaults.get(name, param.default)
+        prop = argument_schema(hints.get(name, param.annotation), default)
+        if name in INFERRED:
+            prop["description"] = "inferred from the input shape"
+        elif default is param.empty:
+            required.append(name)
+        elif _jsonable(default):
+            prop["default"] = list(default) if isinstance(default, tuple) else default
+        props[name] = prop
+    return {"properties": props, **({"required": required} if required else {})}
+
+
+def argument_schema(annotation: Any, default: Any = inspect.Parameter.empty) -> dict[str, Any]:
+    """A constructor argument's schema from its type hint; `${...}` is always allowed."""
+    typed = _from_hint(annotation)
+    if typed is None and annotation is inspect.Parameter.empty:
+        typed = _from_default(default)
+    if typed is None:
+        return {}
+    if default is None:
+        typed.append({"type": "null"})
+    return {"anyOf": [*typed, EXPR]}
+
+
+_SIMPLE = {int: "integer", float: "number", bool: "boolean", str: "string", type(None): "null"}
+
+
+def _from_hint(hint: Any) -> list[dict[str, Any]] | None:
+    """JSON types for a hint, or None where it is unknown (anything goes)."""
+    if hint in _SIMPLE:
+        return [{"type": _SIMPLE[hint]}]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        members = [_from_hint(arg) for arg in args]
+        return None if any(m is None for m in members) else [s for m in members for s in m]
+    if origin is typing.Literal:
+        return [{"enum": list(args)}]
+    if origin in (list, tuple):
+        inner = [_from_hint(arg) for arg in args if arg is not Ellipsis]
+        if not inner or any(i is None for i in inner):
+            return [{"type": "array"}]
+        items = [s for i in inner for s in i] + [EXPR]
+        array: dict[str, Any] = {"type": "array", "items": {"anyOf": items}}
+        if origin is tuple and Ellipsis not in args:
+            array.update(minItems=len(args), maxItems=len(args))
+        return [array]
+    return None
+
+
+def _from_default(default: Any) -> list[dict[str, Any]] | None:
+    if isinstance(default, bool):
+        return [{"type": "boolean"}]
+    if isinstance(default, (int, float)):
+        return [{"type": "number"}]
+    if isinstance(default, str):
+        return [{"type": "string"}]
+    return None
+
+
+def _hints(factory: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    except Exception:  # a hint naming what its module cannot resolve: fall back to the raw annotations
+        return {}
+
+
+def _jsonable(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_jsonable(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def layer_summary(layer_type: Any) -> str:
+    """A layer type's one-line description; the class docstring where the registry kept a cut line."""
+    doc = layer_type.doc or ""
+    full = inspect.getdoc(layer_type.factory) or "" if isinstance(layer_type.factory, type) else ""
+    return summary(full if doc and full.strip().startswith(doc.strip()) else doc)
+
+
+def summary(doc: str) -> str:
+    """A docstring's first sentence, on one line (torch wraps its first sentences)."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    sentence, dot, _ = paragraph.partition(". ")
+    return sentence + dot.strip()
+
+
+# -- data and train ------------------------------------------------------------------------
+def data_schema() -> dict[str, Any]:
+    from .data import AUGMENTATIONS, dataset_names
+    from .data.options import DEFAULTS
+
+    number = {"type": "number"}
+    steps = []
+    for name, aug in AUGMENTATIONS.items():
+        args = {key: {"type": "integer" if type(value) is int else "number", "default": value}
+                for key, value in aug.defaults.items()}
+        steps.append({"type": "object", "required": [name], "additionalProperties": False,
+                      "properties": {name: {"anyOf": [{"type": "null"}, {"type": "object", "properties": args,
+                                                                       "additionalProperties": False}]}}})
+    optional_count = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]}
+    props = {
+        "dataset": {"enum": dataset_names(), "description": "a registered dataset"},
+        "root": {"type": "string"}, "download": {"type": "boolean"},
+        "batch_size": {"type": "integer", "minimum": 1}, "val_fraction": {**number, "minimum": 0, "exclusiveMaximum": 1},
+        "augment": {"anyOf": [{"type": "null"}, {"type": "array", "items": {"anyOf": [
+            {"enum": list(AUGMENTATIONS)}, *steps]}}]},
+        "normalize": {"anyOf": [{"enum": ["auto", "none", None, True, False]},
+                                {"type": "object", "additionalProperties": False, "required": ["mean", "std"],
+                                 "properties": {k: {"anyOf": [number, {"type": "array", "items": number}]}
+                                                for k in ("mean", "std")}}]},
+        "num_workers": {"type": "integer", "minimum": 0}, "num_samples": optional_count,
+        "num_classes": optional_count, "seed": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}]},
+    }
+    for key, default in DEFAULTS.items():
+        if default is not None and default != []:
+            props[key]["default"] = default
+    return {"type": "object", "required": ["dataset"], "additionalProperties": False,
+            "properties": {key: props[key] for key in DEFAULTS}}
+
+
+def train_schema() -> dict[str, Any]:
+    from .training import settings as s
+
+    defaults = s.TrainSettings()
+    props: dict[str, Any] = {}
+    for field in fields(s.TrainSettings):
+        default = getattr(defaults, field.name)
+        if field.name in s._SUBKEYS:
+            names = {"enum": list(s._NAMES[field.name])}
+            section = {"type": "object", "additionalProperties": False,
+                       "properties": {key: names if key == "name" else {} for key in s._SUBKEYS[field.name]}}
+            props[field.name] = {"anyOf": [names, section], "default": default}
+            continue
+        if field.name in s._CHOICES:
+            prop = {"enum": list(s._CHOICES[field.name])}
+        elif field.name == "task":
+            prop = {"enum": [*s.TASKS, None]}
+        elif field.name == "channels_last":
+            prop = {"enum": ["auto", True, False]}
+        else:
+            prop = argument_schema(field.type if not isinstance(field.type, str) else _field_hint(field.name),
+                                   default)
+            prop = {"anyOf": [p for p in prop.get("anyOf", []) if p is not EXPR]} if prop else {}
+        if _jsonable(default):
+            prop["default"] = default
+        props[field.name] = prop
+    return {"type": "object", "additionalProperties": False, "properties": props}
+
+
+def _field_hint(name: str) -> Any:
+    from .training.settings import TrainSettings
+
+    return typing.get_type_hints(TrainSettings).get(name, inspect.Parameter.empty)
+
+
+def schema_text() -> str:
+    """The schema as the JSON file editors read (stable key order, one trailing newline)."""
+    import json
+
+    return json.dumps(config_schema(), indent=2) + "\n"

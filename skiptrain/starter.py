@@ -1,0 +1,49 @@
+"""Starter configs for ``skiptrain init``: commented YAML files shipped in ``skiptrain/templates/``.
+
+A template's first line is a ``# description`` comment; the file name is its name.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from .errors import ConfigError, choices_hint
+
+ORDER = ("quickstart", "resnet-cifar", "resnet-imagenet", "plain", "unet", "transformer", "mlp")
+
+
+def _folder():
+    return resources.files("skiptrain") / "templates"
+
+
+def template_names() -> list[str]:
+    """Every shipped template: the usual order first, any others after, by name."""
+    found = {entry.name[:-len(".yaml")] for entry in _folder().iterdir() if entry.name.endswith(".yaml")}
+    return [name for name in ORDER if name in found] + sorted(found - set(ORDER))
+
+
+def template_text(name: str) -> str:
+    """The YAML of one template; an unknown name is a ConfigError with a did-you-mean."""
+    names = template_names()
+    if name not in names:
+        raise ConfigError(f"unknown template `{name}`", None, choices_hint(name, names, "templates"))
+    return (_folder() / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def describe(name: str) -> str:
+    """The template's one-line description (its first comment line)."""
+    first = template_text(name).split("\n", 1)[0]
+    return first.lstrip("#").strip()
+
+
+def write_template(name: str, output: str | Path | None = None, force: bool = False) -> Path:
+    """Write a template to ``output`` (default ``<name>.yaml``); an existing file needs ``force``."""
+    text = template_text(name)
+    path = Path(output) if output is not None else Path(f"{name}.yaml")
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists", None, "pass --force to overwrite it, "
+                          "or choose another file with --output")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder", None, "give a file name with --output")
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "docs" / "results.md"))
     parser.add_argument("--only", nargs="*", help="config paths to run (default: all)")
     args = parser.parse_args()
-    rows = []
+    rows: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for config, metric, target, what in RUNS:
             if args.only and config not in args.only:
@@ -68,13 +68,18 @@ def main() -> None:
                         f"{metric.removeprefix('test_')} {value:.4f} | {target if target is not None else '-'} | {ok} | "
                         f"{summary['train_seconds']:.0f} s | {summary['wall_seconds']:.0f} s |")
             print(rows[-1], flush=True)
+            write_page(Path(args.output), rows, args.quick)  # after every run: a stopped run keeps what it measured
+    print(f"wrote {args.output}")
+
+
+def write_page(path: Path, rows: list[str], quick: bool) -> None:
     page = [
         "# Results",
         "",
-        "Produced by `python benchmarks/results.py`" + (" --quick (a smoke run, not real results)" if args.quick else "")
+        "Produced by `python benchmarks/results.py`" + (" --quick (a smoke run, not real results)" if quick else "")
         + f" on {time.strftime('%Y-%m-%d')}.",
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} when written.",
         "",
         "| config | what | epochs | parameters | test metric | target | reached | training time | wall time |",
         "|---|---|---:|---:|---|---:|---|---:|---:|",
@@ -84,8 +89,7 @@ def main() -> None:
         "checkpoints and the test pass. Each run uses the config unchanged (seed 0).",
         "",
     ]
-    Path(args.output).write_text("\n".join(page))
-    print(f"wrote {args.output}")
+    path.write_text("\n".join(page))
 
 
 if __name__ == "__main__":

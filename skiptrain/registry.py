@@ -7,6 +7,7 @@ construction. The builder looks types up here and never branches on their names.
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
@@ -149,5 +150,33 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
+PLUGIN_GROUP = "skiptrain.layers"
+_plugins_loaded = False
+
+
 def _load_builtins() -> None:
+    """The built-in types (on import), then once the plugins' types."""
+    global _plugins_loaded
     from . import layers  # noqa: F401  (registers on import)
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        for entry_point in _plugin_entry_points():
+            _load_plugin(entry_point)
+
+
+def _plugin_entry_points():
+    """Installed packages' ``[project.entry-points."skiptrain.layers"]``: code never comes from YAML."""
+    from importlib.metadata import entry_points
+
+    return entry_points(group=PLUGIN_GROUP)
+
+
+def _load_plugin(entry_point) -> None:
+    """Import a plugin (registering on import); call it if it names a function. A broken one only warns."""
+    try:
+        loaded = entry_point.load()
+        if callable(loaded) and not inspect.ismodule(loaded):
+            loaded()
+    except Exception as error:  # a plugin's bug must not stop skiptrain: warn, go on without its types
+        print(f"warning: skiptrain plugin `{entry_point.name}` ({entry_point.value}) failed to load and is "
+              f"skipped: {type(error).__name__}: {error}", file=sys.stderr, flush=True)

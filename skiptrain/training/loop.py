@@ -27,6 +27,7 @@ from ..evaluate import evaluate
 from ..module import build_module
 from ..shapes import infer
 from ..spec import expand
+from . import tensorboard
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import Reporter
 from .rundir import RunDir
@@ -63,6 +64,7 @@ class Run:
     skipped: int = 0  # batches skipped for a non-finite loss (on_nan: skip_batch)
     stop: int | None = None  # a signal asked us to stop
     data_meta: dict = field(default_factory=dict)
+    tensorboard: Any = None  # a SummaryWriter on rank 0 when train.tensorboard is on
 
     def batches(self, split, epoch: int):
         return itertools.islice(split.epoch(epoch), self.limit_batches)
@@ -97,6 +99,7 @@ def train(config: Config | None, *, run_dir: str | None = None, epochs: int | No
     finally:
         if run is not None:
             run.forward = run.model  # the DDP wrapper must go before its process group does
+            tensorboard.close(run.tensorboard)
         del run
         distributed.leave(world)
 
@@ -139,6 +142,7 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
           run_dir: str | None, quiet: bool, force: bool, limit_batches: int | None) -> Run:
     from ..data import load_data
 
+    tensorboard.require(settings)
     dev = select_device(device or settings.device)
     if world.enabled and dev.type == "cuda":
         dev = torch.device("cuda", world.local_rank)
@@ -193,6 +197,7 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
         else:
             run.run_dir = RunDir.create(settings.out_dir, plan.graph.name, run_dir, force)
         run.run_dir.write_config(config.to_dict())
+        run.tensorboard = tensorboard.open_writer(run)
         run.report.info(f"run directory: {run.run_dir.path}")
     precision = str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "fp32"
     processes = f" x {world.world_size} processes" if world.enabled else ""
@@ -282,6 +287,7 @@ def save(run: Run, row: dict[str, Any]) -> None:
     if not run.world.is_main:
         return
     run.run_dir.append_metrics(row)
+    tensorboard.log(run.tensorboard, row)
     run.report.end_epoch(row)
     key = {"classification": "val_acc", "segmentation": "val_miou"}.get(run.task, "val_loss")
     if key not in row:
@@ -322,6 +328,7 @@ def finish(run: Run) -> dict[str, Any]:
     if not run.world.is_main:
         return summary
     run.report.finish()
+    tensorboard.close(run.tensorboard)
     summary["run_dir"] = str(run.run_dir.path)
     if run.data.test is not None:
         test = evaluate(run.model, run.batches(run.data.test, 0), run.task, run.data.num_classes,

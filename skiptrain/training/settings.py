@@ -34,6 +34,7 @@ class TrainSettings:
     checkpoint_every_steps: int | None = None  # also save inside long epochs
     sync_bn: bool = False
     on_nan: str = "stop"
+    tensorboard: bool = False  # also write RUN_DIR/tensorboard/ (needs the tensorboard package)
 
 
 _CHOICES = {"precision": PRECISIONS, "on_nan": NAN_POLICIES}
@@ -66,6 +67,9 @@ def parse_settings(train: dict) -> TrainSettings:
                                                         or settings.checkpoint_every_steps < 1):
         raise ConfigError("`train.checkpoint_every_steps` must be a positive integer or null",
                           where(train, "checkpoint_every_steps"))
+    if not isinstance(settings.tensorboard, bool):
+        raise ConfigError(f"`train.tensorboard` must be true or false, not {settings.tensorboard!r}",
+                          where(train, "tensorboard"))
     for key in ("epochs", "checkpoint_every", "seed"):
         value = getattr(settings, key)
         if type(value) is not int or value < (0 if key == "seed" else 1):

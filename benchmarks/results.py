@@ -8,6 +8,7 @@ Every figure on the page comes from this run; nothing is typed by hand.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -54,7 +55,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 epochs of 3 batches each")
     parser.add_argument("--output", default=str(ROOT / "docs" / "results.md"))
     parser.add_argument("--only", nargs="*", help="config paths to run (default: all)")
+    parser.add_argument("--from-runs", metavar="DIR",
+                        help="tabulate finished runs in DIR/<config stem>/ (summary.json) instead of training")
     args = parser.parse_args()
+    if args.from_runs:
+        rows = [row(config, metric, target, what, summary) for config, metric, target, what in RUNS
+                if (summary := _finished(Path(args.from_runs) / Path(config).stem)) is not None]
+        write_page(Path(args.output), rows, args.quick, from_runs=True)
+        print(f"wrote {args.output} from {len(rows)} finished runs")
+        return
     rows: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for config, metric, target, what in RUNS:
@@ -62,22 +71,37 @@ def main() -> None:
                 continue
             print(f"training {config} ...", flush=True)
             summary = run(config, args.quick, Path(tmp))
-            value = summary.get(metric)
-            ok = "-" if target is None else ("yes" if value is not None and value >= target else "**no**")
-            rows.append(f"| `{config}` | {what} | {summary['epochs_run']} | {summary['params']:,} | "
-                        f"{metric.removeprefix('test_')} {value:.4f} | {target if target is not None else '-'} | {ok} | "
-                        f"{summary['train_seconds']:.0f} s | {summary['wall_seconds']:.0f} s |")
+            rows.append(row(config, metric, target, what, summary))
             print(rows[-1], flush=True)
             write_page(Path(args.output), rows, args.quick)  # after every run: a stopped run keeps what it measured
     print(f"wrote {args.output}")
 
 
-def write_page(path: Path, rows: list[str], quick: bool) -> None:
+def _finished(run_dir: Path) -> dict | None:
+    """A finished run's summary, with the epochs it logged (None when it has no summary yet)."""
+    if not (run_dir / "summary.json").is_file():
+        return None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["epochs_run"] = len((run_dir / "metrics.jsonl").read_text().splitlines())
+    return summary
+
+
+def row(config: str, metric: str, target, what: str, summary: dict) -> str:
+    value = summary.get(metric)
+    ok = "-" if target is None else ("yes" if value is not None and value >= target else "**no**")
+    wall = f"{summary['wall_seconds']:.0f} s" if "wall_seconds" in summary else "-"
+    return (f"| `{config}` | {what} | {summary['epochs_run']} | {summary['params']:,} | "
+            f"{metric.removeprefix('test_')} {value:.4f} | {target if target is not None else '-'} | {ok} | "
+            f"{summary['train_seconds']:.0f} s | {wall} |")
+
+
+def write_page(path: Path, rows: list[str], quick: bool, from_runs: bool = False) -> None:
+    origin = ("Tabulated by `python benchmarks/results.py --from-runs DIR` from the summary.json of runs that "
+              "`benchmarks/results.py` trained" if from_runs else "Produced by `python benchmarks/results.py`")
     page = [
         "# Results",
         "",
-        "Produced by `python benchmarks/results.py`" + (" --quick (a smoke run, not real results)" if quick else "")
-        + f" on {time.strftime('%Y-%m-%d')}.",
+        origin + (" --quick (a smoke run, not real results)" if quick else "") + f" on {time.strftime('%Y-%m-%d')}.",
         "",
         f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} when written.",
         "",

@@ -5,10 +5,11 @@ shape: no weights are allocated, and the shape rule is exactly torch's. Results 
 memoized per (layer type, arguments, input shape), so a 1,000-layer network that
 repeats one block costs a handful of meta forwards.
 
-Meta kernels do not check dtypes the way CPU and CUDA kernels do, so two rules are
-added: a layer with float32 weights takes float32 values (an embedding takes ids), and a
-weightless layer that receives another dtype (``gelu`` on int64 ids) also runs once on a
-small CPU batch.
+Meta kernels do not check everything that CPU and CUDA kernels check (dtypes, the
+``dim`` of a softmax, a transposed conv's ``output_padding``), so two rules are added: a
+layer's weights must be non-empty and, unless it is an embedding (which takes ids),
+of the dtype of its input; and a layer whose CPU run is cheap also runs once on a
+batch of zeros on CPU (with uninitialized weights), where its kernel checks the rest.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from .projection import Projection
 Shape = tuple[int, ...]
 _CACHE: dict[tuple, tuple[Shape, str, int]] = {}
 _CACHE_LIMIT = 20_000
-_CPU_CHECK_LIMIT = 1 << 20  # elements of the batch a weightless layer is tried on for a non-float32 dtype
+_CPU_CHECK_LIMIT = 1 << 22  # elements of the input and output batches (and weights) of a layer also run on CPU
+_CPU_CHECK_WORK = 1 << 28  # and input elements x weights, a bound on its multiply-adds
 
 
 @dataclass
@@ -104,17 +106,23 @@ def layer_shape(layer: registry.LayerType, args: dict, in_shape: Shape, in_dtype
         raise ShapeError(f"`{node.type}` `{node.id}` gives an empty output of shape {list(out.shape[1:])}", node.loc,
                          "every axis needs at least one element: check sizes such as `out_features`, "
                          "`out_channels`, `kernel_size` and `stride`")
-    if in_dtype != "float32" and batch.numel() <= _CPU_CHECK_LIMIT and out.numel() <= _CPU_CHECK_LIMIT:
+    params = sum(p.numel() for p in module.parameters())
+    if (max(batch.numel(), out.numel(), params) <= _CPU_CHECK_LIMIT
+            and batch.numel() * params <= _CPU_CHECK_WORK and params <= _CPU_CHECK_LIMIT):
         _check_on_cpu(module, batch, node)
-    result = (tuple(out.shape[1:]), str(out.dtype).removeprefix("torch."),
-              sum(p.numel() for p in module.parameters()))
+    result = (tuple(out.shape[1:]), str(out.dtype).removeprefix("torch."), params)
     if len(_CACHE) < _CACHE_LIMIT:
         _CACHE[key] = result
     return result
 
 
 def _check_weights(module: nn.Module, in_dtype: str, node: Node) -> None:
-    """A layer's float32 weights need float32 values, which the meta device does not check."""
+    """Weights that the meta device accepts and CPU kernels do not: empty ones, or float32 ones on other values."""
+    for name, weight in module.named_parameters():
+        if weight.numel() == 0:  # `kernel_size: 0`, `num_embeddings: 0`
+            raise ShapeError(f"`{node.type}` `{node.id}` has an empty `{name}` of shape {list(weight.shape)}",
+                             node.loc, "every size of a layer must be at least 1: check `kernel_size`, "
+                             "`num_embeddings` and the like")
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return  # takes integer ids; the meta forward checks that
     weights = {str(t.dtype).removeprefix("torch.") for t in (*module.parameters(), *module.buffers())
@@ -127,15 +135,15 @@ def _check_weights(module: nn.Module, in_dtype: str, node: Node) -> None:
 
 
 def _check_on_cpu(module: nn.Module, batch: torch.Tensor, node: Node) -> None:
-    """Run a weightless layer once on CPU: its kernel may not support this dtype (`gelu` on int64)."""
-    if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
-        return
+    """Run a small layer once on CPU, whose kernel checks what meta's may not (`gelu` on int64)."""
     try:
         with torch.no_grad():
-            module(torch.zeros(batch.shape, dtype=batch.dtype))
+            module.to_empty(device="cpu")(torch.zeros(batch.shape, dtype=batch.dtype))
     except Exception as exc:
         dtype = str(batch.dtype).removeprefix("torch.")
-        raise ShapeError(f"`{node.type}` `{node.id}` cannot take {dtype} values: {_first_line(exc)}", node.loc,
+        raise ShapeError(f"`{node.type}` `{node.id}` cannot take an input of shape {list(batch.shape[1:])} "
+                         f"({dtype}): {_first_line(exc)}", node.loc,
+                         "change this layer's arguments or what feeds it" if batch.is_floating_point() else
                          "token ids (int64) go through an `embedding` first; other inputs use "
                          "`input_dtype: float32`") from None
 

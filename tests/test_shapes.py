@@ -126,9 +126,33 @@ def test_a_skip_of_another_dtype_promotes_the_merged_value():
 
 def test_an_empty_output_is_a_shape_error():
     with pytest.raises(ShapeError, match="empty output"):
-        skiptrain.check_model({"input": [4], "layers": [{"type": "linear", "out_features": 0}]})
+        skiptrain.check_model({"input": [2, 4, 4], "layers": [{"type": "adaptive_avgpool2d", "output_size": 0}]})
 
 
 def test_an_input_too_large_to_describe_is_a_shape_error():
     with pytest.raises(ShapeError):
         skiptrain.check_model({"input": [2 ** 31, 2 ** 31, 2 ** 31], "layers": [{"type": "relu"}]})
+
+
+def test_a_softmax_dim_out_of_range_is_a_shape_error():
+    """The meta kernel of softmax does not check `dim`; the CPU one raised IndexError in the built model."""
+    with pytest.raises(ShapeError, match="softmax"):
+        skiptrain.check_model({"input": [4], "layers": [{"type": "softmax", "dim": 2}]})
+    assert skiptrain.check_model({"input": [4], "layers": [{"type": "softmax", "dim": 1}]}).output_shape == (4,)
+
+
+@pytest.mark.parametrize("layer", [
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 0, "padding": 1},  # meta gave [4, 11, 11]; oneDNN failed
+    {"type": "embedding", "num_embeddings": 0, "embedding_dim": 2},         # no id is ever valid
+])
+def test_a_layer_with_an_empty_weight_is_a_shape_error(layer):
+    with pytest.raises(ShapeError, match="empty `weight`"):
+        skiptrain.check_model({"input": [1, 8, 8], "input_dtype": "int64" if "num_embeddings" in layer else "float32",
+                               "layers": [layer]})
+
+
+def test_arguments_only_the_cpu_kernel_checks_are_shape_errors():
+    """Meta accepts `output_padding` >= `stride`; the built model failed in its first forward."""
+    with pytest.raises(ShapeError, match="output padding"):
+        skiptrain.check_model({"input": [1, 4, 4], "layers": [
+            {"type": "conv_transpose2d", "out_channels": 1, "kernel_size": 1, "output_padding": 1}]})

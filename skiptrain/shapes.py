@@ -98,7 +98,7 @@ def layer_shape(layer: registry.LayerType, args: dict, in_shape: Shape, in_dtype
                          f"({in_dtype}): {_first_line(exc)}", node.loc,
                          "change this layer's arguments or what feeds it; `skiptrain validate` "
                          "lists every node's shape") from None
-    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != 2:
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != 2 or not _keeps_batch(module, out, batch):
         raise ShapeError(f"`{node.type}` `{node.id}` does not return one batched tensor", node.loc,
                          "layers must keep the batch axis first (torch.nn arguments such as "
                          "`flatten`'s `start_dim` count it)")
@@ -114,6 +114,16 @@ def layer_shape(layer: registry.LayerType, args: dict, in_shape: Shape, in_dtype
     if len(_CACHE) < _CACHE_LIMIT:
         _CACHE[key] = result
     return result
+
+
+def _keeps_batch(module: nn.Module, out: torch.Tensor, batch: torch.Tensor) -> bool:
+    """The same sample shape for a batch of 3: `unflatten` of the batch axis into [2, 1] fits only 2."""
+    try:
+        with torch.no_grad():
+            other = module(torch.empty((3, *batch.shape[1:]), device="meta", dtype=batch.dtype))
+    except Exception:
+        return False
+    return isinstance(other, torch.Tensor) and other.shape == (3, *out.shape[1:])
 
 
 def _check_weights(module: nn.Module, in_dtype: str, node: Node) -> None:

@@ -156,3 +156,13 @@ def test_arguments_only_the_cpu_kernel_checks_are_shape_errors():
     with pytest.raises(ShapeError, match="output padding"):
         skiptrain.check_model({"input": [1, 4, 4], "layers": [
             {"type": "conv_transpose2d", "out_channels": 1, "kernel_size": 1, "output_padding": 1}]})
+
+
+def test_a_layer_that_only_fits_a_batch_of_2_is_a_shape_error():
+    """Meta ran a batch of 2, which `unflatten` of the batch axis into [2, 1] happens to fit; training did not."""
+    with pytest.raises(ShapeError, match="does not return one batched tensor"):
+        skiptrain.check_model({"input": [3], "layers": [
+            {"type": "unflatten", "dim": 0, "unflattened_size": [2, 1]}]})
+    plan = skiptrain.check_model({"input": [6], "layers": [
+        {"type": "unflatten", "dim": 1, "unflattened_size": [2, 3]}]})
+    assert plan.output_shape == (2, 3)

@@ -43,6 +43,15 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+def _emit(text: str, output: Optional[Path]) -> None:
+    """Write a command's text to ``--output`` (saying so on stderr) or to stdout."""
+    if output:
+        output.write_text(text)
+        err.print(f"wrote {output}", markup=False)
+    else:
+        sys.stdout.write(text)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"skiptrain {__version__}")
@@ -99,12 +108,7 @@ def graph(
         from .report import dot, mermaid
 
         plan = check_model(config, overrides)
-        text = mermaid(plan) if fmt == GraphFormat.mermaid else dot(plan)
-        if output:
-            output.write_text(text)
-            err.print(f"wrote {output}", markup=False)
-        else:
-            sys.stdout.write(text)
+        _emit(mermaid(plan) if fmt == GraphFormat.mermaid else dot(plan), output)
 
 
 @app.command()
@@ -363,12 +367,7 @@ def schema(
     with user_errors():
         from .schema import schema_text
 
-        text = schema_text()
-        if output:
-            output.write_text(text)
-            err.print(f"wrote {output}", markup=False)
-        else:
-            sys.stdout.write(text)
+        _emit(schema_text(), output)
 
 
 @app.command()

@@ -4,7 +4,7 @@
     python benchmarks/experiments.py --epochs 2     # shorter
     python benchmarks/experiments.py --quick        # 1 epoch, 5 batches: a smoke run (writes to a temp dir)
 
-Trains plain-8, plain-32, ResNet-8 and ResNet-32 (configs/experiments/, narrow 1-D convnets
+Trains plain-20, plain-56, ResNet-20 and ResNet-56 (configs/experiments/, narrow 1-D convnets
 with BN on MNIST-1D) with `skiptrain.compare.compare` on the same data, seed and epoch budget,
 then measures the gradient flow of the deep pair with `skiptrain.gradflow`. Every figure on
 the page comes from this run, and the verdict sentences are computed from it, not typed.
@@ -12,6 +12,7 @@ the page comes from this run, and the verdict sentences are computed from it, no
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import sys
@@ -27,8 +28,8 @@ import torch  # noqa: E402
 from skiptrain.compare import compare  # noqa: E402
 from skiptrain.gradflow import first_to_last, gradflow, plot_gradflow  # noqa: E402
 
-CONFIGS = ["configs/experiments/plain8_mnist1d.yaml", "configs/experiments/plain32_mnist1d.yaml",
-           "configs/experiments/resnet8_mnist1d.yaml", "configs/experiments/resnet32_mnist1d.yaml"]
+SHALLOW, DEEP = 20, 56  # weighted layers, as in He et al.'s Fig. 1 and 6
+CONFIGS = [f"configs/experiments/{kind}{depth}_mnist1d.yaml" for kind in ("plain", "resnet") for depth in (SHALLOW, DEEP)]
 DEEP_PAIR = CONFIGS[1], CONFIGS[3]
 GRADFLOW_STEPS = 50
 
@@ -58,13 +59,21 @@ def main() -> None:
     print(f"wrote docs/experiments.md, docs/img/experiments_*.png ({total:.0f} s)")
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.lower().startswith("model name"))
+    except (OSError, StopIteration):
+        return f"{platform.machine()} CPU"
+
+
 def verdict(runs: dict[str, dict], deep: str, shallow: str, family: str) -> str:
     d, s = runs[deep], runs[shallow]
     loss = "lower" if d["final_train_loss"] < s["final_train_loss"] else "higher"
     acc = "higher" if d["test_acc"] > s["test_acc"] else "lower"
-    return (f"- {family}: the 32-layer net ended with a **{loss}** training loss ({d['final_train_loss']:.3f} vs "
+    return (f"- {family}: the {DEEP}-layer net ended with a **{loss}** training loss ({d['final_train_loss']:.3f} vs "
             f"{s['final_train_loss']:.3f}) and a **{acc}** test accuracy ({d['test_acc']:.3f} vs {s['test_acc']:.3f}) "
-            f"than the 8-layer one.")
+            f"than the {SHALLOW}-layer one.")
 
 
 def flow_sentence(flows: list) -> str:
@@ -79,8 +88,8 @@ def flow_sentence(flows: list) -> str:
 
 def render(result: dict, flows: list, epochs: int, steps: int, total: float) -> str:
     runs = {Path(r["config"]).stem.removesuffix("_mnist1d"): r for r in result["runs"]}
-    plain_degrades = runs["plain32"]["final_train_loss"] > runs["plain8"]["final_train_loss"]
-    resnet_gains = runs["resnet32"]["final_train_loss"] < runs["resnet8"]["final_train_loss"]
+    plain_degrades = runs[f"plain{DEEP}"]["final_train_loss"] > runs[f"plain{SHALLOW}"]["final_train_loss"]
+    resnet_gains = runs[f"resnet{DEEP}"]["final_train_loss"] < runs[f"resnet{SHALLOW}"]["final_train_loss"]
     seen = ("shows both halves of the paper's finding" if plain_degrades and resnet_gains else
             "shows only part of the paper's finding" if plain_degrades or resnet_gains else
             "does not show the paper's finding")
@@ -94,8 +103,8 @@ def render(result: dict, flows: list, epochs: int, steps: int, total: float) -> 
 He et al. (2016) observed that a deeper *plain* network trains worse than a shallower one, with a
 higher **training** error, so the problem is optimisation rather than overfitting, and that the
 same depth with identity skips trains better instead. This page repeats that on a laptop scale:
-four narrow 1-D convnets (16 channels, batch norm, 3-wide kernels) on MNIST-1D, 8 and 32 weighted
-layers, without and with an identity skip around every pair of convs. Plain and residual nets of
+four narrow 1-D convnets (16 channels, batch norm, 3-wide kernels) on MNIST-1D, {SHALLOW} and {DEEP} weighted
+layers (the paper's CIFAR depths), without and with an identity skip around every pair of convs. Plain and residual nets of
 the same depth have the same layers and the same parameter count.
 
 Budget: **{epochs} epochs each**, SGD (lr 0.05, momentum 0.9, cosine schedule), batch 128, seed 0,
@@ -106,8 +115,8 @@ the same data for all four. This is far from convergence; it measures how quickl
 
 The run {seen}:
 
-{verdict(runs, "plain32", "plain8", "Plain")}
-{verdict(runs, "resnet32", "resnet8", "Residual")}
+{verdict(runs, f"plain{DEEP}", f"plain{SHALLOW}", "Plain")}
+{verdict(runs, f"resnet{DEEP}", f"resnet{SHALLOW}", "Residual")}
 
 | config | params | final train loss | test accuracy | train time |
 |---|---:|---:|---:|---:|
@@ -125,7 +134,7 @@ layer's (the stem's) norm over the last layer's (the head's).
 |---|---:|---:|---:|---:|
 {flow_rows}
 
-![gradient norm against depth, plain-32 vs ResNet-32](img/experiments_gradflow.png)
+![gradient norm against depth, plain-{DEEP} vs ResNet-{DEEP}](img/experiments_gradflow.png)
 
 {flow_sentence(flows)}
 
@@ -134,16 +143,15 @@ layer's (the stem's) norm over the last layer's (the head's).
 ```bash
 python benchmarks/experiments.py --epochs {epochs}
 # or piece by piece:
-skiptrain compare configs/experiments/{{plain8,plain32,resnet8,resnet32}}_mnist1d.yaml --epochs {epochs} \\
-    --output-dir runs/experiments/compare
-skiptrain gradflow configs/experiments/plain32_mnist1d.yaml --run {steps} -o plain32_gradflow.png --json
-skiptrain gradflow configs/experiments/resnet32_mnist1d.yaml --run {steps} -o resnet32_gradflow.png --json
+skiptrain compare configs/experiments/{{plain{SHALLOW},plain{DEEP},resnet{SHALLOW},resnet{DEEP}}}_mnist1d.yaml \\
+    --epochs {epochs} --output-dir runs/experiments/compare
+skiptrain gradflow configs/experiments/plain{DEEP}_mnist1d.yaml --run {steps} -o plain{DEEP}_gradflow.png --json
+skiptrain gradflow configs/experiments/resnet{DEEP}_mnist1d.yaml --run {steps} -o resnet{DEEP}_gradflow.png --json
 ```
 
-Measured on {platform.machine()} CPU, {threads} torch threads, torch {torch.__version__}, Python
-{platform.python_version()}; the whole script took {total:.0f} s. The machine was shared with other
-jobs during the run, so train times are indicative only. One seed only: differences of a
-point or two of accuracy are within seed-to-seed noise.
+Measured on {cpu_name()} ({os.cpu_count()} cores), {threads} torch threads, torch {torch.__version__}, Python
+{platform.python_version()}, load average {os.getloadavg()[0]:.1f} at the end; the whole script took {total:.0f} s.
+One seed only: differences of a point or two of accuracy are within seed-to-seed noise.
 """
 
 

@@ -1,7 +1,7 @@
 """How much does building a network from YAML cost at run time?
 
-Times the model that ``skiptrain.build_model`` makes (a ``torch.fx.GraphModule`` whose forward
-is generated straight-line code) against the same network written by hand in plain PyTorch:
+Times the model that ``skiptrain.build_model`` makes (a ``SkipNet`` whose forward is generated
+straight-line code) against the same network written by hand in plain PyTorch:
 
 * ResNet-20 for CIFAR-10 (/work/shared/examples/resnet20_cifar10.yaml, or the copy found
   next to this repository) against a hand-written ResNet-20 in the style of torchvision's
@@ -257,7 +257,11 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[
     return step
 
 
-def time_chunk(step: Callable[[], None], iters: int) -> float:
+def no_sync() -> None:
+    pass
+
+
+def time_chunk(step: Callable[[], None], iters: int, sync: Callable[[], None] = no_sync) -> float:
     """Mean seconds per call of ``step`` over ``iters`` calls, with the garbage collector off.
 
     (``main`` freezes the objects that exist before timing starts, so the ``gc.collect`` here
@@ -266,16 +270,18 @@ def time_chunk(step: Callable[[], None], iters: int) -> float:
     gc.collect()
     gc.disable()
     try:
+        sync()  # on a GPU: time the work, not how fast it is queued
         start = time.perf_counter()
         for _ in range(iters):
             step()
+        sync()
         return (time.perf_counter() - start) / iters
     finally:
         gc.enable()
 
 
 def interleaved(steps: dict[str, Callable[[], None]], rounds: int, warmup: int,
-                target_s: float, max_iters: int) -> tuple[dict[str, list[float]], int]:
+                target_s: float, max_iters: int, sync: Callable[[], None] = no_sync) -> tuple[dict[str, list[float]], int]:
     """Per-round mean seconds per iteration for each step, the steps alternating in order.
 
     After ``warmup`` calls of each, the iteration count is chosen so that one chunk takes about
@@ -286,32 +292,34 @@ def interleaved(steps: dict[str, Callable[[], None]], rounds: int, warmup: int,
     for name in names:
         for _ in range(warmup):
             steps[name]()
-        probe[name] = time_chunk(steps[name], 1)
+        probe[name] = time_chunk(steps[name], 1, sync)
     iters = max(1, min(max_iters, round(target_s / max(probe.values()))))
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            times[name].append(time_chunk(steps[name], iters))
+            times[name].append(time_chunk(steps[name], iters, sync))
     return times, iters
 
 
 def measure(model_name: str, hand: nn.Module, built: nn.Module, input_shape: tuple, num_classes: int,
-            kind: str, batch: int, rounds: int, warmup: int, target_s: float, max_iters: int) -> dict:
+            kind: str, batch: int, rounds: int, warmup: int, target_s: float, max_iters: int,
+            device: torch.device = torch.device("cpu")) -> dict:
     gen = torch.Generator().manual_seed(SEED + 3)
-    x = torch.randn(batch, *input_shape, generator=gen)
+    x = torch.randn(batch, *input_shape, generator=gen).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else no_sync
     if kind == "forward":
         hand.eval()
         built.eval()
         steps = {"hand": forward_step(hand, x), "skiptrain": forward_step(built, x)}
         label = f"forward, eval, inference_mode, batch {batch}"
     else:
-        y = torch.randint(0, num_classes, (batch,), generator=gen)
+        y = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
         hand.train()
         built.train()
         steps = {"hand": train_step(hand, x, y), "skiptrain": train_step(built, x, y)}
         label = f"forward+backward, train, batch {batch}"
-    times, iters = interleaved(steps, rounds, warmup, target_s, max_iters)
+    times, iters = interleaved(steps, rounds, warmup, target_s, max_iters, sync)
     hand_ms = statistics.median(times["hand"]) * 1e3
     sk_ms = statistics.median(times["skiptrain"]) * 1e3
     for model in (hand, built):
@@ -385,14 +393,17 @@ MODELS = ("resnet20", "resnet18")
 
 
 def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: int | None = None,
-         log: Callable[[str], None] | None = None) -> list[dict]:
+         log: Callable[[str], None] | None = None, device: str = "cpu") -> list[dict]:
     """Run the benchmark and return one dict per measurement (``hand_ms``, ``skiptrain_ms``, ``ratio``, ...).
 
     ``quick``: 2 rounds, few iterations and small batches (a smoke run, not a measurement); it
     runs on one thread unless ``threads`` says otherwise, since a smoke run on a busy CI machine
     with oversubscribed OpenMP threads can take a minute instead of seconds.
     ResNet-18 is left out, with a note to ``log``, if configs/imagenet/resnet18.yaml is missing.
+    On ``device="cuda"`` the batches are larger (128 and 64 for the training step) and every
+    timed chunk ends with ``torch.cuda.synchronize()``.
     """
+    dev = torch.device(device)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if threads is None and quick:
         threads = 1
@@ -406,8 +417,8 @@ def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: 
         cfg = dict(rounds=2, warmup=0, target_s=0.01, max_iters=3)
         batches = {"resnet20": (1, 8), "resnet18": (1, 1)}
     else:
-        cfg = dict(rounds=7, warmup=3, target_s=0.5, max_iters=200)
-        batches = {"resnet20": (1, 128), "resnet18": (1, 16)}
+        cfg = dict(rounds=7, warmup=3, target_s=2.0, max_iters=500)
+        batches = {"resnet20": (1, 128), "resnet18": (1, 64 if dev.type == "cuda" else 16)}
 
     specs = {
         "resnet20": (make_resnet20, (3, 32, 32), 10),
@@ -423,7 +434,7 @@ def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: 
                 continue
             make, input_shape, num_classes = specs[name]
             torch.manual_seed(SEED)
-            hand, built = make()
+            hand, built = (m.to(dev) for m in make())
             # Move everything alive now (torch's import-time objects, the models) out of the
             # collector's reach, so the gc.collect before each timed chunk costs next to nothing.
             gc.collect()
@@ -431,8 +442,8 @@ def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: 
             fwd_batch, train_batch = batches[name]
             for kind, batch in (("forward", fwd_batch), ("train", train_batch)):
                 log(f"timing {name} {kind} batch {batch} ...")
-                row = measure(name, hand, built, input_shape, num_classes, kind, batch, **cfg)
-                row["threads"] = threads
+                row = measure(name, hand, built, input_shape, num_classes, kind, batch, **cfg, device=dev)
+                row.update(threads=threads, device=str(dev))
                 log(f"  hand {row['hand_ms']:.3f} ms, skiptrain {row['skiptrain_ms']:.3f} ms, ratio "
                     f"{row['ratio']:.3f} ({row['rounds']} rounds x {row['iters_per_round']} iters)")
                 rows.append(row)

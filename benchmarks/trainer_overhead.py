@@ -15,16 +15,16 @@ same number of samples and batches, with the same model built by ``skiptrain.bui
 Each way runs ``epochs`` epochs per round and the first epoch of every round is dropped (warm-up:
 allocator, worker start-up, first-call costs); the figure is the median samples/s over the
 remaining epochs of all rounds. Rounds alternate the order of the three ways. torch runs on
-``threads`` intra-op threads (default 1, less sensitive to a shared machine) for all three.
+``threads`` intra-op threads for all three (benchmarks/run.py uses every core, as a user's loop
+does; the DataLoader's workers then share those cores with training, as they do in practice).
 
-    python benchmarks/trainer_overhead.py            # 2048 samples, 2 rounds x 2 epochs
-    python benchmarks/trainer_overhead.py --quick    # 128 samples: a smoke run, not a measurement
+    python benchmarks/trainer_overhead.py            # 2048 samples, 2 rounds x 3 epochs
+    python benchmarks/trainer_overhead.py --quick    # 300 samples: a smoke run, not a measurement
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -72,7 +72,8 @@ def step(model, optimizer, x, y) -> None:
 # --------------------------------------------------------------------------- the three ways
 
 
-def run_skiptrain(num_samples: int, epochs: int) -> list[float]:
+def run_skiptrain(num_samples: int, epochs: int, device: str = "cpu", **train: object) -> list[float]:
+    """``train``: extra train settings (precision, channels_last, compile) for the GPU table."""
     import skiptrain
     from skiptrain.config import load_config
 
@@ -80,7 +81,8 @@ def run_skiptrain(num_samples: int, epochs: int) -> list[float]:
         "model": model_section(),
         "data": {"dataset": "synthetic", "num_samples": num_samples, "num_classes": CLASSES,
                  "batch_size": BATCH, "val_fraction": 0.0, "augment": AUGMENT},
-        "train": {"epochs": epochs, "optimizer": dict(OPTIMIZER), "device": "cpu"},
+        "train": {"epochs": epochs, "optimizer": dict(OPTIMIZER), "device": device,
+                  "precision": "fp32", "channels_last": False, **train},
     })
     with tempfile.TemporaryDirectory(prefix="skiptrain-bench-") as tmp:
         skiptrain.train(config, run_dir=str(Path(tmp) / "run"), quiet=True, force=True, epochs=epochs)
@@ -88,20 +90,31 @@ def run_skiptrain(num_samples: int, epochs: int) -> list[float]:
     return [row["samples_per_s"] for row in rows if "samples_per_s" in row]
 
 
-def run_bare(x: torch.Tensor, y: torch.Tensor, epochs: int) -> list[float]:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_bare(x: torch.Tensor, y: torch.Tensor, epochs: int, device: str = "cpu") -> list[float]:
     import skiptrain
 
+    dev = torch.device(device)
     torch.manual_seed(0)
-    model = skiptrain.build_model({"model": model_section()}).train()
+    model = skiptrain.build_model({"model": model_section()}).to(dev).train()
     optimizer = sgd(model)
+    x, y = x.to(dev), y.to(dev)
     rates = []
     for epoch in range(epochs):
-        perm = torch.randperm(len(x))
+        sync(dev)
         started = time.perf_counter()
-        for i in range(0, len(x), BATCH):
-            idx = perm[i:i + BATCH]
+        perm = torch.randperm(len(x), device=dev)
+        seen = 0
+        for i in range(max(1, len(x) // BATCH)):  # full batches only, as skiptrain trains
+            idx = perm[i * BATCH:(i + 1) * BATCH]
             step(model, optimizer, x[idx], y[idx])
-        rates.append(len(x) / (time.perf_counter() - started))
+            seen += len(idx)
+        sync(dev)
+        rates.append(seen / (time.perf_counter() - started))
     return rates
 
 
@@ -118,39 +131,44 @@ class TensorImages(torch.utils.data.Dataset):
         return self.transform(self.x[i]), int(self.y[i])
 
 
-def run_hand(x: torch.Tensor, y: torch.Tensor, epochs: int) -> list[float]:
+def run_hand(x: torch.Tensor, y: torch.Tensor, epochs: int, device: str = "cpu", workers: int = 2) -> list[float]:
     import skiptrain
     from torchvision import transforms
 
+    dev = torch.device(device)
     torch.manual_seed(0)
     transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()])
     loader = torch.utils.data.DataLoader(TensorImages(x, y, transform), batch_size=BATCH, shuffle=True,
-                                         num_workers=2)
-    model = skiptrain.build_model({"model": model_section()}).train()
+                                         num_workers=workers, drop_last=True, pin_memory=dev.type == "cuda")
+    model = skiptrain.build_model({"model": model_section()}).to(dev).train()
     optimizer = sgd(model)
     rates = []
     for epoch in range(epochs):
+        sync(dev)
         started = time.perf_counter()
         for xb, yb in loader:
-            step(model, optimizer, xb, yb)
-        rates.append(len(x) / (time.perf_counter() - started))
+            step(model, optimizer, xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True))
+        sync(dev)
+        rates.append(len(loader) * BATCH / (time.perf_counter() - started))
     return rates
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def main(quick: bool, *, threads: int = 1, log=None) -> list[dict]:
+def main(quick: bool, *, threads: int = 1, log=None, device: str = "cpu", num_samples: int | None = None,
+         rounds: int | None = None, epochs: int | None = None, workers: int = 2) -> list[dict]:
     """One dict per way (``samples_per_s`` = median over steady-state epochs), then a ``ratios`` dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    num_samples, rounds, epochs = (128, 1, 2) if quick else (2048, 2, 2)
+    default = (300, 1, 2) if quick else (2048, 2, 3)
+    num_samples, rounds, epochs = (a if a is not None else b for a, b in zip((num_samples, rounds, epochs), default))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     x, y = train_split(num_samples)
     ways = {
-        "skiptrain train": lambda: run_skiptrain(num_samples, epochs),
-        "bare loop (tensors in memory)": lambda: run_bare(x, y, epochs),
-        "hand-written Dataset + DataLoader(num_workers=2)": lambda: run_hand(x, y, epochs),
+        "skiptrain train": lambda: run_skiptrain(num_samples, epochs, device),
+        "bare loop (tensors in memory)": lambda: run_bare(x, y, epochs, device),
+        f"hand-written Dataset + DataLoader(num_workers={workers})": lambda: run_hand(x, y, epochs, device, workers),
     }
     steady: dict[str, list[float]] = {name: [] for name in ways}
     try:
@@ -162,9 +180,10 @@ def main(quick: bool, *, threads: int = 1, log=None) -> list[dict]:
                 steady[name].extend(rates[1:])  # the first epoch of a round is warm-up
     finally:
         torch.set_num_threads(previous)
-    batches = math.ceil(len(x) / BATCH)
+    batches = max(1, len(x) // BATCH)
     rows = [{"way": name, "samples_per_s": statistics.median(v), "epochs_measured": len(v),
-             "train_samples": len(x), "batches": batches, "threads": threads} for name, v in steady.items()]
+             "train_samples": len(x), "batches": batches, "threads": threads, "device": device}
+            for name, v in steady.items()]
     sk, bare, hand = (row["samples_per_s"] for row in rows)
     rows.append({"way": "ratios", "skiptrain_over_bare": sk / bare, "skiptrain_over_hand": sk / hand,
                  "target_bare": TARGET_BARE, "target_hand": TARGET_HAND})

@@ -2,7 +2,8 @@
 
 Runs ``skiptrain validate --json`` once per network, each in its own process, and records the
 wall time of the whole command (interpreter start, imports, expansion, shape inference on meta
-tensors, JSON output) and the process's peak resident memory (``ru_maxrss`` from ``os.wait4``).
+tensors, JSON output) and the process's peak resident memory (VmHWM, which the child reads
+from /proc/self/status as it exits; ``ru_maxrss`` where there is no /proc).
 
 * CIFAR ResNets of depth 6n + 2 made from configs/cifar/resnet20.yaml with ``--set``: stage1
   repeats n times, stage2 and stage3 n - 1 times after their down2/down3 blocks
@@ -44,7 +45,23 @@ model:
 """
 
 
+# The child reports its own peak from /proc/self/status: VmHWM belongs to the process after
+# exec, while ru_maxrss from wait4 also counts the parent's pages that fork copied before exec.
+PEAK_REPORTER = """
+import atexit, os, sys
+def report():
+    with open("/proc/self/status") as status, open(os.environ["SKIPTRAIN_PEAK_FILE"], "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+atexit.register(report)
+sys.argv = ["skiptrain", *sys.argv[1:]]
+from skiptrain.cli import main
+main()
+"""
+
+
 def skiptrain_command() -> list[str]:
+    if Path("/proc/self/status").is_file():
+        return [sys.executable, "-c", PEAK_REPORTER]
     exe = Path(sys.executable).with_name("skiptrain")
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "skiptrain"]
 
@@ -57,10 +74,12 @@ def resnet_args(n: int) -> list[str]:
 
 def validate(args: list[str]) -> dict:
     """Run ``skiptrain validate --json ARGS`` in a child process: seconds, peak MB, nodes, parameters."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak_kb"
         started = time.perf_counter()
         proc = subprocess.Popen([*skiptrain_command(), "validate", "--json", *args], stdout=out, stderr=err,
-                                cwd=ROOT)
+                                cwd=ROOT, env={**os.environ, "SKIPTRAIN_PEAK_FILE": str(peak_file)})
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -70,8 +89,10 @@ def validate(args: list[str]) -> dict:
             raise RuntimeError(f"skiptrain validate {' '.join(args)} exited {proc.returncode}: "
                                f"{err.read().decode(errors='replace')[-2000:]}")
         plan = json.loads(out.read())
-    # ru_maxrss is in KiB on Linux, bytes on macOS
-    peak_mb = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        if peak_file.is_file():
+            peak_mb = int(peak_file.read_text()) / 2**10
+        else:  # ru_maxrss is in KiB on Linux, bytes on macOS
+            peak_mb = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     return {"nodes": len(plan["nodes"]), "params": plan["params"], "seconds": seconds, "peak_mb": peak_mb}
 
 

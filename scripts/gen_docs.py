@@ -94,9 +94,11 @@ status 1; usage errors exit with status 2.
 
 - `skiptrain --version` prints the version.
 - Shell completion (bash, zsh, fish, PowerShell): `skiptrain --install-completion` installs
-  it for the current shell (restart the shell afterwards); `skiptrain --show-completion bash`
-  prints the script instead, to install by hand, e.g.
-  `skiptrain --show-completion bash > ~/.local/share/bash-completion/completions/skiptrain`.
+  it for the shell it runs in (restart the shell afterwards); `skiptrain --show-completion`
+  prints that shell's script instead, to install by hand. For a named shell, set
+  `_SKIPTRAIN_COMPLETE=source_SHELL`, e.g.
+  `_SKIPTRAIN_COMPLETE=source_bash skiptrain > ~/.local/share/bash-completion/completions/skiptrain`
+  (`source_zsh`, `source_fish`, `source_powershell`).
 """
 
 
@@ -116,12 +118,23 @@ def _param_line(param, ctx) -> str:
     return f"{line}: {' '.join(help_text.split())}" if help_text else line
 
 
+def cli_versions() -> str:
+    """The help text's layout is Typer's and Click's: the page says which versions wrote it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"Typer {version('typer')} and Click {version('click')}"
+    except PackageNotFoundError:  # recent Typer releases carry their own Click
+        return f"Typer {version('typer')}"
+
+
 def cli_md() -> str:
     from skiptrain.cli import app
 
     group = typer.main.get_command(app)
     ctx = group.context_class(group, info_name="skiptrain")  # typer may vendor click: no import
-    lines = ["# Command line", "", HEADER.strip(), "", CLI_INTRO, "## `skiptrain`", "",
+    lines = ["# Command line", "", HEADER.strip(), "", f"Generated with {cli_versions()}.", "", CLI_INTRO,
+             "## `skiptrain`", "",
              (group.help or "").strip(), "", "Options:", ""]
     lines += [line for p in group.get_params(ctx) if (line := _param_line(p, ctx))]
     lines.append("")

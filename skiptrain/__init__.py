@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_config", "check_model", "build_model", "load_checkpoint", "train", "SkiptrainError", "ConfigError",
-           "__version__"]
+__all__ = ["load_config", "check_model", "check_config", "build_model", "load_checkpoint", "train", "SkiptrainError",
+           "ConfigError", "__version__"]
 
 from .config import load_config
 from .errors import ConfigError, SkiptrainError
@@ -15,7 +15,7 @@ from .errors import ConfigError, SkiptrainError
 
 def __getattr__(name: str):
     # torch is imported only when a model is checked or built, so `skiptrain --help` stays fast
-    if name in ("check_model", "build_model"):
+    if name in ("check_model", "check_config", "build_model"):
         from . import api
         return getattr(api, name)
     if name == "load_checkpoint":

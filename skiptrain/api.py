@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Union
 
-from .config import Config, LocatedDict, load_config
+from .config import Config, LocatedDict, load_config, where
 from .spec import expand
 
 Source = Union[str, Path, dict, Config]
@@ -24,6 +24,22 @@ def check_model(source: Source, overrides: Iterable[str] = (), strict: bool = Fa
 
     config = _config(source, overrides)
     return infer(expand(config.model, strict=strict))
+
+
+def check_config(source: Source, overrides: Iterable[str] = (), strict: bool = False):
+    """``check_model``, and the ``data:`` and ``train:`` sections' keys and values too (no data is
+    read): a typo there is found by ``skiptrain validate``, not minutes later by ``train``."""
+    from .data import parse_options
+    from .data.registry import get_dataset
+    from .training.settings import parse_settings
+
+    config = _config(source, overrides)
+    plan = check_model(config, strict=strict)
+    if config.data:
+        options = parse_options(config.data)
+        get_dataset(options.dataset, where(config.data, "dataset"))
+    parse_settings(config.train or {})
+    return plan
 
 
 def build_model(source: Source, overrides: Iterable[str] = (), strict: bool = False,

@@ -73,12 +73,12 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
     strict: bool = typer.Option(False, "--strict", help="Every shape mismatch is an error (projection: none)."),
 ) -> None:
-    """Check a config: every node's shape and parameters, every skip and projection."""
+    """Check a config: every node's shape and parameters, every skip and projection, and the data: and train: keys."""
     with user_errors():
-        from .api import check_model
+        from .api import check_config
         from .report import node_table, plan_json, projection_table, summary_lines
 
-        plan = check_model(config, overrides, strict=strict)
+        plan = check_config(config, overrides, strict=strict)
         if as_json:
             sys.stdout.write(json.dumps(plan_json(plan)) + "\n")
             return
@@ -132,19 +132,21 @@ def train(
         if run_dir is None:  # every process must write to the same place: fix the name once, here
             raise typer.BadParameter("--nproc needs --run-dir (all processes share one run directory)",
                                      param_hint="--run-dir")
-        from .distributed import launch
+        from .distributed import check_gpus, launch
 
         if config is not None:
             with user_errors():  # the common mistake, caught once here rather than once per process
                 from .config import load_config, where
                 from .errors import DataError
 
-                data = load_config(config, overrides).data
+                loaded = load_config(config, overrides)
+                data = loaded.data
                 batch = data.get("batch_size", 128)
                 if isinstance(batch, int) and batch % nproc:
                     raise DataError(f"batch_size {batch} does not split evenly over {nproc} processes",
                                     where(data, "batch_size"),
                                     f"use a multiple of {nproc}: batch_size is the global batch")
+                check_gpus(nproc, device or str(loaded.train.get("device", "auto")))
         args = [str(config)] if config is not None else []
         for option, value in (("--run-dir", run_dir), ("--epochs", epochs), ("--device", device),
                               ("--resume", resume), ("--limit-batches", limit_batches)):
@@ -169,10 +171,10 @@ def train(
         summary = run_training(cfg, run_dir=run_dir, epochs=epochs, device=device, resume=resume,
                                quiet=quiet, force=force, limit_batches=limit_batches)
         if quiet and "run_dir" in summary:  # rank 0 only, under DDP
-            for key in ("test_acc", "test_miou", "test_loss"):
-                if key in summary:
-                    print(f"{key}: {summary[key]:.4f}")
-                    break
+            from .training.loop import result_line
+
+            if result_line(summary):
+                print(result_line(summary))
             print(f"run directory: {summary['run_dir']}")
         if summary.get("world_size", 1) > 1:
             # The run is complete and the group left; skip interpreter teardown, where gloo's

@@ -36,10 +36,24 @@ def join(device: str) -> World:
     world = World(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = torch.cuda.is_available() and device != "cpu" and not device.startswith("mps")
     if use_cuda:
+        check_gpus(world.local_rank + 1, device)
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return world
+
+
+def check_gpus(processes: int, device: str) -> None:
+    """One process per GPU: more processes than GPUs on CUDA is a mistake to name before launching."""
+    if device == "cpu" or device.startswith("mps") or not torch.cuda.is_available():
+        return
+    gpus = torch.cuda.device_count()
+    if processes > gpus:
+        from .errors import SkiptrainError
+
+        raise SkiptrainError(f"{processes} processes need {processes} GPUs, but this machine has {gpus} "
+                             "(one process per GPU)", None,
+                             f"use --nproc {gpus}, or --device cpu to train in processes on the CPU (gloo)")
 
 
 def leave(world: World) -> None:

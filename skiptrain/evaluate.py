@@ -1,7 +1,7 @@
 """Metrics for a model on a split: loss, accuracy, top-5 and a confusion matrix, or IoU."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
@@ -11,44 +11,45 @@ from torch.nn import functional as F
 
 @dataclass
 class Metrics:
-    """Running sums over batches; ``summary()`` turns them into the reported numbers."""
+    """Running sums over batches, kept on the model's device so that no batch waits for the
+    GPU; ``summary()`` reads them back once and turns them into the reported numbers."""
 
     task: str
     num_classes: int | None
-    loss_sum: float = 0.0
+    loss_sum: torch.Tensor | float = 0.0
     samples: int = 0
-    top5_correct: int = 0
+    top5_correct: torch.Tensor | int = 0
     confusion: torch.Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
         output = output.float()
         n = target.shape[0]
         if self.task == "regression":
-            self.loss_sum += F.mse_loss(output, target.float(), reduction="sum").item() / max(1, output[0].numel())
+            self.loss_sum += F.mse_loss(output, target.float(), reduction="sum") / max(1, output[0].numel())
             self.samples += n
             return
-        self.loss_sum += F.cross_entropy(output, target, reduction="sum").item() / max(1, target[0].numel())
+        self.loss_sum += F.cross_entropy(output, target, reduction="sum") / max(1, target[0].numel())
         self.samples += n
         k = self.num_classes or output.shape[1]
         predicted = output.argmax(dim=1)
-        pairs = (target.reshape(-1) * k + predicted.reshape(-1)).cpu()
+        pairs = target.reshape(-1) * k + predicted.reshape(-1)
         counts = torch.bincount(pairs, minlength=k * k).reshape(k, k)
         self.confusion = counts if self.confusion is None else self.confusion + counts
         if self.task == "classification" and k > 5:
             top5 = output.topk(5, dim=1).indices
-            self.top5_correct += (top5 == target[:, None]).any(dim=1).sum().item()
+            self.top5_correct += (top5 == target[:, None]).any(dim=1).sum()
 
     def summary(self) -> dict[str, Any]:
-        result: dict[str, Any] = {"loss": self.loss_sum / max(1, self.samples)}
+        result: dict[str, Any] = {"loss": float(self.loss_sum) / max(1, self.samples)}
         if self.confusion is None:
             return result
+        self.confusion = self.confusion.cpu()
         confusion = self.confusion.double()
         correct = confusion.diag()
         if self.task == "classification":
             result["acc"] = (correct.sum() / confusion.sum().clamp(min=1)).item()
             if self.num_classes and self.num_classes > 5:
-                result["top5"] = self.top5_correct / max(1, self.samples)
+                result["top5"] = int(self.top5_correct) / max(1, self.samples)
             result["per_class_acc"] = (correct / confusion.sum(dim=1).clamp(min=1)).tolist()
         else:
             union = confusion.sum(dim=0) + confusion.sum(dim=1) - correct

@@ -287,6 +287,8 @@ def train_schema() -> dict[str, Any]:
             prop = {"enum": list(s._CHOICES[field.name])}
         elif field.name == "task":
             prop = {"enum": [*s.TASKS, None]}
+        elif field.name == "compile":
+            prop = {"enum": list(s.COMPILE_MODES)}
         elif field.name == "channels_last":
             prop = {"enum": ["auto", True, False]}
         else:

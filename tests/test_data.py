@@ -278,7 +278,7 @@ def test_missing_or_empty_folders_are_data_errors(tmp_path):
 # ---------------------------------------------------------------- augmentations
 
 def draw(batch: int, seed: int = 0) -> Draw:
-    return Draw(seed, batch, 0, batch, torch.device("cpu"))
+    return Draw([(seed, batch, 0, batch)], torch.device("cpu"))
 
 
 def test_augmentations_move_masks_with_images():
@@ -379,3 +379,18 @@ def test_every_registered_dataset_is_tested():
 def test_task_none_takes_the_datasets_own():
     assert load_data({"dataset": "shapes", "num_samples": 8}, input_shape=(1, 16, 16), task=None).task == "segmentation"
     assert load_data({"dataset": "synthetic", "num_samples": 20}, input_shape=(4,), task=None).task == "classification"
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 8])
+def test_batches_are_the_same_whatever_the_chunk(chunk):
+    # on a GPU, batches are gathered and augmented several at a time: that must not change them
+    spec = {"dataset": "synthetic", "num_samples": 700, "num_classes": 4, "batch_size": 64,
+            "augment": [{"random_crop": {"padding": 2}}, "horizontal_flip", {"gaussian_noise": {"std": 0.1}}]}
+    one = load_data(spec, input_shape=(3, 8, 8)).train
+    many = load_data(spec, input_shape=(3, 8, 8)).train
+    one.chunk, many.chunk = 1, chunk
+    for start in (0, 3):
+        a, b = list(one.epoch(2, start=start)), list(many.epoch(2, start=start))
+        assert len(a) == len(b) == len(one) - start
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -168,7 +168,7 @@ def check(source) -> str:
     with warnings.catch_warnings(), time_limit(HANG_SECONDS), one_thread():
         warnings.simplefilter("ignore")
         try:
-            plan = skiptrain.check_model(source)
+            plan = skiptrain.check_config(source)  # what `skiptrain validate` checks
         except SkiptrainError as exc:
             STATS["rejected"] += 1
             assert str(exc) and exc.format(), "an error without a message"

@@ -129,6 +129,7 @@ def test_broken_checkpoint_is_a_clear_error(tmp_path):
     (("epochs: 2", "epochs: 2\n  optimiser: sgd"), "did you mean `optimizer`"),
     (("name: sgd", "name: sdg"), "did you mean `sgd`"),
     (("dataset: synthetic", "dataset: cifar10, root: NOWHERE"), "NOWHERE"),
+    (("epochs: 2", "epochs: 2\n  compile: fast"), "modes: default, reduce-overhead"),
 ])
 def test_bad_training_inputs_exit_1_with_a_message(write_yaml, tmp_path, change, message):
     result = invoke("train", write_yaml(TINY.replace(*change)), "--run-dir", tmp_path / "r", "-q")

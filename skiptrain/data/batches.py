@@ -71,9 +71,13 @@ class Plan:
         lo, hi = self.rank * total // self.world_size, (self.rank + 1) * total // self.world_size
         return begin + lo, begin + hi, total, lo
 
-    def draw(self, epoch: int, batch: int, device: torch.device) -> Draw:
-        first, last, total, lo = self.bounds(batch)
-        return Draw(derive_seed(self.seed, AUGMENT, epoch, batch), total, lo, lo + last - first, device)
+    def draw(self, epoch: int, batches: range, device: torch.device) -> Draw:
+        """The augmentation numbers of ``batches``, each from a generator of (seed, epoch, batch)."""
+        parts = []
+        for batch in batches:
+            first, last, total, lo = self.bounds(batch)
+            parts.append((derive_seed(self.seed, AUGMENT, epoch, batch), total, lo, lo + last - first))
+        return Draw(parts, device)
 
 
 @dataclass
@@ -115,32 +119,47 @@ class Pipeline:
 
 
 class TensorBatches:
-    """A split held as tensors on the device, batched there with index tensors."""
+    """A split held as tensors on the device, batched there with index tensors.
+
+    On a GPU, ``chunk`` consecutive batches are gathered and augmented together, so that each
+    operation is one kernel launch per chunk instead of per batch; the batches are the same
+    for any chunk size (each batch draws its own numbers).
+    """
+
+    CHUNK_BYTES = 64 * 2**20
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, plan: Plan, pipeline: Pipeline,
-                 device: torch.device, augment: bool = False):
+                 device: torch.device, augment: bool = False, chunk: int | None = None):
         self.device = torch.device(device)
         self.x, self.y = x.to(self.device), y.to(self.device)
         self.plan, self.pipeline, self.augment = plan, pipeline.to(self.device), augment
         self.num_samples = plan.num_samples
         self.batch_size = plan.batch_size // plan.world_size
         self.global_batch_size = plan.batch_size
+        if chunk is None:
+            batch_bytes = max(1, self.batch_size * x[0].numel() * 4)
+            chunk = 1 if self.device.type == "cpu" else max(1, min(8, self.CHUNK_BYTES // batch_bytes))
+        self.chunk = chunk
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.plan.order(epoch)
-        order = None if order is None else order.to(self.device)
-        for batch in range(start, len(self.plan)):
-            first, last, _, _ = self.plan.bounds(batch)
-            if order is None:
-                x, y = self.x[first:last], self.y[first:last]
+        for chunk_start in range(start, len(self.plan), self.chunk):
+            batches = range(chunk_start, min(chunk_start + self.chunk, len(self.plan)))
+            spans = [self.plan.bounds(batch)[:2] for batch in batches]
+            contiguous = order is None and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+            if contiguous:
+                x, y = self.x[spans[0][0]:spans[-1][1]], self.y[spans[0][0]:spans[-1][1]]
             else:
-                index = order[first:last]
+                pieces = [torch.arange(a, b) if order is None else order[a:b] for a, b in spans]
+                index = torch.cat(pieces).to(self.device, non_blocking=True)
                 x, y = self.x[index], self.y[index]
-            draw = self.plan.draw(epoch, batch, self.device) if self.augment else None
-            yield self.pipeline(x, y, draw)
+            draw = self.plan.draw(epoch, batches, self.device) if self.augment else None
+            x, y = self.pipeline(x, y, draw)
+            sizes = [b - a for a, b in spans]
+            yield from zip(x.split(sizes), y.split(sizes))
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):
@@ -189,5 +208,5 @@ class LoaderBatches:
         for batch, (x, y) in enumerate(self.loader, start):
             x = x.to(self.device, non_blocking=not blocking)
             y = y.to(self.device, non_blocking=not blocking)
-            draw = self.plan.draw(epoch, batch, self.device) if self.augment else None
+            draw = self.plan.draw(epoch, range(batch, batch + 1), self.device) if self.augment else None
             yield self.pipeline(x, y, draw)

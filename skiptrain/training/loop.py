@@ -167,7 +167,7 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
     if world.enabled:
         forward = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     if settings.compile:
-        forward = torch.compile(forward)
+        forward = torch.compile(forward, mode=None if settings.compile is True else settings.compile)
 
     def autocast():
         return torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
@@ -218,12 +218,13 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     resumed = seen
     lr = optimizer.param_groups[0]["lr"]
     batches = itertools.islice(run.data.train.epoch(epoch, start=first), max(0, run.steps_per_epoch - first))
+    watch = NonFiniteWatch(run, epoch, loss_sum)
+    shown = 0.0
     for x, y in batches:
         lr = set_lr(optimizer, lr_factor(run.step, run.steps_per_epoch, settings.epochs, settings.scheduler, base_lr))
         with run.autocast():
             loss = run.loss_fn(run.forward(run.prepare(x)), y)
-        if not torch.isfinite(loss):
-            _non_finite(run, epoch, loss)
+        if watch.skip(loss):
             continue
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -234,15 +235,19 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
         scaler.update()
         run.step += 1
         run.batch += 1
-        loss_sum += loss.detach().float() * x.shape[0]
+        loss_sum.add_(loss.detach(), alpha=x.shape[0])
+        watch.stepped()
         seen += x.shape[0]
-        if run.report.live:
-            run.report.step(loss.item(), (seen - resumed) / (time.perf_counter() - started))
+        if run.report.live and time.perf_counter() - shown > 0.2:  # .item() waits for the GPU: not every step
+            shown = time.perf_counter()
+            run.report.step(loss.item(), (seen - resumed) / (shown - started), run.batch)
         if run.stop is not None or (settings.checkpoint_every_steps and run.step % settings.checkpoint_every_steps == 0):
+            watch.check()  # never checkpoint weights that a non-finite loss already reached
             run.partial = (loss_sum.item(), seen)
             save_checkpoint(run, best=False)
             if run.stop is not None:
                 _stopped(run, epoch)
+    watch.check()
     loss_sum, count = distributed.all_sum(run.world, loss_sum, torch.tensor(float(seen), device=run.device))
     seconds = time.perf_counter() - started
     train_loss = (loss_sum / count.clamp(min=1)).item()
@@ -259,20 +264,54 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     return row
 
 
-def _non_finite(run: Run, epoch: int, loss: torch.Tensor) -> None:
-    """`on_nan: stop` ends the run, naming the step and the likely cause; `skip_batch` drops the batch."""
-    if run.settings.on_nan == "skip_batch" and run.skipped < 100:
-        run.skipped += 1
-        return
-    fp16 = run.scaler.is_enabled()
-    cause = ("fp16 overflow: use precision bf16 or fp32" if fp16 else
-             f"a learning rate too high (now {run.optimizer.param_groups[0]['lr']:.3g}): lower it, add warmup_epochs "
-             "or train.grad_clip")
-    where = run.run_dir.checkpoints if run.run_dir else "the run directory"
-    raise SkiptrainError(f"the loss became {loss.item()} at step {run.step + 1} (epoch {epoch}, batch {run.batch + 1})",
-                         None, f"most likely {cause}; the last good checkpoint is in {where}"
-                               + ("; `train.on_nan: skip_batch` skips such batches" if run.settings.on_nan == "stop"
-                                  else f"; {run.skipped} batches were skipped before this one"))
+class NonFiniteWatch:
+    """Catches a non-finite loss without waiting for the GPU at every step.
+
+    ``on_nan: skip_batch`` must decide before the optimizer step, so it reads every loss.
+    ``on_nan: stop`` reads nothing per step: a non-finite loss makes the epoch's running loss
+    sum non-finite for good, and that sum is read every ``every`` steps, before a checkpoint and
+    at the end of the epoch. A stopped run may take a few more steps, but never saves them.
+    """
+
+    every = 50
+
+    def __init__(self, run: Run, epoch: int, loss_sum: torch.Tensor):
+        self.run, self.epoch, self.loss_sum = run, epoch, loss_sum
+        self.good = (run.step, run.batch)  # where the last check found every loss finite
+        self.pending = 0
+
+    def skip(self, loss: torch.Tensor) -> bool:
+        run = self.run
+        if run.settings.on_nan != "skip_batch" or torch.isfinite(loss):
+            return False
+        if run.skipped < 100:
+            run.skipped += 1
+            return True
+        self._raise(loss.item(), run.step + 1, run.step + 1, run.batch + 1)
+
+    def stepped(self) -> None:
+        self.pending += 1
+        if self.pending >= self.every:
+            self.check()
+
+    def check(self) -> None:
+        value, (step, batch) = self.loss_sum.item(), self.good
+        self.good, self.pending = (self.run.step, self.run.batch), 0
+        if not math.isfinite(value):
+            self._raise(value, step + 1, self.run.step, batch + 1)
+
+    def _raise(self, value: float, first: int, last: int, batch: int) -> None:
+        run = self.run
+        fp16 = run.scaler.is_enabled()
+        cause = ("fp16 overflow: use precision bf16 or fp32" if fp16 else
+                 f"a learning rate too high (now {run.optimizer.param_groups[0]['lr']:.3g}): lower it, add "
+                 "warmup_epochs or train.grad_clip")
+        where = run.run_dir.checkpoints if run.run_dir else "the run directory"
+        steps = f"step {first}" if first >= last else f"a step from {first} to {last}"
+        raise SkiptrainError(f"the loss became {value} at {steps} (epoch {self.epoch}, from batch {batch})", None,
+                             f"most likely {cause}; the last good checkpoint is in {where}"
+                             + ("; `train.on_nan: skip_batch` skips such batches" if run.settings.on_nan == "stop"
+                                else f"; {run.skipped} batches were skipped before this one"))
 
 
 def _stopped(run: Run, epoch: int) -> None:
@@ -339,9 +378,16 @@ def finish(run: Run) -> dict[str, Any]:
     summary["train_seconds"] = sum(r["seconds"] for r in history)
     run.run_dir.write_summary(summary)
     run.run_dir.plot_curves()
-    for key, label in (("test_acc", "test accuracy"), ("test_miou", "test mean IoU"), ("test_loss", "test loss")):
-        if key in summary:
-            run.report.info(f"{label}: {summary[key]:.4f}")
-            break
+    line = result_line(summary)
+    run.report.info(line or "no test split, so no test result: `skiptrain eval RUN --split val` measures the "
+                            "validation split")
     run.report.info(f"run directory: {run.run_dir.path}")
     return summary
+
+
+def result_line(summary: dict[str, Any]) -> str | None:
+    """The run's headline test metric, worded the same with and without --quiet."""
+    for key, label in (("test_acc", "test accuracy"), ("test_miou", "test mean IoU"), ("test_loss", "test loss")):
+        if key in summary:
+            return f"{label}: {summary[key]:.4f}"
+    return None

@@ -31,9 +31,10 @@ class Reporter:
         self.progress.start()
         self.task = self.progress.add_task("train", total=steps, loss=float("nan"), rate=0.0)
 
-    def step(self, loss: float, rate: float) -> None:
+    def step(self, loss: float, rate: float, done: int) -> None:
+        """``done``: batches of this epoch finished (the loop reports every few batches, not each)."""
         if self.progress is not None:
-            self.progress.update(self.task, advance=1, loss=loss, rate=rate)
+            self.progress.update(self.task, completed=done, loss=loss, rate=rate)
 
     def end_epoch(self, row: dict[str, Any]) -> None:
         if self.progress is not None:

@@ -16,8 +16,8 @@ Measurements: forward at batch 1 in eval mode under ``torch.inference_mode()``, 
 forward + backward (cross-entropy loss) in train mode at batch 128 (ResNet-20, 32x32) or
 batch 16 (ResNet-18, 224x224). The two implementations are interleaved: each round times
 both, in an order that alternates from round to round, for the same number of iterations; the
-reported time is the median over rounds of the mean time per iteration, and the ratio is
-skiptrain / hand-written (above 1 means skiptrain is slower).
+reported time is the median over rounds of the mean time per iteration, and the ratio is the
+median over rounds of skiptrain / hand-written within a round (above 1 means skiptrain is slower).
 
     python benchmarks/model_overhead.py            # full run (about a few minutes on 2 CPU cores)
     python benchmarks/model_overhead.py --quick    # smoke run for CI: a few seconds
@@ -335,7 +335,7 @@ def measure(model_name: str, hand: nn.Module, built: nn.Module, input_shape: tup
         "iters_per_round": iters,
         "hand_ms": hand_ms,
         "skiptrain_ms": sk_ms,
-        "ratio": sk_ms / hand_ms,
+        "ratio": statistics.median(s / h for s, h in zip(times["skiptrain"], times["hand"])),
         "hand_round_ms": [t * 1e3 for t in times["hand"]],
         "skiptrain_round_ms": [t * 1e3 for t in times["skiptrain"]],
     }
@@ -372,12 +372,25 @@ def machine_info(threads: int | None = None) -> dict:
     }
 
 
+TARGET_RATIO = 1.02  # skiptrain / hand-written, at most
+
+
+def paired_ratio(row: dict) -> float:
+    """The median over rounds of skiptrain / hand-written within the round: both sides of a round
+    ran back to back, so a machine that speeds up or slows down between rounds cancels out."""
+    pairs = list(zip(row.get("skiptrain_round_ms") or [], row.get("hand_round_ms") or []))
+    return statistics.median(s / h for s, h in pairs) if pairs else row["ratio"]
+
+
 def format_table(rows: list[dict]) -> str:
-    lines = ["| model | measurement | hand-written ms | skiptrain ms | ratio |",
-             "|---|---|---:|---:|---:|"]
+    """Medians and ratio, then each side's fastest and slowest round: how much to trust the ratio."""
+    lines = ["| model | measurement | hand-written ms | skiptrain ms | ratio | rounds, hand-written | rounds, skiptrain |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
+        spread = [f"{min(r[k]):.3f}-{max(r[k]):.3f}" if r.get(k) else "-"
+                  for k in ("hand_round_ms", "skiptrain_round_ms")]
         lines.append(f"| {r['model']} | {r['measurement']} | {r['hand_ms']:.3f} | {r['skiptrain_ms']:.3f} "
-                     f"| {r['ratio']:.3f} |")
+                     f"| {paired_ratio(r):.3f} | {spread[0]} | {spread[1]} |")
     return "\n".join(lines)
 
 
@@ -417,7 +430,7 @@ def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: 
         cfg = dict(rounds=2, warmup=0, target_s=0.01, max_iters=3)
         batches = {"resnet20": (1, 8), "resnet18": (1, 1)}
     else:
-        cfg = dict(rounds=7, warmup=3, target_s=2.0, max_iters=500)
+        cfg = dict(rounds=11, warmup=3, target_s=2.0, max_iters=500)
         batches = {"resnet20": (1, 128), "resnet18": (1, 64 if dev.type == "cuda" else 16)}
 
     specs = {

@@ -25,7 +25,10 @@ def test_model_overhead_quick_prints_a_resnet20_row():
     assert rows, f"no resnet20 row in the table:\n{proc.stdout}"
     for row in rows:
         cells = [c.strip() for c in row.strip().strip("|").split("|")]
-        assert len(cells) == 5, row  # model | measurement | hand-written ms | skiptrain ms | ratio
-        hand_ms, sk_ms, ratio = (float(c) for c in cells[2:])
+        assert len(cells) == 7, row  # model | measurement | hand ms | skiptrain ms | ratio | 2 x rounds min-max
+        hand_ms, sk_ms, ratio = (float(c) for c in cells[2:5])
+        for spread in cells[5:]:
+            fastest, slowest = (float(v) for v in spread.split("-"))
+            assert 0 < fastest <= slowest, row
         assert hand_ms > 0 and sk_ms > 0 and ratio > 0, row
     assert re.search(r"^Machine: .*torch .*threads", proc.stdout, re.M), proc.stdout

@@ -54,7 +54,7 @@ def test_gpu_section_renders_the_recorded_gpu_results():
         if "images_per_s" in row:
             assert f"| {row['variant']} | {row['images_per_s']:,.0f} |" in text
     ratio = recorded["trainer"][-1]["skiptrain_over_bare"]
-    assert f"trainer vs bare loop {ratio:.3f}" in text
+    assert f"Trainer vs bare loop {ratio:.3f}" in text
 
 
 def test_gpu_section_says_when_nothing_was_recorded(tmp_path):

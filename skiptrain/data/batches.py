@@ -118,7 +118,24 @@ class Pipeline:
         return x.reshape(x.shape[0], *self.input_shape), y
 
 
-class TensorBatches:
+class _PlannedBatches:
+    """What every split's batches share: the plan, and the sizes the Batches protocol reports."""
+
+    def __init__(self, plan: Plan, pipeline: Pipeline, device: torch.device, augment: bool):
+        self.device = torch.device(device)
+        self.plan, self.pipeline, self.augment = plan, pipeline.to(self.device), augment
+        self.num_samples = plan.num_samples
+        self.batch_size = plan.batch_size // plan.world_size
+        self.global_batch_size = plan.batch_size
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def draw(self, epoch: int, batches: range) -> Draw | None:
+        return self.plan.draw(epoch, batches, self.device) if self.augment else None
+
+
+class TensorBatches(_PlannedBatches):
     """A split held as tensors on the device, batched there with index tensors.
 
     On a GPU, ``chunk`` consecutive batches are gathered and augmented together, so that each
@@ -130,19 +147,12 @@ class TensorBatches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, plan: Plan, pipeline: Pipeline,
                  device: torch.device, augment: bool = False, chunk: int | None = None):
-        self.device = torch.device(device)
+        super().__init__(plan, pipeline, device, augment)
         self.x, self.y = x.to(self.device), y.to(self.device)
-        self.plan, self.pipeline, self.augment = plan, pipeline.to(self.device), augment
-        self.num_samples = plan.num_samples
-        self.batch_size = plan.batch_size // plan.world_size
-        self.global_batch_size = plan.batch_size
         if chunk is None:
             batch_bytes = max(1, self.batch_size * x[0].numel() * 4)
             chunk = 1 if self.device.type == "cpu" else max(1, min(8, self.CHUNK_BYTES // batch_bytes))
         self.chunk = chunk
-
-    def __len__(self) -> int:
-        return len(self.plan)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.plan.order(epoch)
@@ -156,8 +166,7 @@ class TensorBatches:
                 pieces = [torch.arange(a, b) if order is None else order[a:b] for a, b in spans]
                 index = torch.cat(pieces).to(self.device, non_blocking=True)
                 x, y = self.x[index], self.y[index]
-            draw = self.plan.draw(epoch, batches, self.device) if self.augment else None
-            x, y = self.pipeline(x, y, draw)
+            x, y = self.pipeline(x, y, self.draw(epoch, batches))
             sizes = [b - a for a, b in spans]
             yield from zip(x.split(sizes), y.split(sizes))
 
@@ -181,24 +190,17 @@ class EpochBatchSampler(torch.utils.data.Sampler):
             yield list(range(first, last)) if order is None else order[first:last].tolist()
 
 
-class LoaderBatches:
+class LoaderBatches(_PlannedBatches):
     """A split read from files by a DataLoader (workers decode and resize), then moved to
     the device where the same batch pipeline as in memory runs."""
 
     def __init__(self, dataset, plan: Plan, pipeline: Pipeline, device: torch.device,
                  num_workers: int = 2, augment: bool = False):
-        self.device = torch.device(device)
-        self.plan, self.pipeline, self.augment = plan, pipeline.to(self.device), augment
+        super().__init__(plan, pipeline, device, augment)
         self.sampler = EpochBatchSampler(plan)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=self.sampler, num_workers=num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0)
-        self.num_samples = plan.num_samples
-        self.batch_size = plan.batch_size // plan.world_size
-        self.global_batch_size = plan.batch_size
-
-    def __len__(self) -> int:
-        return len(self.plan)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if start >= len(self.plan):
@@ -208,5 +210,4 @@ class LoaderBatches:
         for batch, (x, y) in enumerate(self.loader, start):
             x = x.to(self.device, non_blocking=not blocking)
             y = y.to(self.device, non_blocking=not blocking)
-            draw = self.plan.draw(epoch, range(batch, batch + 1), self.device) if self.augment else None
-            yield self.pipeline(x, y, draw)
+            yield self.pipeline(x, y, self.draw(epoch, range(batch, batch + 1)))

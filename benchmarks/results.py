@@ -101,7 +101,8 @@ def write_page(path: Path, rows: list[str], quick: bool, from_runs: bool = False
     page = [
         "# Results",
         "",
-        origin + (" --quick (a smoke run, not real results)" if quick else "") + f" on {time.strftime('%Y-%m-%d')}.",
+        origin + (" --quick (a smoke run, not real results)" if quick else "")
+        + (f"; tabulated on {time.strftime('%Y-%m-%d')}." if from_runs else f" on {time.strftime('%Y-%m-%d')}."),
         "",
         f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} when written.",
         "",

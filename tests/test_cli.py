@@ -77,6 +77,22 @@ def test_config_errors_exit_1_with_location_and_hint(write_yaml, text, expected)
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("sections, expected, line", [
+    ("data: {dataset: digts}\n", "did you mean `digits`?", 11),
+    ("data: {dataset: digits, batch_sise: 8}\n", "did you mean `batch_size`?", 11),
+    ("train:\n  optimiser: sgd\n", "did you mean `optimizer`?", 12),
+    ("train:\n  compile: fast\n", "modes: default, reduce-overhead", 12),
+])
+def test_validate_checks_data_and_train_without_reading_data(write_yaml, sections, expected, line):
+    result = invoke("validate", write_yaml(GOOD + sections))
+    assert result.exit_code == 1, result.output
+    assert expected in result.stderr and f"config.yaml:{line}:" in result.stderr
+    assert "Traceback" not in result.output
+    fixed = sections.replace("digts", "digits").replace("batch_sise", "batch_size").replace("optimiser", "optimizer") \
+        .replace("fast", "reduce-overhead")
+    assert invoke("validate", write_yaml(GOOD + fixed)).exit_code == 0
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     result = invoke("validate", tmp_path / "nope.yaml")
     assert result.exit_code == 1 and "no such file" in result.stderr

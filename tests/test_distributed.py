@@ -77,3 +77,16 @@ def test_a_batch_that_does_not_divide_is_a_clear_error(runs):
     bad = run("c.yaml", "--run-dir", "bad", "--nproc", "2", "--set", "data.batch_size=33", "-q", cwd=runs)
     assert bad.returncode != 0
     assert "batch" in bad.stderr and "Traceback" not in bad.stderr.split("data error")[0][-200:]
+
+
+def test_more_processes_than_gpus_is_named_before_launching(monkeypatch):
+    from skiptrain.distributed import check_gpus
+    from skiptrain.errors import SkiptrainError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SkiptrainError, match="2 processes need 2 GPUs, but this machine has 1") as info:
+        check_gpus(2, "auto")
+    assert "--nproc 1" in info.value.hint and "--device cpu" in info.value.hint
+    check_gpus(1, "cuda")  # one process per GPU is fine
+    check_gpus(4, "cpu")  # gloo processes on the CPU need no GPU

@@ -238,3 +238,29 @@ def test_compile_trains_and_saves_plain_keys(write_yaml, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     state = torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=True)
     assert not any(k.startswith("_orig_mod") for k in state["model"])
+
+
+def test_the_result_line_reads_the_same_with_and_without_quiet(write_yaml, tmp_path):
+    config = write_yaml(TINY.replace("epochs: 2", "epochs: 1"))
+    loud = invoke("train", config, "--run-dir", tmp_path / "a")
+    quiet = invoke("train", config, "--run-dir", tmp_path / "b", "-q")
+    line = next(text for text in quiet.output.splitlines() if text.startswith("test accuracy: "))
+    assert line in loud.output.splitlines()  # deterministic: the same figure, worded the same
+
+
+def test_a_run_without_a_test_split_says_so(write_yaml, tmp_path):
+    import numpy as np
+
+    from .test_data import write_png
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        for i in range(8):
+            write_png(tmp_path / "images" / cls / f"{i}.png", rng.integers(0, 256, (8, 8, 3)))
+    config = TINY.replace("input: [1, 8, 8]", "input: [3, 8, 8]").replace("out_features: 4", "out_features: 2") \
+        .replace("data: {dataset: synthetic, num_samples: 160, num_classes: 4, batch_size: 32}",
+                 f"data: {{dataset: imagefolder, root: {tmp_path / 'images'}, batch_size: 4, num_workers: 0}}")
+    result = invoke("train", write_yaml(config), "--run-dir", tmp_path / "r", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert "no test split" in result.output and "--split val" in result.output
+    assert "test accuracy" not in result.output

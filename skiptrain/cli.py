@@ -132,21 +132,13 @@ def train(
         if run_dir is None:  # every process must write to the same place: fix the name once, here
             raise typer.BadParameter("--nproc needs --run-dir (all processes share one run directory)",
                                      param_hint="--run-dir")
-        from .distributed import check_gpus, launch
+        from .distributed import check_launch, launch
 
         if config is not None:
-            with user_errors():  # the common mistake, caught once here rather than once per process
-                from .config import load_config, where
-                from .errors import DataError
+            with user_errors():  # the common mistakes, caught once here rather than once per process
+                from .config import load_config
 
-                loaded = load_config(config, overrides)
-                data = loaded.data
-                batch = data.get("batch_size", 128)
-                if isinstance(batch, int) and batch % nproc:
-                    raise DataError(f"batch_size {batch} does not split evenly over {nproc} processes",
-                                    where(data, "batch_size"),
-                                    f"use a multiple of {nproc}: batch_size is the global batch")
-                check_gpus(nproc, device or str(loaded.train.get("device", "auto")))
+                check_launch(load_config(config, overrides), nproc, device)
         args = [str(config)] if config is not None else []
         for option, value in (("--run-dir", run_dir), ("--epochs", epochs), ("--device", device),
                               ("--resume", resume), ("--limit-batches", limit_batches)):

@@ -56,6 +56,22 @@ def check_gpus(processes: int, device: str) -> None:
                              f"use --nproc {gpus}, or --device cpu to train in processes on the CPU (gloo)")
 
 
+def check_launch(config, processes: int, device: str | None) -> None:
+    """What would fail every process alike, named once before launching: a global batch that does
+    not split evenly over the processes, or more processes than GPUs."""
+    from .config import where
+    from .data.options import DEFAULTS
+    from .errors import DataError
+    from .training.settings import TrainSettings
+
+    batch = config.data.get("batch_size", DEFAULTS["batch_size"])
+    if isinstance(batch, int) and batch % processes:
+        raise DataError(f"batch_size {batch} does not split evenly over {processes} processes",
+                        where(config.data, "batch_size"),
+                        f"use a multiple of {processes}: batch_size is the global batch")
+    check_gpus(processes, device or str(config.train.get("device", TrainSettings.device)))
+
+
 def leave(world: World) -> None:
     """A barrier first: without it some ranks died with SIGABRT at exit (platform notes)."""
     if world.enabled and dist.is_initialized():

@@ -90,3 +90,11 @@ def test_more_processes_than_gpus_is_named_before_launching(monkeypatch):
     assert "--nproc 1" in info.value.hint and "--device cpu" in info.value.hint
     check_gpus(1, "cuda")  # one process per GPU is fine
     check_gpus(4, "cpu")  # gloo processes on the CPU need no GPU
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_launch(tmp_path):
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("batch_size: 32", "batch_size: 33"))
+    result = run("c.yaml", "--run-dir", "r", "--nproc", "2", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "c.yaml:14:" in result.stderr and "batch_size 33 does not split evenly over 2 processes" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()

@@ -18,31 +18,24 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import model_overhead  # noqa: E402
 import trainer_overhead  # noqa: E402
 
 MODES = ("eager", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
-def timer(device: torch.device, steps: int):
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def time_ms(fn, n: int = steps, warm: int = 5) -> float:
-        for _ in range(warm):
-            fn()
-        sync()
-        started = time.perf_counter()
-        for _ in range(n):
-            fn()
-        sync()
-        return (time.perf_counter() - started) / n * 1e3
-    return time_ms, sync
+def time_ms(step, sync, iters: int, warm: int = 5) -> float:
+    """Milliseconds per call of ``step`` after ``warm`` untimed calls (model_overhead's timing loop)."""
+    for _ in range(warm):
+        step()
+    return model_overhead.time_chunk(step, iters, sync) * 1e3
 
 
 def main(device: torch.device, steps: int) -> None:
     import skiptrain
     from skiptrain.data import load_data
 
-    time_ms, sync = timer(device, steps)
+    sync = model_overhead.device_sync(device)
     if device.type == "cuda":
         print(f"# {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     for augment in (trainer_overhead.AUGMENT, None):
@@ -50,7 +43,7 @@ def main(device: torch.device, steps: int) -> None:
                 "val_fraction": 0.0, **({"augment": augment} if augment else {})}
         batches = iter(load_data(data, input_shape=(3, 32, 32), device=device).train.epoch(1))
         print(f"data pipeline {'with' if augment else 'no'} augment: "
-              f"{time_ms(lambda: next(batches), n=min(steps, 100)):.3f} ms/batch", flush=True)
+              f"{time_ms(lambda: next(batches), sync, min(steps, 100)):.3f} ms/batch", flush=True)
     for batch in (128, 512):
         x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (batch,), device=device)
@@ -73,7 +66,7 @@ def main(device: torch.device, steps: int) -> None:
                 step()
             sync()
             first = time.perf_counter() - started
-            ms = time_ms(step)
+            ms = time_ms(step, sync, steps)
             print(f"batch {batch} {mode}: {ms:.3f} ms/step = {batch / ms * 1e3:,.0f} img/s "
                   f"(first 3 steps {first:.1f} s)", flush=True)
 

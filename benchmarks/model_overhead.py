@@ -144,6 +144,11 @@ def no_sync() -> None:
     pass
 
 
+def device_sync(device: torch.device) -> Callable[[], None]:
+    """What waits for the device's queued work, so that a timing covers it (a CPU queues nothing)."""
+    return torch.cuda.synchronize if device.type == "cuda" else no_sync
+
+
 def time_chunk(step: Callable[[], None], iters: int, sync: Callable[[], None] = no_sync) -> float:
     """Mean seconds per call of ``step`` over ``iters`` calls, with the garbage collector off.
 
@@ -190,7 +195,7 @@ def measure(model_name: str, hand: nn.Module, built: nn.Module, input_shape: tup
             device: torch.device = torch.device("cpu")) -> dict:
     gen = torch.Generator().manual_seed(SEED + 3)
     x = torch.randn(batch, *input_shape, generator=gen).to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else no_sync
+    sync = device_sync(device)
     if kind == "forward":
         hand.eval()
         built.eval()

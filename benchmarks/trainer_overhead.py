@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from model_overhead import device_sync  # benchmarks/ is on sys.path (a script, or run.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cifar" / "resnet20.yaml"
 INPUT, CLASSES, BATCH = (3, 32, 32), 10, 128
@@ -90,22 +92,18 @@ def run_skiptrain(num_samples: int, epochs: int, device: str = "cpu", **train: o
     return [row["samples_per_s"] for row in rows if "samples_per_s" in row]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_bare(x: torch.Tensor, y: torch.Tensor, epochs: int, device: str = "cpu") -> list[float]:
     import skiptrain
 
     dev = torch.device(device)
+    sync = device_sync(dev)
     torch.manual_seed(0)
     model = skiptrain.build_model({"model": model_section()}).to(dev).train()
     optimizer = sgd(model)
     x, y = x.to(dev), y.to(dev)
     rates = []
     for epoch in range(epochs):
-        sync(dev)
+        sync()
         started = time.perf_counter()
         perm = torch.randperm(len(x), device=dev)
         seen = 0
@@ -113,7 +111,7 @@ def run_bare(x: torch.Tensor, y: torch.Tensor, epochs: int, device: str = "cpu")
             idx = perm[i * BATCH:(i + 1) * BATCH]
             step(model, optimizer, x[idx], y[idx])
             seen += len(idx)
-        sync(dev)
+        sync()
         rates.append(seen / (time.perf_counter() - started))
     return rates
 
@@ -136,6 +134,7 @@ def run_hand(x: torch.Tensor, y: torch.Tensor, epochs: int, device: str = "cpu",
     from torchvision import transforms
 
     dev = torch.device(device)
+    sync = device_sync(dev)
     torch.manual_seed(0)
     transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()])
     loader = torch.utils.data.DataLoader(TensorImages(x, y, transform), batch_size=BATCH, shuffle=True,
@@ -144,11 +143,11 @@ def run_hand(x: torch.Tensor, y: torch.Tensor, epochs: int, device: str = "cpu",
     optimizer = sgd(model)
     rates = []
     for epoch in range(epochs):
-        sync(dev)
+        sync()
         started = time.perf_counter()
         for xb, yb in loader:
             step(model, optimizer, xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True))
-        sync(dev)
+        sync()
         rates.append(len(loader) * BATCH / (time.perf_counter() - started))
     return rates
 

@@ -1,0 +1,89 @@
+"""One registry object for every extension point: tasks, merges, projection kinds, datasets, layers.
+
+Like timm's ``_registry.py``: a dict and a decorator. A registry records which module
+registered each name, so a clash names both parties; an unknown name is a typed error
+with a did-you-mean; ``scoped()`` gives tests their own copy to add to and throws it away.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import inspect
+from typing import Callable, Generic, Iterator, TypeVar
+
+from .errors import ConfigError, Location, SkiptrainError, choices_hint
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Named entries of one kind (``kind`` words the errors: "task", "merge", ...)."""
+
+    def __init__(self, kind: str, error: type[SkiptrainError] = ConfigError):
+        self.kind = kind
+        self.error = error
+        self._entries: dict[str, T] = {}
+        self._origins: dict[str, str] = {}
+
+    def add(self, name: str, entry: T, origin: str | None = None) -> T:
+        """Register ``entry`` as ``name``; a name taken twice raises, naming both modules."""
+        origin = origin or _caller_module()
+        if name in self._entries:
+            raise ValueError(f"{self.kind} `{name}` is registered twice: by {self._origins[name]} and by {origin}")
+        self._entries[name] = entry
+        self._origins[name] = origin
+        return entry
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator form of ``add``: ``@TASKS.register("classification")``."""
+        origin = _caller_module()
+
+        def decorate(entry: T) -> T:
+            return self.add(name, entry, origin)
+        return decorate
+
+    def get(self, name: str, location: Location | None = None) -> T:
+        """The entry registered as ``name``, or this registry's error with a did-you-mean."""
+        if isinstance(name, str) and name in self._entries:
+            return self._entries[name]
+        raise self.error(f"unknown {self.kind} `{name}`", location, choices_hint(str(name), self._entries,
+                                                                              f"{self.kind}s"))
+
+    def origin(self, name: str) -> str:
+        return self._origins[name]
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Registered names matching a wildcard ``pattern``, sorted."""
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def items(self) -> list[tuple[str, T]]:
+        return list(self._entries.items())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator["Registry[T]"]:
+        """Entries added inside the block are gone after it (for tests)."""
+        saved = dict(self._entries), dict(self._origins)
+        try:
+            yield self
+        finally:
+            self._entries, self._origins = saved
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
+
+
+def _caller_module() -> str:
+    """The module that called into the registry from outside this file."""
+    frame = inspect.currentframe()
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "?") if frame is not None else "?"

@@ -3,8 +3,8 @@
 Times the model that ``skiptrain.build_model`` makes (a ``SkipNet`` whose forward is generated
 straight-line code) against the same network written by hand in plain PyTorch:
 
-* ResNet-20 for CIFAR-10 (/work/shared/examples/resnet20_cifar10.yaml, or the copy found
-  next to this repository) against a hand-written ResNet-20 (benchmarks/handwritten.py) in the style of torchvision's
+* ResNet-20 for CIFAR-10 (``../shared/examples/resnet20_cifar10.yaml``, relative to the repository
+  root) against a hand-written ResNet-20 (benchmarks/handwritten.py) in the style of torchvision's
   ``BasicBlock``, with a 1x1-conv + BN ``downsample`` in the two stride-2 blocks;
 * ResNet-18 for ImageNet (configs/imagenet/resnet18.yaml, skipped if missing) against
   ``torchvision.models.resnet18(weights=None)``.
@@ -50,11 +50,8 @@ import torch.nn.functional as F
 from handwritten import resnet18_key, resnet20, resnet20_key  # benchmarks/ is on sys.path (a script, or run.py)
 
 ROOT = Path(__file__).resolve().parents[1]
-RESNET20_CANDIDATES = [
-    ROOT.parent / "shared" / "examples" / "resnet20_cifar10.yaml",
-    Path("/work/shared/examples/resnet20_cifar10.yaml"),
-    ROOT / "shared" / "examples" / "resnet20_cifar10.yaml",
-]
+SHARED_EXAMPLES = ROOT.parent / "shared" / "examples"  # beside the checkout, as tests/conftest.py has it
+RESNET20_CONFIG = SHARED_EXAMPLES / "resnet20_cifar10.yaml"
 RESNET18_CONFIG = ROOT / "configs" / "imagenet" / "resnet18.yaml"
 RESNET20_PARAMS = 272_474
 
@@ -95,10 +92,10 @@ def tie_weights(hand: nn.Module, built: nn.Module, rename: Callable[[str], str],
 
 
 def find_resnet20_config() -> Path:
-    for path in RESNET20_CANDIDATES:
-        if path.is_file():
-            return path
-    raise FileNotFoundError("resnet20_cifar10.yaml not found in: " + ", ".join(map(str, RESNET20_CANDIDATES)))
+    if not RESNET20_CONFIG.is_file():
+        raise FileNotFoundError(f"{RESNET20_CONFIG} not found: the shared examples belong in ../shared/examples, "
+                                "beside this repository")
+    return RESNET20_CONFIG
 
 
 def make_resnet20() -> tuple[nn.Module, nn.Module]:

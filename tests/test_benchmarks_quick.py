@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import SHARED_EXAMPLES
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "run.py"
 SECTIONS = ("## Machine", "## Model overhead", "## Trainer overhead", "## Validate scaling", "## Startup",
             "## Export latency", "## On a GPU", "## Targets")
 
 
+@pytest.mark.skipif(not (SHARED_EXAMPLES / "resnet20_cifar10.yaml").is_file(),
+                    reason="the model overhead section needs ../shared/examples/resnet20_cifar10.yaml")
 def test_run_quick_writes_every_section(tmp_path):  # about 25 s on 2 cores: CI runs the smoke
     page = tmp_path / "b.md"
     docs_before = (ROOT / "docs" / "benchmarks.md").stat().st_mtime_ns if (ROOT / "docs" / "benchmarks.md").exists() else None

@@ -8,9 +8,11 @@ Parameters live under the node ids: ``stage1.0.conv1.weight``, ``down2.bn2_proj.
 """
 from __future__ import annotations
 
+import itertools
 import keyword
 import linecache
 import re
+import weakref
 from contextlib import nullcontext
 from typing import Any, Callable
 
@@ -39,15 +41,32 @@ class SkipNet(nn.Module):
             parent.add_module(leaf, module)
         self.code = code
         self.meta = {"skiptrain": meta}
-        self._forward = _compile(code, meta["name"])
+        self._forward = _compile(self, code, meta["name"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(self, x)
 
+    # The generated function cannot be pickled: drop it, and compile `code` again on loading
+    # (as torch.fx's GraphModule regenerates its code), so torch.save, pickle and deepcopy work.
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_forward", None)
+        return state
 
-def _compile(code: str, name: str) -> Callable:
-    filename = f"<skiptrain forward of {name}>"
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)  # readable tracebacks
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._forward = _compile(self, self.code, self.meta["skiptrain"]["name"])
+
+
+_compiled = itertools.count()
+
+
+def _compile(owner: nn.Module, code: str, name: str) -> Callable:
+    """``code``'s forward, its source kept for tracebacks under a key of its own while ``owner`` lives."""
+    # one key per compiled forward (torch.fx's `<eval_with_key>.N`): two models of one name keep their own source
+    filename = f"<skiptrain forward of {name} #{next(_compiled)}>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    weakref.finalize(owner, linecache.cache.pop, filename, None)
     namespace: dict[str, Any] = {"torch": torch}
     exec(compile(code, filename, "exec"), namespace)  # source generated from validated ids only
     return namespace["forward"]

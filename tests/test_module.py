@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import copy
+import inspect
+import io
+import pickle
+import traceback
+
 import pytest
 import torch
 from torch import nn
@@ -194,3 +200,46 @@ def test_a_written_inplace_is_ignored_where_it_would_change_a_value_still_read()
     sole = skiptrain.build_model({"input": [4], "layers": [
         {"type": "linear", "out_features": 4}, {"id": "r", "type": "relu", "inplace": True}]})
     assert sole.r.inplace  # where it is safe, it is kept
+
+
+# -- issue 13: generated forwards are told apart, pickled and copied ----------------------------------
+
+def _named(layer_id: str) -> nn.Module:
+    return skiptrain.build_model({"name": "twin", "input": [4], "layers": [
+        {"id": layer_id, "type": "linear", "out_features": 3}]})
+
+
+def test_two_models_with_one_name_show_their_own_source():
+    first, second = _named("alpha"), _named("beta")
+    assert inspect.getsource(first._forward) == first.code
+    assert inspect.getsource(second._forward) == second.code
+    with pytest.raises(RuntimeError) as info:
+        first(torch.randn(2, 5))  # the wrong width fails inside the generated forward
+    generated = [f for f in traceback.extract_tb(info.value.__traceback__) if f.filename.startswith("<skiptrain")]
+    assert generated and "alpha" in generated[-1].line and "twin" in generated[-1].filename
+
+
+def _same_outputs(model: nn.Module, copied: nn.Module) -> None:
+    assert type(copied) is type(model) and copied.code == model.code and copied.meta == model.meta
+    x = torch.randn(3, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(copied.eval()(x), model.eval()(x))
+    assert inspect.getsource(copied._forward) == copied.code
+
+
+def test_torch_save_and_load_a_whole_model():
+    model = skiptrain.build_model(RESNET_BLOCK)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    _same_outputs(model, torch.load(buffer, weights_only=False))
+    _same_outputs(model, pickle.loads(pickle.dumps(model)))
+
+
+def test_deepcopy_gives_an_independent_model():
+    model = skiptrain.build_model(RESNET_BLOCK)
+    copied = copy.deepcopy(model)
+    _same_outputs(model, copied)
+    with torch.no_grad():
+        copied.fc.weight.add_(1.0)
+    assert not torch.equal(copied.fc.weight, model.fc.weight)

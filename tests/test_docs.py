@@ -51,3 +51,15 @@ def test_shell_completion_is_enabled():
     result = CliRunner().invoke(app, [], prog_name="skiptrain", env={"_SKIPTRAIN_COMPLETE": "source_bash"})
     assert result.exit_code == 0, result.output
     assert "complete -o default -F _skiptrain_completion skiptrain" in result.output
+
+
+def test_config_language_names_the_class_build_model_returns():
+    import re
+
+    import skiptrain
+
+    text = (ROOT / "docs/config-language.md").read_text()
+    documented = re.search(r"`build_model` returns a `(\w+)`", text)
+    assert documented, "docs/config-language.md no longer says what build_model returns"
+    model = skiptrain.build_model({"input": [4], "layers": [{"type": "linear", "out_features": 2}]})
+    assert type(model).__name__ == documented[1]

@@ -56,10 +56,10 @@ def test_shell_completion_is_enabled():
 def test_config_language_names_the_class_build_model_returns():
     import re
 
-    import skiptrain
+    from skiptrain.api import build_model
 
     text = (ROOT / "docs/config-language.md").read_text()
     documented = re.search(r"`build_model` returns a `(\w+)`", text)
     assert documented, "docs/config-language.md no longer says what build_model returns"
-    model = skiptrain.build_model({"input": [4], "layers": [{"type": "linear", "out_features": 2}]})
+    model = build_model({"input": [4], "layers": [{"type": "linear", "out_features": 2}]})
     assert type(model).__name__ == documented[1]

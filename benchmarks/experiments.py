@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from skiptrain.compare import compare  # noqa: E402
-from skiptrain.gradflow import first_to_last, gradflow, plot_gradflow  # noqa: E402
+from skiptrain.api import gradflow  # noqa: E402
+from skiptrain.gradflow import first_to_last, plot_gradflow  # noqa: E402
 
 SHALLOW, DEEP = 20, 56  # weighted layers, as in He et al.'s Fig. 1 and 6
 CONFIGS = [f"configs/experiments/{kind}{depth}_mnist1d.yaml" for kind in ("plain", "resnet") for depth in (SHALLOW, DEEP)]

@@ -34,7 +34,7 @@ def _cell(text: str) -> str:
 
 
 def layer_lines(name: str) -> list[str]:
-    from skiptrain.graph import MERGES
+    from skiptrain.merges import MERGES
     from skiptrain.registry import get
     from skiptrain.schema import layer_summary
 
@@ -153,7 +153,31 @@ def cli_md() -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-PAGES = {"docs/layers.md": layers_md, "docs/cli.md": cli_md}
+# -- docs/checkpoints.md ------------------------------------------------------------------
+def checkpoints_md() -> str:
+    """The checkpoint's keys, from the one type that writes, checks and restores them."""
+    from skiptrain import checkpoint
+
+    return HEADER + "\n".join([
+        "# What a checkpoint holds",
+        "",
+        "`skiptrain train` writes `checkpoints/last.pt` (keeping the one before as `previous.pt`) and",
+        "`checkpoints/best.pt`: a `torch.save` of plain values and tensors, loaded with",
+        "`torch.load(weights_only=True)` and checked against a `.sha256` file written beside it.",
+        f"Format `{checkpoint.FORMAT}`; every key is required, and a missing or malformed one is",
+        "a checkpoint error naming it. `skiptrain.checkpoint.TrainingState` declares them and",
+        "restores them in this order: model, grad scaler, optimizer, learning-rate schedule position",
+        "(`step`), every RNG stream, data position (`epoch`, `batch`, `partial`).",
+        "",
+        checkpoint.key_table(),
+        "",
+        "In Python: `skiptrain.checkpoint.read(run_dir)` gives the checked `TrainingState`;",
+        "`skiptrain.restore(run_dir)` also rebuilds its config, plan and model (eval mode).",
+        "",
+    ])
+
+
+PAGES = {"docs/layers.md": layers_md, "docs/cli.md": cli_md, "docs/checkpoints.md": checkpoints_md}
 
 
 def main(argv: list[str]) -> int:

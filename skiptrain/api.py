@@ -1,18 +1,37 @@
-"""The Python API behind the CLI: config in, checked plan or ``nn.Module`` out."""
+"""The Python API that every command goes through: a source in, a plan, a model, a run or a report out.
+
+A *source* is a config path, a dict (a full config or a bare model section) or a
+``Config``; ``--set`` overrides apply to any of them, and a given ``Config`` is never
+changed. A *checkpoint source* is a run directory or a ``.pt`` file.
+
+    plan = skiptrain.check_model("configs/quickstart.yaml")
+    summary = skiptrain.train("configs/quickstart.yaml", ["train.epochs=2"])
+    model, config = skiptrain.load_checkpoint(summary["run_dir"])
+"""
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
-from .config import Config, LocatedDict, load_config, where
+from .config import Config, LocatedDict, apply_override, load_config, where
 from .spec import expand
 
 Source = Union[str, Path, dict, Config]
 
 
-def _config(source: Source, overrides: Iterable[str] = ()) -> Config:
+def load(source: Source, overrides: Iterable[str] = ()) -> Config:
+    """The config a source describes, overrides applied: always a fresh ``Config`` of the caller's own."""
     if isinstance(source, Config):
-        return source
+        config = copy.deepcopy(source)
+        overrides = list(overrides)
+        if overrides:
+            root = LocatedDict({"model": config.model, "data": config.data, "train": config.train})
+            for override in overrides:
+                apply_override(root, override)
+            config = Config(root["model"], root["data"], root["train"], config.path)
+        return config
     if isinstance(source, dict) and not isinstance(source, LocatedDict) and "model" not in source:
         source = {"model": source}  # a bare model section
     return load_config(source, overrides)
@@ -22,7 +41,7 @@ def check_model(source: Source, overrides: Iterable[str] = (), strict: bool = Fa
     """Expand, infer every shape on meta tensors and plan the projections: no weights allocated."""
     from .shapes import infer
 
-    config = _config(source, overrides)
+    config = source if isinstance(source, Config) and not overrides else load(source, overrides)
     return infer(expand(config.model, strict=strict))
 
 
@@ -33,7 +52,7 @@ def check_config(source: Source, overrides: Iterable[str] = (), strict: bool = F
     from .data.registry import get_dataset
     from .training.settings import parse_settings
 
-    config = _config(source, overrides)
+    config = load(source, overrides)
     plan = check_model(config, strict=strict)
     if config.data:
         options = parse_options(config.data)
@@ -42,9 +61,131 @@ def check_config(source: Source, overrides: Iterable[str] = (), strict: bool = F
     return plan
 
 
-def build_model(source: Source, overrides: Iterable[str] = (), strict: bool = False,
-                device=None):
+def build_model(source: Source, overrides: Iterable[str] = (), strict: bool = False, device=None):
     """The ``torch.nn.Module`` (a ``SkipNet``; ``print(model.code)`` shows its forward) that a config describes."""
     from .module import build_module
 
     return build_module(check_model(source, overrides, strict), device=device)
+
+
+@dataclass
+class Restored:
+    """A checkpoint made whole: its state, its config, the plan and the model with its weights (eval mode)."""
+
+    state: Any  # checkpoint.TrainingState
+    config: Config
+    plan: Any  # shapes.ModelPlan
+    model: Any  # module.SkipNet
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """What training knew of the data: task, class names, mean and std ({} if nothing)."""
+        return dict(self.state.data or {})
+
+
+def restore(source: str | Path, which: str = "last", device=None,
+            on_fallback: Callable[[str], None] | None = None) -> Restored:
+    """The one way to get a model from a run directory or checkpoint (eval, export, predict all use it)."""
+    from . import checkpoint
+    from .module import build_module
+
+    state = checkpoint.read(source, which, on_fallback=on_fallback)
+    config = load(state.config)
+    plan = check_model(config)
+    model = build_module(plan, device=device)
+    state.restore(model)
+    model.meta["skiptrain"]["data"] = dict(state.data or {})
+    return Restored(state, config, plan, model.eval())
+
+
+def load_checkpoint(source: str | Path, which: str = "last", device=None):
+    """``(model, config)`` from a checkpoint or run directory: the model in eval mode."""
+    restored = restore(source, which, device)
+    return restored.model, restored.config
+
+
+def train(source: Source | None = None, overrides: Iterable[str] = (), *, resume: str | Path | None = None,
+          run_dir: str | Path | None = None, epochs: int | None = None, device: str | None = None,
+          quiet: bool = False, force: bool = False, limit_batches: int | None = None,
+          on_warning: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train a config end to end (or continue ``resume``: a run directory or checkpoint, whose own
+    config is used when ``source`` is None). Returns the summary also written to summary.json."""
+    from . import checkpoint
+    from .errors import ConfigError
+    from .training.loop import run_training
+
+    if source is None and resume is None:
+        raise ConfigError("nothing to train: give a config, or resume a run directory", None,
+                          "skiptrain train CONFIG, or skiptrain train --resume RUN_DIR")
+    state = checkpoint.read(resume, on_fallback=on_warning or _warn) if resume is not None else None
+    config = load(state.config if source is None else source, overrides)
+    if epochs is not None:
+        config.train["epochs"] = epochs
+    return run_training(config, state=state, run_dir=None if run_dir is None else str(run_dir), device=device,
+                        quiet=quiet, force=force, limit_batches=limit_batches)
+
+
+def evaluate(source: str | Path, split: str = "test", which: str = "last", device: str = "auto") -> dict[str, Any]:
+    """Rebuild a checkpoint's model and data (same config, same seed) and measure one split."""
+    from .data import load_data
+    from .errors import DataError
+    from .evaluate import evaluate as measure
+    from .training.setup import select_device
+
+    dev = select_device(device)
+    restored = restore(source, which, device=dev)
+    meta = restored.model.meta["skiptrain"]
+    task = restored.data.get("task", "classification")
+    data = load_data(restored.config.data, input_shape=tuple(meta["input_shape"]), input_dtype=meta["input_dtype"],
+                     task=task, device=dev, seed=int(restored.config.train.get("seed", 0)))
+    batches = getattr(data, split)
+    if batches is None:
+        raise DataError(f"`{data.name}` has no {split} split", None,
+                        "use --split val, or set data.val_fraction above 0" if split == "val" else "use --split val")
+    result = measure(restored.model, batches.epoch(0), task, data.num_classes)
+    if "acc" in result:
+        result["accuracy"] = result["acc"]  # the documented name; `acc` matches metrics.jsonl's val_acc
+    result.update(split=split, checkpoint=restored.state.path, epoch=restored.state.epoch, task=task,
+                  class_names=data.class_names)
+    return result
+
+
+def export(source: str | Path, output: str | Path, opset: int | None = None, batch: str | int = "dynamic",
+           verify: bool = True) -> dict[str, Any]:
+    """Export a run directory, checkpoint or config (random weights) to ONNX; verified unless told not to."""
+    from .export import export_onnx
+
+    return export_onnx(source, output, opset=opset, batch=batch, verify=verify)
+
+
+def predict(source: str | Path, inputs: Iterable[str | Path], top: int = 5,
+            output_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Predictions of a run directory, checkpoint or .onnx file on images, arrays or folders of them."""
+    from .predict import predict as run_predict
+
+    return run_predict(source, inputs, top=top, output_dir=output_dir)
+
+
+def gradflow(source: Source, overrides: Iterable[str] = (), *, steps: int = 0, device: str = "cpu",
+             plot: str | Path | None = None) -> dict[str, Any]:
+    """Per-layer gradient norms at initialisation (and after ``steps`` training steps); with ``plot``,
+    also that figure as a PNG (its path in the result's ``png``)."""
+    from .gradflow import gradflow as measure, plot_gradflow
+
+    result = measure(load(source, overrides), steps=steps, device=device)
+    if plot is not None:
+        result["png"] = str(plot_gradflow([(result["name"], result)], plot))
+    return result
+
+
+def compare(sources: Iterable[Source], overrides: Iterable[str] = (), **options: Any) -> dict[str, Any]:
+    """Train several configs on the same data, seed and budget; the report compare.json holds."""
+    from .compare import compare as run_compare
+
+    return run_compare(list(sources), overrides, **options)
+
+
+def _warn(text: str) -> None:
+    from .errors import warn
+
+    warn(text)

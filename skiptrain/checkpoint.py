@@ -1,9 +1,9 @@
-"""Checkpoints: atomic writes, safe loads, and everything needed to continue a run exactly.
+"""Checkpoints: atomic writes, safe loads, and the one type that owns a training checkpoint's keys.
 
-Keys: ``format``, ``skiptrain_version``, ``config`` (the resolved config: a checkpoint
-alone rebuilds its model), ``model``, ``optimizer``, ``scaler``, ``epoch`` (epochs
-completed), ``step``, ``best``, ``rng`` (torch, cuda, python, numpy), ``data``
-(normalisation and class names, for eval, export and predict).
+``TrainingState`` declares every key (see ``KEYS`` and docs/checkpoints.md), writes
+them, checks them when a file is read (a missing or malformed key is a
+``CheckpointError``, never a ``KeyError`` minutes into a resume) and restores them in a
+fixed order: model, grad scaler, optimizer, schedule position, RNG streams, data position.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import os
 import pickle
 import random
 import tempfile
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,103 @@ import torch
 from .errors import CheckpointError
 
 FORMAT = "skiptrain-checkpoint-1"
-REQUIRED = ("format", "config", "model", "epoch", "step")
+
+
+def _is_int(value: Any, minimum: int = 0) -> bool:
+    return type(value) is int and value >= minimum
+
+
+def _is_mapping(*keys: str):
+    return lambda value: isinstance(value, dict) and all(key in value for key in keys)
+
+
+def _optional(check):
+    return lambda value: value is None or check(value)
+
+
+def _key(doc: str, check, default: Any = None, saved: bool = True):
+    """A checkpoint key: what it holds (for the docs) and how a read checks it."""
+    return field(default=default, metadata={"doc": doc, "check": check, "saved": saved})
+
+
+@dataclass
+class TrainingState:
+    """Everything a training checkpoint holds: enough to rebuild the model and to continue exactly."""
+
+    format: str = _key("`skiptrain-checkpoint-1`", lambda v: v == FORMAT, FORMAT)
+    skiptrain_version: str = _key("the skiptrain version that wrote it", lambda v: isinstance(v, str), "")
+    config: dict = _key("the resolved config (model, data, train): the file alone rebuilds its model",
+                        _is_mapping("model"))
+    model: dict = _key("the model's state dict (plain keys, never a compiled or DDP wrapper's)",
+                       lambda v: isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values()))
+    optimizer: dict = _key("the optimizer's state dict", _is_mapping("state", "param_groups"))
+    scaler: dict | None = _key("the fp16 grad scaler's state dict, or null", _optional(_is_mapping()))
+    epoch: int = _key("epochs completed", _is_int, 0)
+    step: int = _key("optimizer steps taken: the learning-rate schedule's position", _is_int, 0)
+    batch: int = _key("batches done in the current epoch (a mid-epoch checkpoint), else 0", _is_int, 0)
+    partial: tuple = _key("the current epoch's loss sum and sample count so far",
+                         lambda v: isinstance(v, (list, tuple)) and len(v) == 2, (0.0, 0))
+    best: dict | None = _key("the best epoch so far: metric, value, epoch", _optional(_is_mapping("metric", "value")))
+    rng: dict = _key("every RNG stream: torch, cuda, python, numpy", _is_mapping("torch", "python", "numpy"))
+    data: dict = _key("what eval, export and predict need of the data: task, classes, mean and std",
+                      _is_mapping())
+    settings: dict = _key("the train settings in force", _is_mapping())
+    world_size: int = _key("how many processes trained it", lambda v: _is_int(v, 1), 1)
+    path: str = _key("where it was read from (not saved)", None, "", saved=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The saved keys, in types that ``torch.load(weights_only=True)`` accepts."""
+        return {name: getattr(self, name) for name in KEYS}
+
+    @classmethod
+    def from_dict(cls, state: Any, path: str | Path) -> "TrainingState":
+        """Check every key of a loaded file; the first missing or malformed one is a CheckpointError."""
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a skiptrain checkpoint", None, "it must be written by `skiptrain train`")
+        missing = [key for key in KEYS if key not in state]
+        if missing:
+            raise CheckpointError(f"{path} lacks {', '.join(missing)}", None,
+                                  "the checkpoint is incomplete; use another one (checkpoints/best.pt or "
+                                  "checkpoints/previous.pt) or retrain")
+        for key in KEYS:
+            if not _CHECKS[key](state[key]):
+                raise CheckpointError(f"{path} has a malformed `{key}` ({type(state[key]).__name__})", None,
+                                      f"`{key}` holds {_DOCS[key]}; the file was not written by `skiptrain "
+                                      "train` or was edited")
+        return cls(**{key: state[key] for key in KEYS}, path=str(path))
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                scaler: torch.amp.GradScaler | None = None) -> None:
+        """Load into a freshly built run, in a fixed order: model, scaler, optimizer, then every RNG
+        stream. The schedule and data positions (``step``, ``epoch``, ``batch``, ``partial``) are read
+        by the loop from this object."""
+        try:
+            model.load_state_dict(self.model)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{self.path}: its weights do not fit the model its config builds "
+                                  f"({str(exc).splitlines()[0][:200]})", None,
+                                  "the config inside the checkpoint was changed; use the checkpoint as written") from None
+        if optimizer is None:
+            return
+        if scaler is not None and scaler.is_enabled() and self.scaler:
+            scaler.load_state_dict(self.scaler)
+        try:
+            optimizer.load_state_dict(self.optimizer)
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{self.path}: its optimizer state does not fit this run's optimizer ({exc})",
+                                  None, "resume with the optimizer the run was trained with") from None
+        set_rng_state(self.rng)
+
+
+KEYS = tuple(f.name for f in fields(TrainingState) if f.metadata["saved"])
+_CHECKS = {f.name: f.metadata["check"] for f in fields(TrainingState)}
+_DOCS = {f.name: f.metadata["doc"] for f in fields(TrainingState)}
+
+
+def key_table() -> str:
+    """The documented key list (docs/checkpoints.md), from the type itself."""
+    rows = [f"| `{name}` | {_DOCS[name]} |" for name in KEYS]
+    return "\n".join(["| key | holds |", "|---|---|", *rows])
 
 
 class _HashingWriter:
@@ -160,7 +257,7 @@ def candidates(path: str | Path, which: str = "last") -> list[Path]:
     return [path]
 
 
-def read(path: str | Path, which: str = "last", on_fallback=None) -> dict[str, Any]:
+def read(path: str | Path, which: str = "last", on_fallback=None) -> TrainingState:
     """Load a checkpoint safely (``weights_only=True``), verified; from a run directory, fall
     back to the previous checkpoint when the last one is broken (``on_fallback`` is told why)."""
     files = candidates(path, which)
@@ -175,7 +272,7 @@ def read(path: str | Path, which: str = "last", on_fallback=None) -> dict[str, A
     raise AssertionError("unreachable")
 
 
-def _read_one(path: Path) -> dict[str, Any]:
+def _read_one(path: Path) -> TrainingState:
     verify(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -189,24 +286,4 @@ def _read_one(path: Path) -> dict[str, Any]:
                               f"{str(exc).splitlines()[0][:200] if str(exc) else ''})", None,
                               "the file may be truncated or corrupted; use another checkpoint "
                               "(checkpoints/best.pt) or retrain") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a skiptrain checkpoint", None,
-                              "it must be written by `skiptrain train`")
-    missing = [key for key in REQUIRED if key not in state]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}", None, "the checkpoint is incomplete")
-    state["path"] = str(path)
-    return state
-
-
-def load_checkpoint(path: str | Path, which: str = "last", device=None):
-    """``(model, config)`` from a checkpoint or run directory: the model in eval mode."""
-    from .api import build_model
-    from .config import load_config
-
-    state = read(path, which)
-    config = load_config(state["config"])
-    model = build_model(config, device=device)
-    model.load_state_dict(state["model"])
-    model.meta["skiptrain"]["data"] = state.get("data", {})
-    return model.eval(), config
+    return TrainingState.from_dict(state, path)

@@ -52,6 +52,12 @@ def _emit(text: str, output: Optional[Path]) -> None:
         sys.stdout.write(text)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings as one line on stderr, like errors (the library itself never prints)."""
+    sys.stderr.write(f"warning: {message}\n")
+    sys.stderr.flush()
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"skiptrain {__version__}")
@@ -64,6 +70,9 @@ def main_options(
                                  help="Print the version and exit."),
 ) -> None:
     """Train networks written as graphs in YAML, with skip connections projected automatically."""
+    import warnings
+
+    warnings.showwarning = _show_warning
 
 
 @app.command()
@@ -113,6 +122,7 @@ def graph(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     config: Optional[Path] = typer.Argument(None, help="A config YAML (optional with --resume: the checkpoint's own).",
                                             show_default=False),
     overrides: List[str] = SetOption,
@@ -136,32 +146,17 @@ def train(
 
         if config is not None:
             with user_errors():  # the common mistakes, caught once here rather than once per process
-                from .config import load_config
+                from .api import load
 
-                check_launch(load_config(config, overrides), nproc, device)
-        args = [str(config)] if config is not None else []
-        for option, value in (("--run-dir", run_dir), ("--epochs", epochs), ("--device", device),
-                              ("--resume", resume), ("--limit-batches", limit_batches)):
-            if value is not None:
-                args += [option, str(value)]
-        for override in overrides:
-            args += ["--set", override]
-        args += ["--quiet"] * quiet + ["--force"] * force
-        raise typer.Exit(launch(nproc, args))
+                check_launch(load(config, overrides), nproc, device)
+        raise typer.Exit(launch(nproc, relaunch_args(ctx, leave_out=("nproc",))))
     with user_errors():
-        from .config import load_config
-        from .training.loop import train as run_training
+        from . import api
 
         if config is None and resume is None:
             raise typer.BadParameter("give a CONFIG, or --resume RUN_DIR", param_hint="CONFIG")
-        if config is not None:
-            cfg = load_config(config, overrides)
-        else:
-            from . import checkpoint
-
-            cfg = load_config(checkpoint.read(resume)["config"], overrides)
-        summary = run_training(cfg, run_dir=run_dir, epochs=epochs, device=device, resume=resume,
-                               quiet=quiet, force=force, limit_batches=limit_batches)
+        summary = api.train(config, overrides, resume=resume, run_dir=run_dir, epochs=epochs, device=device,
+                            quiet=quiet, force=force, limit_batches=limit_batches)
         if quiet and "run_dir" in summary:  # rank 0 only, under DDP
             from .training.loop import result_line
 
@@ -174,6 +169,23 @@ def train(
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
+
+
+def relaunch_args(ctx: typer.Context, leave_out: tuple[str, ...] = ()) -> list[str]:
+    """The command's arguments again, from what Click parsed: each option that differs from its default."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in leave_out or value is None or (param.multiple and not value) or value == param.default:
+            continue
+        if param.param_type_name == "argument":
+            args[:0] = [str(v) for v in value] if param.multiple else [str(value)]
+        elif getattr(param, "is_flag", False):
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            for item in value if param.multiple else [value]:
+                args += [param.opts[0], str(item.value if isinstance(item, Enum) else item)]
+    return args
 
 
 class Split(str, Enum):
@@ -193,9 +205,11 @@ def eval_command(
     with user_errors():
         from rich.table import Table
 
-        from .evaluate import evaluate_checkpoint, plot_confusion
+        from .api import evaluate
+        from .evaluate import plot_confusion
+        from .tasks import TASKS
 
-        result = evaluate_checkpoint(source, split.value, which, device)
+        result = evaluate(source, split.value, which, device)
         names = result.get("class_names") or [str(i) for i in range(len(result.get("confusion") or []))]
         run_dir = Path(result["checkpoint"]).parent.parent
         if result.get("confusion"):
@@ -205,14 +219,14 @@ def eval_command(
         if as_json:
             sys.stdout.write(json.dumps(result) + "\n")
             return
-        per_class = result.get("per_class_acc") or result.get("per_class_iou") or []
-        table = Table("class", "accuracy" if "per_class_acc" in result else "IoU",
-                      title=f"{split.value} split, epoch {result['epoch']}", title_justify="left")
-        for name, value in zip(names, per_class):
-            table.add_row(str(name), f"{value:.4f}")
-        if per_class:
+        task = TASKS.get(result["task"])
+        if task.per_class and result.get(task.per_class[0]):
+            table = Table("class", task.per_class[1], title=f"{split.value} split, epoch {result['epoch']}",
+                          title_justify="left")
+            for name, value in zip(names, result[task.per_class[0]]):
+                table.add_row(str(name), f"{value:.4f}")
             out.print(table)
-        for key in ("loss", "acc", "top5", "miou", "pixel_acc"):
+        for key in task.shown:
             if key in result:
                 out.print(f"{key}: {result[key]:.4f}", markup=False)
         if "confusion_png" in result:
@@ -237,7 +251,7 @@ def export(
     if batch != "dynamic" and not (batch.isdigit() and int(batch) > 0):
         raise typer.BadParameter("dynamic, or a positive integer", param_hint="--batch")
     with user_errors():
-        from .export import export_onnx
+        from .api import export as export_onnx
 
         report = export_onnx(source, output, opset=opset, batch=batch, verify=verify)
         if report["fallback_reason"]:
@@ -272,35 +286,19 @@ def predict(
     with user_errors():
         from rich.table import Table
 
-        from .predict import predict as run_predict
+        from .api import predict as run_predict
+        from .tasks import answers_table
 
         results = run_predict(source, inputs, top=top, output_dir=output_dir)
         if as_json:
             sys.stdout.write(json.dumps({"source": source, "predictions": results}) + "\n")
             return
-        if results and "mask" in results[0]:
-            table = Table("input", "mask", "classes (share of pixels)", title_justify="left")
-            for row in results:
-                shares = ", ".join(f"{name} {share:.0%}" for name, share in
-                                   sorted(row["pixels"].items(), key=lambda item: -item[1]))
-                table.add_row(row["input"], row["mask"], shares)
-        elif results and "top" in results[0]:
-            table = Table("input", "rank", "class", "probability", title_justify="left")
-            for row in results:
-                for rank, entry in enumerate(row["top"], 1):
-                    table.add_row(row["input"] if rank == 1 else "", str(rank), entry["name"],
-                                  f"{entry['probability']:.4f}", end_section=rank == len(row["top"]))
-        else:
-            table = Table("input", "output", title_justify="left")
-            for row in results:
-                values = row["output"] if isinstance(row["output"], list) else [row["output"]]
-                table.add_row(row["input"], ", ".join(f"{v:.4g}" for v in _flat(values)))
+        columns, groups = answers_table(results)
+        table = Table(*columns, title_justify="left")
+        for group in groups:
+            for i, row in enumerate(group, 1):
+                table.add_row(*row, end_section=i == len(group))
         out.print(table)
-
-
-def _flat(values):
-    for value in values:
-        yield from (_flat(value) if isinstance(value, list) else (value,))
 
 
 @app.command("compare")
@@ -319,7 +317,7 @@ def compare_command(
     if len(configs) < 2:
         raise typer.BadParameter("give at least two configs", param_hint="CONFIGS")
     with user_errors():
-        from .compare import compare
+        from .api import compare
 
         result = compare(configs, overrides, epochs=epochs, output_dir=output_dir, limit_batches=limit_batches,
                          device=device, quiet=quiet)
@@ -338,11 +336,10 @@ def gradflow_command(
 ) -> None:
     """Gradient norm of every parameterised layer on one training batch, at init (and after N steps)."""
     with user_errors():
-        from .gradflow import first_to_last, gradflow, plot_gradflow
+        from .api import gradflow
+        from .gradflow import first_to_last
 
-        result = gradflow(config, overrides, steps=run, device=device)
-        plot_gradflow([(result["name"], result)], output)
-        result["png"] = str(output)
+        result = gradflow(config, overrides, steps=run, device=device, plot=output)
         if as_json:
             sys.stdout.write(json.dumps(result) + "\n")
             return

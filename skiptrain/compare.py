@@ -12,22 +12,26 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .config import Config, load_config, plain, where
+from .config import Config, plain, where
 from .errors import ConfigError
+from .tasks import headlines, reported
 
-METRICS = ("acc", "miou", "loss")  # the first the runs report is the one compared
+
+def metrics() -> list[str]:
+    """The tasks' headline metrics; the first that every run reports is the one compared."""
+    return list(dict.fromkeys(task.headline for task in headlines()))
 
 
 def compare(configs: Sequence[str | Path], overrides: Iterable[str] = (), *, epochs: int | None = None,
             output_dir: str | Path | None = None, limit_batches: int | None = None, device: str | None = None,
             quiet: bool = True) -> dict[str, Any]:
     """Train every config with the same overrides and budget; returns what compare.json holds."""
-    from .training.loop import train
+    from .api import load, train
 
     if len(configs) < 2:
         raise ConfigError("compare needs at least two configs", None, "name two or more config files")
     overrides = list(overrides)
-    loaded = [load_config(path, overrides) for path in configs]
+    loaded = [load(path, overrides) for path in configs]
     check_same_budget(loaded, [str(p) for p in configs], epochs)
     out = Path(output_dir) if output_dir else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -78,19 +82,20 @@ def run_record(config: str, summary: dict[str, Any], run_dir: Path) -> dict[str,
     record = {"config": config, "name": summary["name"], "run_dir": str(run_dir), "params": summary["params"],
               "epochs": summary["epochs"], "final_train_loss": summary.get("final_train_loss"),
               "train_seconds": summary.get("train_seconds")}
-    record.update({f"test_{m}": summary[f"test_{m}"] for m in METRICS if f"test_{m}" in summary})
+    record.update({f"test_{m}": summary[f"test_{m}"] for m in metrics() if f"test_{m}" in summary})
     record["history"] = RunDir(run_dir).history()
     return record
 
 
 def metric_of(runs: list[dict[str, Any]]) -> str:
-    """The test metric every run reports: accuracy, else mean IoU, else loss."""
-    return next((f"test_{m}" for m in METRICS if all(f"test_{m}" in r for r in runs)), "test_loss")
+    """The test metric every run reports: the headline of their task (accuracy, mean IoU), else loss."""
+    task = reported(set.intersection(*(set(r) for r in runs)) if runs else set())
+    return f"test_{task.headline}" if task else "test_loss"
 
 
 def report_markdown(result: dict[str, Any]) -> str:
     metric = result["metric"]
-    label = {"test_acc": "test accuracy", "test_miou": "test mean IoU"}.get(metric, "test loss")
+    label = f"test {reported([metric]).label}" if reported([metric]) else "test loss"
     lines = [f"# Comparison: {len(result['runs'])} configs", "",
              f"Same data and seed ({result['seed']}), {result['epochs']} epochs each"
              + (f", at most {result['limit_batches']} batches per split and epoch" if result["limit_batches"] else "")

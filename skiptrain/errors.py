@@ -1,7 +1,7 @@
 """Typed errors: every problem a user can cause carries a location and a hint.
 
 The library raises these and never prints; the CLI turns them into one message and
-an exit code (see ``cli.py``).
+an exit code (see ``cli.py``). Warnings are ``SkiptrainWarning``s, which the CLI prints.
 """
 from __future__ import annotations
 
@@ -87,6 +87,17 @@ class CheckpointError(SkiptrainError):
     """A checkpoint or run directory is missing, broken, or unsafe to load."""
 
     kind = "checkpoint error"
+
+
+class SkiptrainWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it as `warning: ...`);
+    Python API users can silence or capture it with the ``warnings`` module."""
+
+
+def warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, SkiptrainWarning, stacklevel=3)
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:

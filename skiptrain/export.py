@@ -53,9 +53,7 @@ class Source:
 
 def load_source(source: str | Path) -> Source:
     """A run directory or a checkpoint (trained weights), or a config (random weights, seed 0)."""
-    from . import checkpoint
-    from .api import check_model
-    from .config import load_config
+    from .api import check_model, restore
     from .module import build_module
 
     path = Path(source)
@@ -68,11 +66,8 @@ def load_source(source: str | Path) -> Source:
             torch.manual_seed(0)
             model = build_module(plan)
         return Source(model.eval(), plan, {}, str(path), "config")
-    state = checkpoint.read(path)
-    plan = check_model(load_config(state["config"]))
-    model = build_module(plan)
-    model.load_state_dict(state["model"])
-    return Source(model.eval(), plan, dict(state.get("data") or {}), state["path"], "checkpoint")
+    restored = restore(path)
+    return Source(restored.model, restored.plan, restored.data, restored.state.path, "checkpoint")
 
 
 def random_input(model: torch.nn.Module, batch: int, seed: int = 0) -> torch.Tensor:

@@ -9,39 +9,27 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-from .config import Config, load_config
+from .config import Config
 
 
-def gradflow(source: str | Path | Config, overrides: Iterable[str] = (), *, steps: int = 0,
-             device: str = "cpu") -> dict[str, Any]:
+def gradflow(config: Config, *, steps: int = 0, device: str = "cpu") -> dict[str, Any]:
     """Per-layer gradient norms at initialisation and, when ``steps`` > 0, after ``steps`` training steps.
 
     Steps use the config's optimizer at its base learning rate (no schedule, no clipping).
+    ``skiptrain.gradflow`` (the API) takes any source with overrides and calls this.
     """
     import torch
 
-    from .data import load_data
-    from .module import build_module
-    from .shapes import infer
-    from .spec import expand
+    from .training.assemble import assemble
     from .training.optim import build_optimizer
     from .training.settings import parse_settings
-    from .training.setup import check_fit, make_loss, seed_everything
 
-    config = source if isinstance(source, Config) else load_config(source, overrides)
     settings = parse_settings(config.train)
-    plan = infer(expand(config.model))
-    dev = torch.device(device)
-    data = load_data(config.data, input_shape=plan.graph.input_shape, input_dtype=plan.graph.input_dtype,
-                     task=settings.task, device=dev, seed=settings.seed)
-    task = settings.task or data.task
-    check_fit(config, plan, data, task)
-    seed_everything(settings.seed, False)
-    model = build_module(plan, device=dev)
+    built = assemble(config, settings, torch.device(device), deterministic=False)
+    plan, data, model, loss_fn = built.plan, built.data, built.model, built.loss_fn
     model.train()
-    loss_fn = make_loss(task, settings.loss)
     layers = [(index, node) for index, node in enumerate(plan.graph.order) if node.meta.get("params")]
     x, y = next(iter(data.train.epoch(1)))
 

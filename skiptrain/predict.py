@@ -3,8 +3,9 @@
 Inputs are image files (resized to the model's H, W; grayscale or RGB by its channels;
 scaled to 0..1), ``.npy`` arrays (one sample or a batch, in the same units: before
 normalisation) or folders of them. The stored mean/std normalise every input, exactly
-as training did. Classification gives the top classes with probabilities, segmentation
-writes a palette PNG per input (pixel value = class index), regression the raw outputs.
+as training did. The model's task turns outputs into answers (``Task.predict``):
+classification the top classes with probabilities, segmentation a palette PNG per input
+(pixel value = class index), regression the raw outputs.
 """
 from __future__ import annotations
 
@@ -22,9 +23,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 ARRAY_SUFFIXES = (".npy",)
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 CHUNK = 64  # samples per forward
-# Mask colours for the first classes (background black); the index stays the pixel value.
-PALETTE = [0, 0, 0, 230, 25, 75, 60, 180, 75, 255, 225, 25, 0, 130, 200, 245, 130, 48, 145, 30, 180,
-           70, 240, 240, 240, 50, 230, 210, 245, 60, 250, 190, 212, 0, 128, 128, 220, 190, 255, 170, 110, 40]
 
 
 @dataclass
@@ -35,7 +33,7 @@ class Model:
     input_shape: list[int]
     input_dtype: str
     output_shape: list[int]
-    task: str
+    task: str  # a name in skiptrain.tasks.TASKS
     class_names: list[str] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -89,7 +87,7 @@ def _decode(value: str) -> Any:
 def _torch_model(path: Path) -> Model:
     import torch
 
-    from .checkpoint import load_checkpoint
+    from .api import load_checkpoint
 
     model, _ = load_checkpoint(path)
     meta = model.meta["skiptrain"]
@@ -105,11 +103,10 @@ def _torch_model(path: Path) -> Model:
 
 
 def _guess_task(input_shape, output_shape) -> str:
-    if len(output_shape) == 1:
-        return "classification"
-    if len(output_shape) == len(input_shape) >= 2 and list(output_shape[1:]) == list(input_shape[1:]):
-        return "segmentation"
-    return "regression"
+    """A model saved without its task (an .onnx file from elsewhere): the task its shapes suggest."""
+    from .tasks import guess
+
+    return guess(input_shape, output_shape).name
 
 
 def collect(inputs: Iterable[str | Path]) -> list[Path]:
@@ -210,7 +207,14 @@ def _forward(model: Model, x: np.ndarray) -> np.ndarray:
 def predict(source: str | Path, inputs: Iterable[str | Path], top: int = 5,
             output_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """One dict per sample: ``input``, and ``top`` classes, a ``mask`` PNG path or ``output`` values."""
-    model = open_model(source)
+    return predict_model(open_model(source), inputs, top, output_dir)
+
+
+def predict_model(model: Model, inputs: Iterable[str | Path], top: int = 5,
+                  output_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """``predict`` on a model already opened: its task turns the outputs into answers."""
+    from .tasks import TASKS
+
     files = collect(inputs)
     labels, batches = [], []
     for path in files:
@@ -218,44 +222,5 @@ def predict(source: str | Path, inputs: Iterable[str | Path], top: int = 5,
         batches.append(x)
         labels.extend([str(path)] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))])
     outputs = _forward(model, np.concatenate(batches))
-    if model.task == "segmentation":
-        return _masks(model, labels, outputs, Path(output_dir) if output_dir else Path("predictions"))
-    if model.task != "classification":
-        return [{"input": label, "output": out.tolist()} for label, out in zip(labels, outputs)]
-    results = []
-    for label, logits in zip(labels, outputs.astype(np.float64)):
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        order = np.argsort(-probs, kind="stable")[:max(1, top)]
-        ranked = [{"class": int(i), "name": _name(model, int(i)), "probability": float(probs[i])} for i in order]
-        results.append({"input": label, **ranked[0], "top": ranked})
-    return results
-
-
-def _name(model: Model, index: int) -> str:
-    names = model.class_names
-    return str(names[index]) if names and index < len(names) else str(index)
-
-
-def _masks(model: Model, labels: list[str], outputs: np.ndarray, output_dir: Path) -> list[dict[str, Any]]:
-    from PIL import Image
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    palette = PALETTE + [128] * (768 - len(PALETTE))
-    results, used = [], set()
-    for label, logits in zip(labels, outputs):
-        mask = logits.argmax(axis=0).astype(np.uint8)
-        stem = Path(label.split("[")[0]).stem + (f"_{label.rsplit('[', 1)[1][:-1]}" if label.endswith("]") else "")
-        name, n = f"{stem}_mask.png", 1
-        while name in used:
-            n += 1
-            name = f"{stem}_mask{n}.png"
-        used.add(name)
-        plane = mask if mask.ndim == 2 else mask.reshape(-1 if mask.ndim > 2 else 1, mask.shape[-1])
-        image = Image.frombytes("P", (plane.shape[1], plane.shape[0]), np.ascontiguousarray(plane).tobytes())
-        image.putpalette(palette)
-        image.save(output_dir / name)
-        counts = np.bincount(mask.reshape(-1), minlength=logits.shape[0])
-        shares = {_name(model, i): float(c) / mask.size for i, c in enumerate(counts) if c}
-        results.append({"input": label, "mask": str(output_dir / name), "pixels": shares})
-    return results
+    return TASKS.get(model.task).predict(outputs, labels, class_names=model.class_names, top=top,
+                                         output_dir=output_dir)

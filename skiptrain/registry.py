@@ -7,12 +7,11 @@ construction. The builder looks types up here and never branches on their names.
 from __future__ import annotations
 
 import inspect
-import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
 
-from .errors import ConfigError, Location, did_you_mean
+from .errors import ConfigError, Location, did_you_mean, warn
 
 Shape = tuple[int, ...]
 
@@ -178,5 +177,5 @@ def _load_plugin(entry_point) -> None:
         if callable(loaded) and not inspect.ismodule(loaded):
             loaded()
     except Exception as error:  # a plugin's bug must not stop skiptrain: warn, go on without its types
-        print(f"warning: skiptrain plugin `{entry_point.name}` ({entry_point.value}) failed to load and is "
-              f"skipped: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        warn(f"skiptrain plugin `{entry_point.name}` ({entry_point.value}) failed to load and is "
+             f"skipped: {type(error).__name__}: {error}")

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from skiptrain import build_model, check_model, registry
+from skiptrain.cli import app
+from skiptrain.errors import SkiptrainWarning
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "skiptrain-plugin-example"
 
@@ -79,12 +83,23 @@ def test_plugins_load_once(plugins):
 
 def test_a_broken_plugin_warns_and_skiptrain_goes_on(plugins, capsys):
     plugins(example("broken", "skiptrain_no_such_plugin_module"), example())
-    assert "squeeze_excite" in registry.names()  # the good plugin still loads
-    err = capsys.readouterr().err
-    assert "plugin `broken`" in err and "skiptrain_no_such_plugin_module" in err and "ModuleNotFoundError" in err
+    with pytest.warns(SkiptrainWarning) as warned:
+        assert "squeeze_excite" in registry.names()  # the good plugin still loads
+    message = str(warned[0].message)
+    assert "plugin `broken`" in message and "skiptrain_no_such_plugin_module" in message
+    assert "ModuleNotFoundError" in message
+    assert capsys.readouterr() == ("", "")  # the library warns, it never prints
     assert registry.get("conv2d").name == "conv2d"
-    registry.names()
-    assert capsys.readouterr().err == ""  # warned once, not on every lookup
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry.names()  # warned once, not on every lookup
+
+
+def test_the_cli_shows_a_broken_plugin_as_one_warning_line(plugins, write_yaml):
+    plugins(example("broken", "skiptrain_no_such_plugin_module"), example())
+    result = CliRunner().invoke(app, ["validate", str(write_yaml(CONFIG))])
+    assert result.exit_code == 0, result.output
+    assert "warning: skiptrain plugin `broken`" in result.stderr and "Traceback" not in result.output
 
 
 def test_a_callable_entry_point_is_called(plugins, tmp_path, monkeypatch):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,19 +19,18 @@ import torch
 from torch import nn
 
 from .. import __version__, checkpoint, distributed
-from ..config import Config, load_config
+from ..config import Config
 from ..errors import SkiptrainError
 from ..evaluate import evaluate
-from ..module import build_module
-from ..shapes import infer
-from ..spec import expand
+from ..tasks import TASKS, reported
 from . import tensorboard
 from .nonfinite import NonFiniteWatch
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import Reporter
 from .rundir import RunDir
 from .settings import TrainSettings, parse_settings
-from .setup import check_fit, check_memory, make_loss, seed_everything, select_device, select_precision
+from .assemble import assemble
+from .setup import select_device, select_precision
 
 
 @dataclass
@@ -74,18 +72,14 @@ class Run:
         return min(len(self.data.train), self.limit_batches or len(self.data.train))
 
 
-def train(config: Config | None, *, run_dir: str | None = None, epochs: int | None = None, device: str | None = None,
-          resume: str | None = None, quiet: bool = False, force: bool = False,
-          limit_batches: int | None = None) -> dict[str, Any]:
-    """Train a config end to end; returns the summary that is also written to summary.json.
+def run_training(config: Config, *, state: checkpoint.TrainingState | None = None, run_dir: str | None = None,
+                 device: str | None = None, quiet: bool = False, force: bool = False,
+                 limit_batches: int | None = None) -> dict[str, Any]:
+    """Train ``config`` end to end (continuing ``state`` when given); returns the summary that is also
+    written to summary.json. ``skiptrain.train`` (the API) reads sources and checkpoints, then calls this.
 
     ``limit_batches`` caps the batches of every split per epoch: a smoke test of a config.
     """
-    state = checkpoint.read(resume, on_fallback=_warn) if resume else None
-    if config is None:
-        config = load_config(state["config"])
-    if epochs is not None:
-        config.train["epochs"] = epochs
     settings = parse_settings(config.train)
     world = distributed.join(device or settings.device)
     run = None
@@ -134,26 +128,15 @@ def _graceful_stop(run: "Run"):
             signal.signal(sig, handler)
 
 
-def _warn(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr, flush=True)
-
-
-def start(config: Config, settings: TrainSettings, world: distributed.World, device: str | None, state: dict | None,
+def start(config: Config, settings: TrainSettings, world: distributed.World, device: str | None,
+          state: checkpoint.TrainingState | None,
           run_dir: str | None, quiet: bool, force: bool, limit_batches: int | None) -> Run:
-    from ..data import load_data
-
     tensorboard.require(settings)
     dev = select_device(device or settings.device)
     if world.enabled and dev.type == "cuda":
         dev = torch.device("cuda", world.local_rank)
-    plan = infer(expand(config.model))
-    check_memory(plan.params, settings.optimizer, dev)
-    data = load_data(config.data, input_shape=plan.graph.input_shape, input_dtype=plan.graph.input_dtype,
-                     task=settings.task, device=dev, seed=settings.seed, rank=world.rank, world_size=world.world_size)
-    task = settings.task or data.task
-    check_fit(config, plan, data, task)
-    seed_everything(settings.seed, settings.deterministic)
-    model = build_module(plan, device=dev)
+    built = assemble(config, settings, dev, rank=world.rank, world_size=world.world_size)
+    plan, data, task, model = built.plan, built.data, built.task, built.model
     if settings.sync_bn and world.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     autocast_dtype, use_scaler = select_precision(settings.precision, dev)
@@ -176,22 +159,18 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     run = Run(config, settings, world, dev, plan, data, task, model, forward, optimizer, scaler,
-              make_loss(task, settings.loss), autocast, prepare, Reporter(quiet, enabled=world.is_main), None,
+              built.loss_fn, autocast, prepare, Reporter(quiet, enabled=world.is_main), None,
               limit_batches)
     run.data_meta = {"dataset": data.name, "task": task, "num_classes": data.num_classes,
                      "class_names": data.class_names, "mean": data.mean, "std": data.std,
                      "input_shape": list(data.input_shape)}
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler") and use_scaler:
-            scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
-        run.epoch, run.step, run.best = state["epoch"], state["step"], state.get("best")
-        run.batch, run.partial = state.get("batch", 0), tuple(state.get("partial", (0.0, 0)))
+        state.restore(model, optimizer, scaler)
+        run.epoch, run.step, run.best = state.epoch, state.step, state.best
+        run.batch, run.partial = state.batch, tuple(state.partial)
     if world.is_main:
         if state is not None:
-            run.run_dir = RunDir(run_dir or str(Path(state["path"]).parent.parent))
+            run.run_dir = RunDir(run_dir or str(Path(state.path).parent.parent))
             run.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
             run.run_dir.truncate_history(run.epoch)
         else:
@@ -256,7 +235,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     if run.data.val is not None and run.world.is_main:
         val = evaluate(model, run.batches(run.data.val, 0), run.task, run.data.num_classes, run.autocast, run.prepare)
         row["val_loss"] = val["loss"]
-        row.update({f"val_{key}": val[key] for key in ("acc", "miou") if key in val})
+        row.update({f"val_{key}": val[key] for key in (TASKS.get(run.task).headline,) if key in val})
     trained = count.item() - resumed * run.world.world_size  # samples this process run actually trained on
     row.update(lr=lr, seconds=seconds, samples_per_s=trained / max(seconds, 1e-9))
     if run.skipped:
@@ -278,13 +257,11 @@ def save(run: Run, row: dict[str, Any]) -> None:
     run.run_dir.append_metrics(row)
     tensorboard.log(run.tensorboard, row)
     run.report.end_epoch(row)
-    key = {"classification": "val_acc", "segmentation": "val_miou"}.get(run.task, "val_loss")
-    if key not in row:
-        key = "train_loss" if key == "val_loss" else None
+    task = TASKS.get(run.task)
+    key = task.best_metric(row)
     score = row.get(key) if key else None
-    lower_is_better = key in ("val_loss", "train_loss")
-    better = score is not None and (run.best is None or (score < run.best["value"] if lower_is_better
-                                                         else score > run.best["value"]))
+    better = score is not None and (run.best is None or (score > run.best["value"] if task.higher_is_better
+                                                         else score < run.best["value"]))
     if better:
         run.best = {"metric": key, "value": score, "epoch": run.epoch}
     periodic = run.epoch % run.settings.checkpoint_every == 0 or run.epoch == run.settings.epochs
@@ -298,12 +275,12 @@ def save_checkpoint(run: Run, best: bool) -> None:
     """last.pt (keeping the one before as previous.pt) or best.pt: everything to continue exactly."""
     if not run.world.is_main:
         return
-    snapshot = {"format": checkpoint.FORMAT, "skiptrain_version": __version__, "config": run.config.to_dict(),
-                "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None, "epoch": run.epoch,
-                "batch": run.batch, "partial": list(run.partial), "step": run.step, "best": run.best,
-                "rng": checkpoint.rng_state(), "data": run.data_meta, "settings": asdict(run.settings),
-                "world_size": run.world.world_size}
+    snapshot = checkpoint.TrainingState(
+        skiptrain_version=__version__, config=run.config.to_dict(), model=run.model.state_dict(),
+        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        epoch=run.epoch, step=run.step, batch=run.batch, partial=tuple(run.partial), best=run.best,
+        rng=checkpoint.rng_state(), data=run.data_meta, settings=asdict(run.settings),
+        world_size=run.world.world_size).to_dict()
     if best:
         checkpoint.atomic_save(snapshot, run.run_dir.checkpoints / "best.pt")
     else:
@@ -337,7 +314,5 @@ def finish(run: Run) -> dict[str, Any]:
 
 def result_line(summary: dict[str, Any]) -> str | None:
     """The run's headline test metric, worded the same with and without --quiet."""
-    for key, label in (("test_acc", "test accuracy"), ("test_miou", "test mean IoU"), ("test_loss", "test loss")):
-        if key in summary:
-            return f"{label}: {summary[key]:.4f}"
-    return None
+    task = reported(summary, "test_")
+    return f"test {task.label}: {summary[f'test_{task.headline}']:.4f}" if task else None

@@ -6,13 +6,12 @@ model graph once. The loop calls `require` and `open_writer` in start, `log` in 
 """
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Any
 
 import torch
 
-from ..errors import SkiptrainError
+from ..errors import SkiptrainError, warn
 
 
 def require(settings) -> None:
@@ -50,8 +49,8 @@ def _add_graph(writer, run) -> None:
             warnings.simplefilter("ignore")  # the tracer's warnings say nothing about the run
             writer.add_graph(run.model, run.prepare(x))
     except Exception as error:  # noqa: BLE001  (tracing is best effort: scalars matter, the graph is a bonus)
-        print(f"warning: train.tensorboard: the model graph could not be traced and is left out "
-              f"({type(error).__name__}: {error})", file=sys.stderr, flush=True)
+        warn(f"train.tensorboard: the model graph could not be traced and is left out "
+             f"({type(error).__name__}: {error})")
     finally:
         run.model.train(was_training)
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import DataError, choices_hint
+from ..tasks import DEFAULT, TASKS
 from . import builtin, folders, vision  # noqa: F401  (register the datasets)
 from .augment import AUGMENTATIONS, augmentation, check_applicable
 from .batches import SUBSET, Batches, LoaderBatches, Pipeline, Plan, TensorBatches, cpu_generator
 from .options import DEFAULTS, DataOptions, parse_options
 from .prepare import carve, check_fits, normalization, take
-from .registry import DATASETS, TASKS, Request, Source, dataset, get_dataset
+from .registry import DATASETS, Request, Source, dataset, get_dataset
 
 __all__ = ["DataBundle", "Batches", "load_data", "dataset_names", "dataset", "DATASETS",
            "augmentation", "AUGMENTATIONS", "DEFAULTS", "DataOptions", "Request", "Source"]
@@ -32,7 +33,7 @@ STATS_SAMPLES = 1000  # file datasets: normalize: auto measures this many traini
 @dataclass
 class DataBundle:
     name: str  # dataset name
-    task: str  # "classification" | "segmentation" | "regression"
+    task: str  # a name in skiptrain.tasks.TASKS
     train: Batches
     val: Batches | None
     test: Batches | None
@@ -48,7 +49,7 @@ def dataset_names() -> list[str]:
 
 
 def load_data(data: dict, *, input_shape: tuple[int, ...], input_dtype: str = "float32",
-              task: str | None = "classification", device="cpu", seed: int = 0,
+              task: str | None = DEFAULT, device="cpu", seed: int = 0,
               rank: int = 0, world_size: int = 1) -> DataBundle:
     """Build the batches of the ``data:`` section for a model taking ``input_shape`` samples.
 
@@ -61,7 +62,7 @@ def load_data(data: dict, *, input_shape: tuple[int, ...], input_dtype: str = "f
     options = parse_options(data, seed)
     input_shape = tuple(int(d) for d in input_shape)
     if task is not None and task not in TASKS:
-        raise DataError(f"unknown task `{task}`", None, choices_hint(task, TASKS, "tasks"))
+        raise DataError(f"unknown task `{task}`", None, choices_hint(task, TASKS.names(), "tasks"))
     if input_dtype not in INPUT_DTYPES:
         raise DataError(f"unsupported input dtype `{input_dtype}`", None, choices_hint(input_dtype, INPUT_DTYPES, "dtypes"))
     if world_size < 1 or not 0 <= rank < world_size:
@@ -85,7 +86,7 @@ def _bundle(options: DataOptions, source: Source, input_shape, train, val, test,
 def _pipelines(options: DataOptions, source: Source, input_shape, float_input: bool, mean, std):
     as_tensor = (lambda v: None if v is None else torch.tensor(v, dtype=torch.float32))
     train = Pipeline(input_shape, source.scale, as_tensor(mean), as_tensor(std), list(options.augment),
-                     segmentation=source.task == "segmentation", float_input=float_input)
+                     spatial_targets=TASKS.get(source.task).spatial_targets, float_input=float_input)
     return train, replace(train, steps=[])
 
 

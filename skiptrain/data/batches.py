@@ -94,13 +94,13 @@ class Pipeline:
     mean: torch.Tensor | None = None  # [C] per channel (sample axis 0), or [1]
     std: torch.Tensor | None = None
     steps: list[Step] = field(default_factory=list)
-    segmentation: bool = False
+    spatial_targets: bool = False  # y is a mask per input position: augmentations move it with x
     float_input: bool = True
 
     def to(self, device: torch.device) -> "Pipeline":
         move = (lambda t: None if t is None else t.to(device))
         return Pipeline(self.input_shape, self.scale, move(self.mean), move(self.std), self.steps,
-                        self.segmentation, self.float_input)
+                        self.spatial_targets, self.float_input)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, draw: Draw | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.float_input:
@@ -108,10 +108,10 @@ class Pipeline:
             if self.scale != 1.0:
                 x = x * self.scale
             if draw is not None and self.steps:
-                mask = y if self.segmentation else None
+                mask = y if self.spatial_targets else None
                 for step in self.steps:
                     x, mask = step(x, mask, draw)
-                y = mask if self.segmentation else y
+                y = mask if self.spatial_targets else y
             if self.mean is not None:
                 shape = (1, -1) + (1,) * (x.dim() - 2) if len(self.mean) > 1 else (1,) * x.dim()
                 x = (x - self.mean.view(shape)) / self.std.view(shape)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..tasks import DEFAULT, TASKS
 from .registry import Request, Source, check_task, dataset
 
 DIGIT_NAMES = [str(d) for d in range(10)]
@@ -137,19 +138,12 @@ def shapes(request: Request) -> Source:
                   num_classes=3, class_names=["background", "circle", "square"])
 
 
-# Random targets per task: (count, input shape, classes or output width, generator) -> y.
-_SYNTHETIC_TARGETS = {
-    "classification": lambda n, shape, k, gen: torch.randint(0, k, (n,), generator=gen),
-    "segmentation": lambda n, shape, k, gen: torch.randint(0, k, (n, *shape[1:]), generator=gen),
-    "regression": lambda n, shape, k, gen: torch.randn((n, k), generator=gen),
-}
-
-
 @dataset("synthetic")
 def synthetic(request: Request) -> Source:
     """Random inputs of the model's input shape (token ids in [0, 100) for int64 inputs)
-    and random targets for the run's task; splits 80/10/10 (val by ``val_fraction``)."""
-    options, shape, task = request.options, request.input_shape, request.task or "classification"
+    and random targets for the run's task (its ``synthetic_targets``); splits 80/10/10 (val by
+    ``val_fraction``)."""
+    options, shape, task = request.options, request.input_shape, TASKS.get(request.task or DEFAULT)
     n = options.num_samples or 1024
     k = options.num_classes or 10
     gen = torch.Generator().manual_seed(0)
@@ -157,10 +151,7 @@ def synthetic(request: Request) -> Source:
         x = torch.randint(0, 100, (n, *shape), generator=gen)
     else:
         x = torch.randn((n, *shape), generator=gen)
-    if task == "segmentation" and len(shape) < 2:
-        raise DataError(f"synthetic segmentation needs a channels-first input with spatial axes, "
-                        f"not {list(shape)}", request.options.where("dataset"))
-    y = _SYNTHETIC_TARGETS[task](n, shape, k, gen)
+    y = task.synthetic_targets(n, shape, k, gen, request.options.where("dataset"))
     n_test = max(1, n // 10)
     n_val = int(round(n * options.val_fraction))
     n_train = n - n_test - n_val
@@ -168,5 +159,5 @@ def synthetic(request: Request) -> Source:
         raise DataError(f"synthetic: {n} samples leave none for training", options.where("num_samples"),
                         "raise `num_samples`")
     val = (x[n_train:n_train + n_val], y[n_train:n_train + n_val]) if n_val else None
-    return Source(task, (x[:n_train], y[:n_train]), (x[n - n_test:], y[n - n_test:]), val=val,
-                  num_classes=None if task == "regression" else k)
+    return Source(task.name, (x[:n_train], y[:n_train]), (x[n - n_test:], y[n - n_test:]), val=val,
+                  num_classes=k if task.has_classes else None)

@@ -14,8 +14,6 @@ from typing import Any, Callable
 from ..errors import DataError, Location, choices_hint
 from .options import DataOptions
 
-TASKS = ("classification", "segmentation", "regression")
-
 
 @dataclass
 class Request:
@@ -24,7 +22,7 @@ class Request:
     options: DataOptions
     input_shape: tuple[int, ...]  # one sample as the model receives it
     input_dtype: str  # "float32" | "int64"
-    task: str | None  # None: the dataset's own task
+    task: str | None  # a name in skiptrain.tasks.TASKS; None: the dataset's own task
 
 
 @dataclass
@@ -37,7 +35,7 @@ class Source:
     has its own; then ``load_data`` carves it from ``train`` by ``val_fraction``.
     """
 
-    task: str
+    task: str  # the task its targets are for: a name in skiptrain.tasks.TASKS
     train: Any
     test: Any = None
     val: Any = None

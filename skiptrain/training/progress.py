@@ -9,7 +9,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 
-_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "val_miou", "lr", "seconds", "samples_per_s")
+_FIRST = ("epoch", "train_loss", "val_loss")  # then the task's validation metric (val_acc, val_miou, ...)
+_LAST = ("lr", "seconds", "samples_per_s")
 
 
 class Reporter:
@@ -42,7 +43,8 @@ class Reporter:
             self.progress = None
         if not self.enabled:
             return
-        keys = [k for k in _COLUMNS if k in row]
+        keys = [k for k in _FIRST if k in row] + [k for k in row if k.startswith("val_") and k not in _FIRST] + \
+            [k for k in _LAST if k in row]
         self.rows.append({k: _fmt(k, row[k]) for k in keys})
         print("  ".join(f"{k}={_fmt(k, row[k])}" for k in keys), flush=True)
 

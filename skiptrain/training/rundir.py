@@ -83,7 +83,7 @@ class RunDir:
         import matplotlib.pyplot as plt
 
         epochs = [r["epoch"] for r in rows]
-        metric = next((k for k in ("val_acc", "val_miou") if k in rows[0]), None)
+        metric = next((k for k in rows[0] if k.startswith("val_") and k != "val_loss"), None)  # the task's
         fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(10 if metric else 5, 4), squeeze=False)
         axes[0][0].plot(epochs, [r["train_loss"] for r in rows], label="train")
         if "val_loss" in rows[0]:

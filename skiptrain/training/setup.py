@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config, where
-from ..errors import DataError, SkiptrainError
+from ..config import Config
+from ..errors import SkiptrainError
+from ..tasks import get_task
 
 
 def select_device(name: str) -> torch.device:
@@ -56,28 +57,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def make_loss(task: str, cfg: dict[str, Any]) -> nn.Module:
-    name = cfg.get("name", "auto")
-    if name == "mse" or (name == "auto" and task == "regression"):
-        return nn.MSELoss()
-    return nn.CrossEntropyLoss(label_smoothing=float(cfg.get("label_smoothing", 0.0)),
-                               ignore_index=int(cfg.get("ignore_index", -100)))
+    """The task's training loss for ``train.loss``."""
+    return get_task(task).loss(cfg)
 
 
 def check_fit(config: Config, plan, data, task: str) -> None:
-    """The model's input and output must match the dataset before any training starts."""
-    model_in, model_out = tuple(plan.graph.input_shape), tuple(plan.output_shape)
-    if tuple(data.input_shape) != model_in:
-        raise DataError(f"the model takes samples of shape {list(model_in)}, but `{data.name}` gives "
-                        f"{list(data.input_shape)}", where(config.model, "input"),
-                        f"set `model.input: {list(data.input_shape)}`")
-    if task == "classification" and data.num_classes and model_out != (data.num_classes,):
-        raise DataError(f"the model outputs {list(model_out)}, but `{data.name}` has {data.num_classes} classes",
-                        plan.graph.nodes[plan.graph.output].loc,
-                        f"make the last layer output {data.num_classes} values (e.g. `out_features: {data.num_classes}`)")
-    if task == "segmentation" and data.num_classes and model_out != (data.num_classes, *data.input_shape[1:]):
-        raise DataError(f"the model outputs {list(model_out)}, but segmentation of `{data.name}` needs "
-                        f"{[data.num_classes, *data.input_shape[1:]]}", plan.graph.nodes[plan.graph.output].loc,
-                        f"end with a conv of `out_channels: {data.num_classes}` at the input resolution")
+    """The model's input and output must match the dataset before any training starts (the task's check)."""
+    get_task(task).check_fit(config, plan, data)
 
 
 # bytes of optimizer state per parameter (fp32): Adam-style keeps two moments, SGD one momentum buffer

@@ -6,31 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
-from skiptrain.cli import app
+from .conftest import EXAMPLES, TINY_RESIDUAL_MODEL, invoke, needs_examples
 
-from .conftest import EXAMPLES, needs_examples
-
-runner = CliRunner()
-GOOD = """
-model:
-  name: tiny
-  input: [3, 8, 8]
-  layers:
-    - {id: stem, type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}
-    - {id: body, type: conv2d, out_channels: 16, kernel_size: 3, stride: 2, padding: 1}
-    - {type: global_avgpool}
-    - {type: linear, out_features: 4}
-  skips:
-    - {from: stem, to: body}
-"""
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
+GOOD = TINY_RESIDUAL_MODEL  # model-only: validate and graph need no data: or train:
 
 
 def test_validate_prints_nodes_projections_and_totals(write_yaml):
@@ -51,14 +30,14 @@ def test_validate_json_is_one_object(write_yaml):
 
 
 def test_set_override_changes_the_model(write_yaml):
-    result = invoke("validate", write_yaml(GOOD), "--json", "--set", "model.layers.3.out_features=7")
+    result = invoke("validate", write_yaml(GOOD), "--json", "--set", "model.layers.7.out_features=7")
     assert json.loads(result.stdout)["output_shape"] == [7]
 
 
 def test_strict_makes_mismatch_an_error(write_yaml):
     result = invoke("validate", write_yaml(GOOD), "--strict")
     assert result.exit_code == 1
-    assert "config.yaml:10:7: shape error" in result.stderr
+    assert "config.yaml:14:7: shape error" in result.stderr
     assert "hint:" in result.stderr and "Traceback" not in result.output
 
 
@@ -78,10 +57,10 @@ def test_config_errors_exit_1_with_location_and_hint(write_yaml, text, expected)
 
 
 @pytest.mark.parametrize("sections, expected, line", [
-    ("data: {dataset: digts}\n", "did you mean `digits`?", 11),
-    ("data: {dataset: digits, batch_sise: 8}\n", "did you mean `batch_size`?", 11),
-    ("train:\n  optimiser: sgd\n", "did you mean `optimizer`?", 12),
-    ("train:\n  compile: fast\n", "modes: default, reduce-overhead", 12),
+    ("data: {dataset: digts}\n", "did you mean `digits`?", 15),
+    ("data: {dataset: digits, batch_sise: 8}\n", "did you mean `batch_size`?", 15),
+    ("train:\n  optimiser: sgd\n", "did you mean `optimizer`?", 16),
+    ("train:\n  compile: fast\n", "modes: default, reduce-overhead", 16),
 ])
 def test_validate_checks_data_and_train_without_reading_data(write_yaml, sections, expected, line):
     result = invoke("validate", write_yaml(GOOD + sections))

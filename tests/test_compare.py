@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import json
 
-from typer.testing import CliRunner
-
-from skiptrain.cli import app
-
-runner = CliRunner()
+from .conftest import invoke
 
 MLP = """
 model:
@@ -40,12 +36,6 @@ data: {{dataset: synthetic, num_samples: 128, num_classes: 4, batch_size: 32}}
 train: {{seed: 0}}
 """
 RESIDUAL = "      skips:\n        - {from: input, to: fc}"
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def test_compare_writes_report_json_and_curves(write_yaml, tmp_path):

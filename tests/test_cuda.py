@@ -10,12 +10,10 @@ import sys
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from skiptrain.cli import app
+from .conftest import invoke
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-runner = CliRunner()
 
 CONFIG = """
 model:
@@ -42,9 +40,7 @@ train:
 
 
 def train(write_yaml, run_dir, *extra, config: str = CONFIG):
-    result = runner.invoke(app, ["train", str(write_yaml(config)), "--run-dir", str(run_dir), *map(str, extra)])
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result
+    return invoke("train", write_yaml(config), "--run-dir", run_dir, *extra)
 
 
 def weights(run_dir):
@@ -77,7 +73,7 @@ def test_deterministic_gpu_resume_is_exact(write_yaml, tmp_path):
     config = CONFIG + "  deterministic: true\n  precision: fp32\n"
     assert train(write_yaml, tmp_path / "straight", "-q", config=config).exit_code == 0
     assert train(write_yaml, tmp_path / "split", "-q", "--epochs", "1", config=config).exit_code == 0
-    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "split"), "--epochs", "2", "-q"])
+    result = invoke("train", "--resume", tmp_path / "split", "--epochs", "2", "-q")
     assert result.exit_code == 0, result.output
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "split")
     for key in a:
@@ -97,10 +93,10 @@ def test_compile_on_gpu_saves_plain_keys(write_yaml, tmp_path, monkeypatch, mode
 def test_gpu_run_evaluates_and_exports(write_yaml, tmp_path):
     assert train(write_yaml, tmp_path / "r", "-q", "--epochs", "1").exit_code == 0
     for device in ("cuda", "cpu"):
-        result = runner.invoke(app, ["eval", str(tmp_path / "r"), "--json", "--device", device])
+        result = invoke("eval", tmp_path / "r", "--json", "--device", device)
         assert result.exit_code == 0, result.output
         assert 0 <= json.loads(result.stdout)["accuracy"] <= 1
-    result = runner.invoke(app, ["export", str(tmp_path / "r"), "--output", str(tmp_path / "m.onnx")])
+    result = invoke("export", tmp_path / "r", "--output", tmp_path / "m.onnx")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m.onnx").is_file() and "onnxruntime vs PyTorch" in result.output
 

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, invoke
 
 spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
 gen_docs = importlib.util.module_from_spec(spec)
@@ -42,13 +42,9 @@ def test_every_layer_type_and_command_is_documented():
 
 
 def test_shell_completion_is_enabled():
-    from typer.testing import CliRunner
-
-    from skiptrain.cli import app
-
     # the documented way to name a shell (`--show-completion` detects the shell from the process
     # tree, which a CI job or a background process may not have)
-    result = CliRunner().invoke(app, [], prog_name="skiptrain", env={"_SKIPTRAIN_COMPLETE": "source_bash"})
+    result = invoke(prog_name="skiptrain", env={"_SKIPTRAIN_COMPLETE": "source_bash"})
     assert result.exit_code == 0, result.output
     assert "complete -o default -F _skiptrain_completion skiptrain" in result.output
 

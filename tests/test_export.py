@@ -17,15 +17,11 @@ import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
 
 from skiptrain import checkpoint, registry  # noqa: E402
 from skiptrain import export as export_module  # noqa: E402
-from skiptrain.cli import app  # noqa: E402
 
-from .conftest import CONFIGS, EXAMPLES  # noqa: E402
-
-runner = CliRunner()
+from .conftest import CONFIGS, EXAMPLES, invoke  # noqa: E402
 
 RESIDUAL = """
 model:
@@ -106,12 +102,6 @@ SHAPES = UNET.replace("tiny-unet", "shapes-unet") + """
 data: {dataset: shapes, num_samples: 64, batch_size: 16}
 train: {task: segmentation, epochs: 1, device: cpu}
 """
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result
 
 
 def write(path: Path, text: str) -> Path:
@@ -269,7 +259,7 @@ def inputs(tmp_path_factory):
 
 def test_export_from_a_run_dir_stores_the_data_metadata(digits_run):
     run, onnx_path = digits_run
-    data = checkpoint.read(run)["data"]
+    data = checkpoint.read(run).data
     meta = {key: json.loads(value) if value[:1] in "[{" else value for key, value in props(onnx_path).items()}
     assert meta["class_names"] == data["class_names"] == [str(d) for d in range(10)]
     assert meta["mean"] == data["mean"] and meta["std"] == data["std"] and len(meta["mean"]) == 1

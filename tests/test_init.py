@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
 import skiptrain
-from skiptrain.cli import app
 from skiptrain.starter import describe, template_names, template_text
 
-runner = CliRunner()
+from .conftest import invoke
+
 EXPECTED = {"quickstart", "resnet-cifar", "resnet-imagenet", "plain", "unet", "transformer", "mlp"}
 
 
@@ -28,23 +27,23 @@ def test_template_validates(name, tmp_path):
 
 def test_init_writes_a_file_validate_accepts(tmp_path):
     target = tmp_path / "my.yaml"
-    result = runner.invoke(app, ["init", "quickstart", "--output", str(target)])
+    result = invoke("init", "quickstart", "--output", target)
     assert result.exit_code == 0, result.output
     assert target.read_text() == template_text("quickstart")
-    checked = runner.invoke(app, ["validate", str(target)])
+    checked = invoke("validate", target)
     assert checked.exit_code == 0, checked.output
     assert "valid" in checked.output
 
 
 def test_init_default_file_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert runner.invoke(app, ["init", "mlp"]).exit_code == 0
+    assert invoke("init", "mlp").exit_code == 0
     assert (tmp_path / "mlp.yaml").is_file()
 
 
 @pytest.mark.parametrize("args", [["init"], ["init", "--list"]])
 def test_listing(args):
-    result = runner.invoke(app, args)
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     for name in EXPECTED:
         assert name in result.output
@@ -54,15 +53,15 @@ def test_listing(args):
 def test_overwrite_refused_without_force(tmp_path):
     target = tmp_path / "taken.yaml"
     target.write_text("mine\n")
-    result = runner.invoke(app, ["init", "unet", "-o", str(target)])
+    result = invoke("init", "unet", "-o", target)
     assert result.exit_code == 1
     assert "already exists" in result.output and "--force" in result.output
     assert target.read_text() == "mine\n"
-    assert runner.invoke(app, ["init", "unet", "-o", str(target), "--force"]).exit_code == 0
+    assert invoke("init", "unet", "-o", target, "--force").exit_code == 0
     assert target.read_text() == template_text("unet")
 
 
 def test_unknown_template_suggests(tmp_path):
-    result = runner.invoke(app, ["init", "resnet-cifr", "-o", str(tmp_path / "x.yaml")])
+    result = invoke("init", "resnet-cifr", "-o", tmp_path / "x.yaml")
     assert result.exit_code == 1
     assert "resnet-cifar" in result.output

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from skiptrain.cli import app
+from .conftest import invoke
 
 CONFIG = """
 model:
@@ -39,7 +38,6 @@ train:
   checkpoint_every_steps: 7
 """
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-runner = CliRunner()
 
 
 def command(*args):
@@ -162,10 +160,10 @@ def test_a_corrupted_last_checkpoint_falls_back_to_the_previous_one(reference, t
     data = bytearray(last.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle: only the checksum sees it
     last.write_bytes(bytes(data))
-    result = runner.invoke(app, ["eval", str(last)])
+    result = invoke("eval", last)
     assert result.exit_code == 1 and "corrupted" in result.stderr
     previous = torch.load(run / "checkpoints" / "previous.pt", weights_only=True)
-    resumed = runner.invoke(app, ["train", "--resume", str(run), "--run-dir", str(run), "-q"])
+    resumed = invoke("train", "--resume", run, "--run-dir", run, "-q")
     assert resumed.exit_code == 0, resumed.output
     assert "previous.pt instead" in resumed.stderr
     assert previous["step"] < torch.load(last, weights_only=True)["step"]
@@ -186,7 +184,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(reference, tmp_path, monkeypa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ck.torch, "save", full_disk)
-    result = runner.invoke(app, ["train", "--resume", str(run), "--run-dir", str(run), "--epochs", "4", "-q"])
+    result = invoke("train", "--resume", run, "--run-dir", run, "--epochs", "4", "-q")
     assert result.exit_code == 1
     assert "No space left on device" in result.stderr and "previous checkpoint is intact" in result.stderr
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
@@ -197,7 +195,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(reference, tmp_path, monkeypa
 def test_non_finite_loss(write_yaml, tmp_path, policy):
     config = CONFIG.replace("lr: 3.0e-3", "lr: 1.0e+30").replace("epochs: 3", "epochs: 1") \
         + f"  on_nan: {policy}\n"
-    result = runner.invoke(app, ["train", str(write_yaml(config)), "--run-dir", str(tmp_path / "r"), "-q"])
+    result = invoke("train", write_yaml(config), "--run-dir", tmp_path / "r", "-q")
     if policy == "stop":
         assert result.exit_code == 1
         assert "the loss became" in result.stderr and "learning rate" in result.stderr and "step" in result.stderr
@@ -216,6 +214,6 @@ def test_a_model_too_big_for_the_machine_is_refused_before_allocating(write_yaml
         data: {dataset: synthetic, num_samples: 16, num_classes: 4}
         train: {device: cpu}
     """
-    result = runner.invoke(app, ["train", str(write_yaml(huge)), "--run-dir", str(tmp_path / "r"), "-q"])
+    result = invoke("train", write_yaml(huge), "--run-dir", tmp_path / "r", "-q")
     assert result.exit_code == 1
     assert "GiB" in result.stderr and "12,885," in result.stderr

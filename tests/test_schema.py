@@ -5,15 +5,12 @@ import json
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from skiptrain.cli import app
 from skiptrain.schema import config_schema
 
-from .conftest import CONFIGS, EXAMPLES
+from .conftest import CONFIGS, EXAMPLES, invoke
 
 jsonschema = pytest.importorskip("jsonschema")
-runner = CliRunner()
 TEMPLATES = sorted(__import__("pathlib").Path(__file__).resolve().parents[1].glob("skiptrain/templates/*.yaml"))
 
 
@@ -86,9 +83,9 @@ def test_a_substituted_type_takes_any_arguments(validator):
 
 def test_cli_writes_the_schema(tmp_path):
     target = tmp_path / "skiptrain.schema.json"
-    result = runner.invoke(app, ["schema", "--output", str(target)])
+    result = invoke("schema", "--output", target)
     assert result.exit_code == 0, result.output
     schema = json.loads(target.read_text())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    printed = runner.invoke(app, ["schema"])
+    printed = invoke("schema")
     assert json.loads(printed.stdout) == schema

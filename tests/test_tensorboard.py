@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.test_train import TINY, invoke
+from .conftest import invoke
 
 pytest.importorskip("tensorboard")
 
@@ -19,9 +19,9 @@ def scalars(folder):
     return events, {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_tensorboard_writes_every_numeric_metric_per_epoch(write_yaml, tmp_path):
+def test_tensorboard_writes_every_numeric_metric_per_epoch(tiny_residual, tmp_path):
     run = tmp_path / "run"
-    result = invoke("train", write_yaml(TINY), "--run-dir", run, "--epochs", "1", "-q",
+    result = invoke("train", tiny_residual, "--run-dir", run, "--epochs", "1", "-q",
                     "--set", "train.tensorboard=true")
     assert result.exit_code == 0, result.output
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
@@ -31,13 +31,13 @@ def test_tensorboard_writes_every_numeric_metric_per_epoch(write_yaml, tmp_path)
     assert events.Graph() is not None  # the model graph, written once
 
 
-def test_tensorboard_is_off_by_default(write_yaml, tmp_path):
+def test_tensorboard_is_off_by_default(tiny_residual, tmp_path):
     run = tmp_path / "run"
-    assert invoke("train", write_yaml(TINY), "--run-dir", run, "--epochs", "1", "-q").exit_code == 0
+    assert invoke("train", tiny_residual, "--run-dir", run, "--epochs", "1", "-q").exit_code == 0
     assert not (run / "tensorboard").exists()
 
 
-def test_a_missing_tensorboard_package_fails_before_training(write_yaml, tmp_path, monkeypatch):
+def test_a_missing_tensorboard_package_fails_before_training(tiny_residual, tmp_path, monkeypatch):
     real_import = builtins.__import__
 
     def no_tensorboard(name, *args, **kwargs):
@@ -47,18 +47,18 @@ def test_a_missing_tensorboard_package_fails_before_training(write_yaml, tmp_pat
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     run = tmp_path / "run"
-    result = invoke("train", write_yaml(TINY), "--run-dir", run, "--set", "train.tensorboard=true")
+    result = invoke("train", tiny_residual, "--run-dir", run, "--set", "train.tensorboard=true")
     assert result.exit_code == 1
     assert "train.tensorboard needs the tensorboard package" in result.output and "pip install tensorboard" in result.output
     assert not run.exists()  # nothing started
 
 
-def test_tensorboard_must_be_a_bool(write_yaml, tmp_path):
-    result = invoke("train", write_yaml(TINY), "--run-dir", tmp_path / "run", "--set", "train.tensorboard=yes please")
+def test_tensorboard_must_be_a_bool(tiny_residual, tmp_path):
+    result = invoke("train", tiny_residual, "--run-dir", tmp_path / "run", "--set", "train.tensorboard=yes please")
     assert result.exit_code == 1 and "`train.tensorboard` must be true or false" in result.output
 
 
-def test_a_graph_that_cannot_be_traced_only_warns(write_yaml, tmp_path, monkeypatch):
+def test_a_graph_that_cannot_be_traced_only_warns(tiny_residual, tmp_path, monkeypatch):
     from torch.utils.tensorboard import SummaryWriter
 
     def untraceable(self, model, *args, **kwargs):
@@ -66,7 +66,7 @@ def test_a_graph_that_cannot_be_traced_only_warns(write_yaml, tmp_path, monkeypa
 
     monkeypatch.setattr(SummaryWriter, "add_graph", untraceable)
     run = tmp_path / "run"
-    result = invoke("train", write_yaml(TINY), "--run-dir", run, "--epochs", "1", "-q",
+    result = invoke("train", tiny_residual, "--run-dir", run, "--epochs", "1", "-q",
                     "--set", "train.tensorboard=true")
     assert result.exit_code == 0, result.output
     assert "model graph could not be traced" in result.output and "cannot trace this" in result.output

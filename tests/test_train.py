@@ -6,47 +6,15 @@ import pickle
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from skiptrain.cli import app
 from skiptrain.training.optim import build_optimizer, lr_factor
 
-runner = CliRunner()
-
-TINY = """
-model:
-  name: tiny
-  input: [1, 8, 8]
-  layers:
-    - {id: stem, type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}
-    - {type: batchnorm2d}
-    - {type: relu}
-    - {id: body, type: conv2d, out_channels: 16, kernel_size: 3, stride: 2, padding: 1}
-    - {type: relu}
-    - {type: dropout, p: 0.1}
-    - {type: global_avgpool}
-    - {id: head, type: linear, out_features: 4}
-  skips:
-    - {from: stem, to: body}
-data: {dataset: synthetic, num_samples: 160, num_classes: 4, batch_size: 32}
-train:
-  epochs: 2
-  optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 1.0e-4}
-  scheduler: {name: cosine, warmup_epochs: 1}
-  device: cpu
-  deterministic: true
-"""
+from .conftest import TINY_RESIDUAL, invoke
 
 
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    return result
-
-
-def test_train_writes_a_complete_run_directory(write_yaml, tmp_path):
+def test_train_writes_a_complete_run_directory(tiny_residual, tmp_path):
     run = tmp_path / "run"
-    result = invoke("train", write_yaml(TINY), "--run-dir", run)
+    result = invoke("train", tiny_residual, "--run-dir", run)
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output and str(run) in result.output
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -61,8 +29,8 @@ def test_train_writes_a_complete_run_directory(write_yaml, tmp_path):
     assert not any(k.startswith("_orig_mod") for k in state["model"])
 
 
-def test_resume_continues_exactly(write_yaml, tmp_path):
-    config = write_yaml(TINY)
+def test_resume_continues_exactly(tiny_residual, tmp_path):
+    config = tiny_residual
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert invoke("train", config, "--run-dir", straight, "-q").exit_code == 0
     assert invoke("train", config, "--run-dir", split, "--epochs", "1", "-q").exit_code == 0
@@ -78,7 +46,7 @@ def test_resume_continues_exactly(write_yaml, tmp_path):
 
 
 def test_existing_run_dir_is_refused_without_force(write_yaml, tmp_path):
-    config = write_yaml(TINY.replace("epochs: 2", "epochs: 1"))
+    config = write_yaml(TINY_RESIDUAL.replace("epochs: 2", "epochs: 1"))
     run = tmp_path / "run"
     assert invoke("train", config, "--run-dir", run, "-q").exit_code == 0
     result = invoke("train", config, "--run-dir", run, "-q")
@@ -88,7 +56,8 @@ def test_existing_run_dir_is_refused_without_force(write_yaml, tmp_path):
 
 def test_eval_on_a_run_and_a_checkpoint(write_yaml, tmp_path):
     run = tmp_path / "run"
-    assert invoke("train", write_yaml(TINY.replace("epochs: 2", "epochs: 1")), "--run-dir", run, "-q").exit_code == 0
+    config = write_yaml(TINY_RESIDUAL.replace("epochs: 2", "epochs: 1"))
+    assert invoke("train", config, "--run-dir", run, "-q").exit_code == 0
     result = invoke("eval", run, "--json")
     data = json.loads(result.stdout)
     assert {"accuracy", "top5", "loss", "per_class_acc"} <= set(data) or {"accuracy", "loss"} <= set(data)
@@ -132,7 +101,7 @@ def test_broken_checkpoint_is_a_clear_error(tmp_path):
     (("epochs: 2", "epochs: 2\n  compile: fast"), "modes: default, reduce-overhead"),
 ])
 def test_bad_training_inputs_exit_1_with_a_message(write_yaml, tmp_path, change, message):
-    result = invoke("train", write_yaml(TINY.replace(*change)), "--run-dir", tmp_path / "r", "-q")
+    result = invoke("train", write_yaml(TINY_RESIDUAL.replace(*change)), "--run-dir", tmp_path / "r", "-q")
     assert result.exit_code == 1, result.output
     assert message in result.stderr
     assert "Traceback" not in result.output
@@ -206,7 +175,7 @@ def test_every_shared_example_with_data_trains(example, tmp_path):
 def test_python_api_trains_and_loads_a_checkpoint(write_yaml, tmp_path):
     import skiptrain
 
-    config = skiptrain.load_config(write_yaml(TINY.replace("epochs: 2", "epochs: 1")))
+    config = skiptrain.load_config(write_yaml(TINY_RESIDUAL.replace("epochs: 2", "epochs: 1")))
     summary = skiptrain.train(config, run_dir=str(tmp_path / "run"), quiet=True)
     model, loaded = skiptrain.load_checkpoint(tmp_path / "run")
     assert not model.training and loaded.model["name"] == "tiny"
@@ -215,14 +184,14 @@ def test_python_api_trains_and_loads_a_checkpoint(write_yaml, tmp_path):
 
 
 def test_bf16_autocast_trains_on_cpu(write_yaml, tmp_path):
-    config = TINY.replace("epochs: 2", "epochs: 1\n  precision: bf16")
+    config = TINY_RESIDUAL.replace("epochs: 2", "epochs: 1\n  precision: bf16")
     result = invoke("train", write_yaml(config), "--run-dir", tmp_path / "r")
     assert result.exit_code == 0, result.output
     assert "precision bfloat16" in result.output
 
 
 def test_deterministic_runs_are_bitwise_repeatable(write_yaml, tmp_path):
-    config = write_yaml(TINY.replace("epochs: 2", "epochs: 1"))
+    config = write_yaml(TINY_RESIDUAL.replace("epochs: 2", "epochs: 1"))
     for name in ("a", "b"):
         assert invoke("train", config, "--run-dir", tmp_path / name, "-q").exit_code == 0
     a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["model"]
@@ -233,7 +202,7 @@ def test_deterministic_runs_are_bitwise_repeatable(write_yaml, tmp_path):
 @pytest.mark.slow
 def test_compile_trains_and_saves_plain_keys(write_yaml, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    config = TINY.replace("epochs: 2", "epochs: 1\n  compile: true")
+    config = TINY_RESIDUAL.replace("epochs: 2", "epochs: 1\n  compile: true")
     result = invoke("train", write_yaml(config), "--run-dir", tmp_path / "r", "-q")
     assert result.exit_code == 0, result.output
     state = torch.load(tmp_path / "r/checkpoints/last.pt", weights_only=True)
@@ -241,7 +210,7 @@ def test_compile_trains_and_saves_plain_keys(write_yaml, tmp_path, monkeypatch):
 
 
 def test_the_result_line_reads_the_same_with_and_without_quiet(write_yaml, tmp_path):
-    config = write_yaml(TINY.replace("epochs: 2", "epochs: 1"))
+    config = write_yaml(TINY_RESIDUAL.replace("epochs: 2", "epochs: 1"))
     loud = invoke("train", config, "--run-dir", tmp_path / "a")
     quiet = invoke("train", config, "--run-dir", tmp_path / "b", "-q")
     line = next(text for text in quiet.output.splitlines() if text.startswith("test accuracy: "))
@@ -257,7 +226,8 @@ def test_a_run_without_a_test_split_says_so(write_yaml, tmp_path):
     for cls in ("cat", "dog"):
         for i in range(8):
             write_png(tmp_path / "images" / cls / f"{i}.png", rng.integers(0, 256, (8, 8, 3)))
-    config = TINY.replace("input: [1, 8, 8]", "input: [3, 8, 8]").replace("out_features: 4", "out_features: 2") \
+    config = TINY_RESIDUAL.replace("input: [1, 8, 8]", "input: [3, 8, 8]") \
+        .replace("out_features: 4", "out_features: 2") \
         .replace("data: {dataset: synthetic, num_samples: 160, num_classes: 4, batch_size: 32}",
                  f"data: {{dataset: imagefolder, root: {tmp_path / 'images'}, batch_size: 4, num_workers: 0}}")
     result = invoke("train", write_yaml(config), "--run-dir", tmp_path / "r", "--epochs", "1")

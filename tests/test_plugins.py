@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from skiptrain import build_model, check_model, registry
-from skiptrain.cli import app
 from skiptrain.errors import SkiptrainWarning
+
+from .conftest import invoke
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "skiptrain-plugin-example"
 
@@ -97,7 +97,7 @@ def test_a_broken_plugin_warns_and_skiptrain_goes_on(plugins, capsys):
 
 def test_the_cli_shows_a_broken_plugin_as_one_warning_line(plugins, write_yaml):
     plugins(example("broken", "skiptrain_no_such_plugin_module"), example())
-    result = CliRunner().invoke(app, ["validate", str(write_yaml(CONFIG))])
+    result = invoke("validate", write_yaml(CONFIG))
     assert result.exit_code == 0, result.output
     assert "warning: skiptrain plugin `broken`" in result.stderr and "Traceback" not in result.output
 

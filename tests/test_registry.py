@@ -70,3 +70,102 @@ def test_projection_axis_follows_the_layer_kind():
     assert registry.get("self_attention").axis == "last"
     assert registry.get("embedding").axis == "last"
     assert registry.get("relu").axis == "inherit"
+
+
+# A sample for every registered type: (one sample's shape, the layer's arguments, input dtype).
+# The shape follows the type's suffix (`1d`, `2d`, `3d`), else [4, 8, 8]; the arguments come from
+# SAMPLE_ARGS by exact name, else by prefix, else none. A new type that cannot be built or run on
+# that fails below, naming itself: give it an entry here.
+SAMPLE_SHAPES = {"1d": [4, 16], "2d": [4, 8, 8], "3d": [4, 6, 6, 6]}
+SAMPLE_ARGS = {
+    "adaptive_": {"output_size": 2},
+    "fractional_maxpool": {"kernel_size": 2, "output_ratio": 0.5},
+    "lppool": {"norm_type": 2, "kernel_size": 2},
+    "avgpool": {"kernel_size": 2},
+    "maxpool": {"kernel_size": 2},
+    "conv": {"out_channels": 6, "kernel_size": 3},
+    "constantpad": {"padding": 1, "value": 0.5},
+    "circularpad": {"padding": 1},
+    "reflectionpad": {"padding": 1},
+    "replicationpad": {"padding": 1},
+    "zeropad": {"padding": 1},
+    "upsampl": {"scale_factor": 2},
+    "channelshuffle": {"groups": 2},
+    "groupnorm": {"num_groups": 2},
+    "localresponsenorm": {"size": 2},
+    "linear": {"out_features": 3},
+    "logsoftmax": {"dim": 1}, "softmax": {"dim": 1}, "softmin": {"dim": 1},  # torch's dims count the batch
+    "softmax2d": {},
+    "threshold": {"threshold": 0.1, "value": 0.0},
+    "pixelshuffle": {"upscale_factor": 2},
+    "pixelunshuffle": {"downscale_factor": 2},
+    "unflatten": {"dim": 1, "unflattened_size": [2, 2]},
+    "unfold": {"kernel_size": 2},
+    "mean": {"dim": 0},  # skiptrain's own layers count the axes of one sample
+    "permute": {"dims": [1, 2, 0]},
+    "transpose": {"dims": [0, 1]},
+    "reshape": {"shape": [-1, 8]},
+}
+SAMPLES = {  # types whose sample is not the default one
+    "embedding": ([6], {"num_embeddings": 10, "embedding_dim": 4}, "int64"),
+    "embeddingbag": ([6], {"num_embeddings": 10, "embedding_dim": 4}, "int64"),
+    "fold": ([8, 9], {"output_size": [4, 4], "kernel_size": 2}, "float32"),  # 2 channels x 2x2 blocks, 3x3 places
+    "self_attention": ([5, 8], {"num_heads": 2}, "float32"),
+    "transformer_encoder_layer": ([5, 8], {"nhead": 2, "dim_feedforward": 16}, "float32"),
+}
+
+
+def sample_for(name: str) -> tuple[list[int], dict, str]:
+    if name in SAMPLES:
+        return SAMPLES[name]
+    shape = SAMPLE_SHAPES.get(name[-2:], [4, 8, 8])
+    args = SAMPLE_ARGS[name] if name in SAMPLE_ARGS else \
+        next((a for prefix, a in SAMPLE_ARGS.items() if name.startswith(prefix)), {})
+    return shape, args, "float32"
+
+
+def sample_input(shape: list[int], dtype: str, batch: int = 3) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    if dtype == "int64":
+        return torch.randint(0, 10, (batch, *shape), generator=gen)
+    return torch.randn(batch, *shape, generator=gen)
+
+
+MERGES = [name for name in registry.names() if registry.get(name).passthrough]
+
+
+@pytest.mark.parametrize("name", [name for name in registry.names() if name not in MERGES])
+def test_every_registered_type_builds_and_runs_forward_and_backward(name):
+    from skiptrain import build_model
+
+    shape, args, dtype = sample_for(name)
+    model = build_model({"input": shape, "input_dtype": dtype, "layers": [{"type": name, **args}]})
+    x = sample_input(shape, dtype)
+    if x.is_floating_point():
+        x.requires_grad_()
+    out = model.train()(x)
+    expected = model.meta["skiptrain"]["output_shape"]
+    assert list(out.shape) == [3, *expected], f"{name}: ran to {list(out.shape)}, validate says [batch, *{expected}]"
+    assert out.is_floating_point() and torch.isfinite(out).all(), name
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad), f"{name}: a weight got no gradient"
+    assert x.grad is not None or not x.is_floating_point(), f"{name}: no gradient reached the input"
+    x = x.detach()
+    with torch.inference_mode():
+        assert list(model.eval()(x).shape) == [3, *expected], name
+
+
+@pytest.mark.parametrize("name", MERGES)
+def test_every_merge_type_joins_its_inputs_in_a_model(name):
+    from skiptrain import build_model
+
+    model = build_model({"input": [4, 8, 8], "layers": [
+        {"id": "a", "type": "conv2d", "out_channels": 4, "kernel_size": 1},
+        {"id": "b", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1, "input": "input"},
+        {"id": "m", "type": name, "input": ["a", "b"]},
+    ]}).eval()
+    x = sample_input([4, 8, 8], "float32")
+    a, b = model.a(x), model.b(x)
+    expected = {"add": lambda: a + b, "mul": lambda: a * b, "concat": lambda: torch.cat([a, b], dim=1)}
+    assert name in expected, f"a new merge type `{name}`: say here what it computes"
+    torch.testing.assert_close(model(x), expected[name]())

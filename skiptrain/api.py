@@ -50,7 +50,7 @@ def check_config(source: Source, overrides: Iterable[str] = (), strict: bool = F
     read): a typo there is found by ``skiptrain validate``, not minutes later by ``train``."""
     from .data import parse_options
     from .data.registry import get_dataset
-    from .training.settings import parse_settings
+    from .settings import parse_settings
 
     config = load(source, overrides)
     plan = check_model(config, strict=strict)
@@ -127,6 +127,7 @@ def train(source: Source | None = None, overrides: Iterable[str] = (), *, resume
 
 def evaluate(source: str | Path, split: str = "test", which: str = "last", device: str = "auto") -> dict[str, Any]:
     """Rebuild a checkpoint's model and data (same config, same seed) and measure one split."""
+    from . import tasks
     from .data import load_data
     from .errors import DataError
     from .evaluate import evaluate as measure
@@ -135,7 +136,7 @@ def evaluate(source: str | Path, split: str = "test", which: str = "last", devic
     dev = select_device(device)
     restored = restore(source, which, device=dev)
     meta = restored.model.meta["skiptrain"]
-    task = restored.data.get("task", "classification")
+    task = restored.data.get("task") or tasks.guess(meta["input_shape"], meta["output_shape"]).name
     data = load_data(restored.config.data, input_shape=tuple(meta["input_shape"]), input_dtype=meta["input_dtype"],
                      task=task, device=dev, seed=int(restored.config.train.get("seed", 0)))
     batches = getattr(data, split)

@@ -35,7 +35,7 @@ class Registry(Generic[T]):
         return entry
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator form of ``add``: ``@TASKS.register("classification")``."""
+        """Decorator form of ``add``: ``@MERGES.register("add")``."""
         origin = _caller_module()
 
         def decorate(entry: T) -> T:

@@ -6,22 +6,15 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
+import yaml
 
 import skiptrain
 from skiptrain import api, distributed
-from skiptrain.cli import app
 from skiptrain.config import load_config
 
-from .conftest import ROOT
+from .conftest import ROOT, TINY_RESIDUAL, invoke
 
-TINY = {
-    "model": {"name": "tiny_api", "input": [1, 8, 8],
-              "layers": [{"id": "stem", "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
-                         {"type": "relu"}, {"type": "global_avgpool"}, {"id": "head", "type": "linear", "out_features": 3}]},
-    "data": {"dataset": "synthetic", "num_samples": 64, "num_classes": 3, "batch_size": 16},
-    "train": {"epochs": 1, "device": "cpu", "deterministic": True},
-}
+TINY = yaml.safe_load(TINY_RESIDUAL)  # the shared tiny residual config, as a dict
 
 
 def test_train_takes_a_path_like_build_model_does(tmp_path):
@@ -35,17 +28,17 @@ def test_train_leaves_the_callers_config_as_it_was(tmp_path):
     """Defect 2: `train` wrote `epochs` into the caller's Config."""
     config = load_config(copy.deepcopy(TINY))
     before = config.to_dict()
-    summary = skiptrain.train(config, ["train.optimizer.lr=0.01"], epochs=2, run_dir=tmp_path / "run", quiet=True,
+    summary = skiptrain.train(config, ["train.optimizer.lr=0.01"], epochs=1, run_dir=tmp_path / "run", quiet=True,
                               limit_batches=1)
-    assert summary["epochs"] == 2 and config.to_dict() == before
+    assert summary["epochs"] == 1 and config.to_dict() == before and config.train["epochs"] == 2
     saved = json.loads(json.dumps(skiptrain.checkpoint.read(tmp_path / "run").config))
-    assert saved["train"]["epochs"] == 2 and saved["train"]["optimizer"]["lr"] == 0.01
+    assert saved["train"]["epochs"] == 1 and saved["train"]["optimizer"]["lr"] == 0.01
 
 
 def test_load_applies_overrides_to_a_copy_of_a_config():
     config = load_config(copy.deepcopy(TINY))
     loaded = api.load(config, ["train.epochs=7"])
-    assert loaded.train["epochs"] == 7 and config.train["epochs"] == 1
+    assert loaded.train["epochs"] == 7 and config.train["epochs"] == 2
     assert api.load({"name": "bare", "input": [4], "layers": [{"type": "linear", "out_features": 2}]}).model["name"] == "bare"
 
 
@@ -53,19 +46,19 @@ def test_restore_evaluate_and_the_runs_own_test_result_agree(tmp_path):
     run = tmp_path / "run"
     summary = skiptrain.train(copy.deepcopy(TINY), run_dir=run, quiet=True)
     restored = skiptrain.restore(run)
-    assert not restored.model.training and restored.state.epoch == 1 and restored.data["task"] == "classification"
+    assert not restored.model.training and restored.state.epoch == 2 and restored.data["task"] == "classification"
     assert restored.plan.params == summary["params"]
     model, config = skiptrain.load_checkpoint(run)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), restored.model.state_dict().values()))
-    assert config.model["name"] == "tiny_api"
+    assert config.model["name"] == "tiny"
     assert api.evaluate(run)["acc"] == pytest.approx(summary["test_acc"])
 
 
 def test_resume_reads_the_checkpoints_config_once_and_continues(tmp_path):
     run = tmp_path / "run"
     skiptrain.train(copy.deepcopy(TINY), run_dir=run, quiet=True)
-    summary = skiptrain.train(resume=run, epochs=2, quiet=True)
-    assert summary["epochs"] == 2 and skiptrain.checkpoint.read(run).epoch == 2
+    summary = skiptrain.train(resume=run, epochs=3, quiet=True)
+    assert summary["epochs"] == 3 and skiptrain.checkpoint.read(run).epoch == 3
 
 
 def test_nothing_to_train_is_a_config_error():
@@ -78,10 +71,9 @@ def test_nproc_relaunches_with_every_option_the_user_gave(tmp_path, monkeypatch,
     launched = []
     monkeypatch.setattr(distributed, "launch", lambda nproc, args: launched.append((nproc, args)) or 0)
     monkeypatch.setattr(distributed, "check_gpus", lambda processes, device: None)
-    config = write_yaml(json.dumps(TINY))
-    result = CliRunner().invoke(app, ["train", str(config), "--nproc", "2", "--run-dir", str(tmp_path / "r"),
-                                      "--epochs", "3", "--set", "train.seed=1", "--set", "data.batch_size=16",
-                                      "-q", "--limit-batches", "2", "--device", "cpu"])
+    config = write_yaml(TINY_RESIDUAL)
+    result = invoke("train", config, "--nproc", 2, "--run-dir", tmp_path / "r", "--epochs", 3, "--set", "train.seed=1",
+                    "--set", "data.batch_size=16", "-q", "--limit-batches", 2, "--device", "cpu")
     assert result.exit_code == 0, result.output
     nproc, args = launched[0]
     assert nproc == 2 and args[0] == str(config) and "--nproc" not in args

@@ -125,8 +125,10 @@ def train(source: Source | None = None, overrides: Iterable[str] = (), *, resume
                         quiet=quiet, force=force, limit_batches=limit_batches)
 
 
-def evaluate(source: str | Path, split: str = "test", which: str = "last", device: str = "auto") -> dict[str, Any]:
-    """Rebuild a checkpoint's model and data (same config, same seed) and measure one split."""
+def evaluate(source: str | Path, split: str = "test", which: str = "last", device: str = "auto",
+             confusion_png: bool = False) -> dict[str, Any]:
+    """Rebuild a checkpoint's model and data (same config, same seed) and measure one split; with
+    ``confusion_png``, also plot the confusion matrix to RUN_DIR/confusion_SPLIT.png (`confusion_png`)."""
     from . import tasks
     from .data import load_data
     from .errors import DataError
@@ -148,6 +150,13 @@ def evaluate(source: str | Path, split: str = "test", which: str = "last", devic
         result["accuracy"] = result["acc"]  # the documented name; `acc` matches metrics.jsonl's val_acc
     result.update(split=split, checkpoint=restored.state.path, epoch=restored.state.epoch, task=task,
                   class_names=data.class_names)
+    if confusion_png and result.get("confusion"):
+        from .evaluate import plot_confusion
+
+        image = Path(restored.state.path).parent.parent / f"confusion_{split}.png"
+        names = data.class_names or [str(i) for i in range(len(result["confusion"]))]
+        plot_confusion(result["confusion"], names, image)
+        result["confusion_png"] = str(image)
     return result
 
 

@@ -206,16 +206,10 @@ def eval_command(
         from rich.table import Table
 
         from .api import evaluate
-        from .evaluate import plot_confusion
         from .tasks import TASKS
 
-        result = evaluate(source, split.value, which, device)
+        result = evaluate(source, split.value, which, device, confusion_png=True)
         names = result.get("class_names") or [str(i) for i in range(len(result.get("confusion") or []))]
-        run_dir = Path(result["checkpoint"]).parent.parent
-        if result.get("confusion"):
-            image = run_dir / f"confusion_{split.value}.png"
-            plot_confusion(result["confusion"], names, image)
-            result["confusion_png"] = str(image)
         if as_json:
             sys.stdout.write(json.dumps(result) + "\n")
             return

@@ -60,16 +60,16 @@ def check_launch(config, processes: int, device: str | None) -> None:
     """What would fail every process alike, named once before launching: a global batch that does
     not split evenly over the processes, or more processes than GPUs."""
     from .config import where
-    from .data.options import DEFAULTS
+    from .data.options import DataOptions
     from .errors import DataError
-    from .training.settings import TrainSettings
+    from .settings import TrainSettings
 
-    batch = config.data.get("batch_size", DEFAULTS["batch_size"])
+    batch = config.data.get("batch_size", DataOptions.model_fields["batch_size"].default)
     if isinstance(batch, int) and batch % processes:
         raise DataError(f"batch_size {batch} does not split evenly over {processes} processes",
                         where(config.data, "batch_size"),
                         f"use a multiple of {processes}: batch_size is the global batch")
-    check_gpus(processes, device or str(config.train.get("device", TrainSettings.device)))
+    check_gpus(processes, device or str(config.train.get("device", TrainSettings.model_fields["device"].default)))
 
 
 def leave(world: World) -> None:

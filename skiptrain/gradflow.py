@@ -24,7 +24,7 @@ def gradflow(config: Config, *, steps: int = 0, device: str = "cpu") -> dict[str
 
     from .training.assemble import assemble
     from .training.optim import build_optimizer
-    from .training.settings import parse_settings
+    from .settings import parse_settings
 
     settings = parse_settings(config.train)
     built = assemble(config, settings, torch.device(device), deterministic=False)

@@ -1,10 +1,11 @@
 """A JSON Schema (draft 2020-12) of the config language, for editors and CI.
 
 Generated from the definitions the loader checks with: the key tuples of ``spec.py``,
-the layer registry (each type's constructor arguments), the data options and the train
-settings. Nothing here is listed twice: a new layer type, dataset or train key appears in
-the schema by itself. The schema is a convenience: ``skiptrain validate`` stays the
-authority (shapes, ids and skips are beyond what a schema can check).
+the layer registry (each type's constructor arguments), and the pydantic declarations of
+the data options and the train settings. Nothing here is listed twice: a new layer type,
+dataset or train key appears in the schema by itself. The schema is a convenience:
+``skiptrain validate`` stays the authority (shapes, ids and skips are beyond what a
+schema can check).
 
     # yaml-language-server: $schema=./skiptrain.schema.json
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from dataclasses import fields
 from typing import Any
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -238,73 +238,19 @@ def summary(doc: str) -> str:
 
 # -- data and train ------------------------------------------------------------------------
 def data_schema() -> dict[str, Any]:
-    from .data import AUGMENTATIONS, dataset_names
-    from .data.options import DEFAULTS
+    """`data:`, from the pydantic declaration that ``data.options.parse_options`` checks with."""
+    from .data.options import DataOptions
+    from .typed import json_schema
 
-    number = {"type": "number"}
-    steps = []
-    for name, aug in AUGMENTATIONS.items():
-        args = {key: {"type": "integer" if type(value) is int else "number", "default": value}
-                for key, value in aug.defaults.items()}
-        steps.append({"type": "object", "required": [name], "additionalProperties": False,
-                      "properties": {name: {"anyOf": [{"type": "null"}, {"type": "object", "properties": args,
-                                                                       "additionalProperties": False}]}}})
-    optional_count = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]}
-    props = {
-        "dataset": {"enum": dataset_names(), "description": "a registered dataset"},
-        "root": {"type": "string"}, "download": {"type": "boolean"},
-        "batch_size": {"type": "integer", "minimum": 1}, "val_fraction": {**number, "minimum": 0, "exclusiveMaximum": 1},
-        "augment": {"anyOf": [{"type": "null"}, {"type": "array", "items": {"anyOf": [
-            {"enum": list(AUGMENTATIONS)}, *steps]}}]},
-        "normalize": {"anyOf": [{"enum": ["auto", "none", None, True, False]},
-                                {"type": "object", "additionalProperties": False, "required": ["mean", "std"],
-                                 "properties": {k: {"anyOf": [number, {"type": "array", "items": number}]}
-                                                for k in ("mean", "std")}}]},
-        "num_workers": {"type": "integer", "minimum": 0}, "num_samples": optional_count,
-        "num_classes": optional_count, "seed": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}]},
-    }
-    for key, default in DEFAULTS.items():
-        if default is not None and default != []:
-            props[key]["default"] = default
-    return {"type": "object", "required": ["dataset"], "additionalProperties": False,
-            "properties": {key: props[key] for key in DEFAULTS}}
+    return json_schema(DataOptions)
 
 
 def train_schema() -> dict[str, Any]:
-    from .training import settings as s
+    """`train:`, from the pydantic declaration that ``settings.parse_settings`` checks with."""
+    from .settings import TrainSettings
+    from .typed import json_schema
 
-    defaults = s.TrainSettings()
-    props: dict[str, Any] = {}
-    for field in fields(s.TrainSettings):
-        default = getattr(defaults, field.name)
-        if field.name in s._SUBKEYS:
-            names = {"enum": list(s._NAMES[field.name])}
-            section = {"type": "object", "additionalProperties": False,
-                       "properties": {key: names if key == "name" else {} for key in s._SUBKEYS[field.name]}}
-            props[field.name] = {"anyOf": [names, section], "default": default}
-            continue
-        if field.name in s._CHOICES:
-            prop = {"enum": list(s._CHOICES[field.name])}
-        elif field.name == "task":
-            prop = {"enum": [*s.TASKS, None]}
-        elif field.name == "compile":
-            prop = {"enum": list(s.COMPILE_MODES)}
-        elif field.name == "channels_last":
-            prop = {"enum": ["auto", True, False]}
-        else:
-            prop = argument_schema(field.type if not isinstance(field.type, str) else _field_hint(field.name),
-                                   default)
-            prop = {"anyOf": [p for p in prop.get("anyOf", []) if p is not EXPR]} if prop else {}
-        if _jsonable(default):
-            prop["default"] = default
-        props[field.name] = prop
-    return {"type": "object", "additionalProperties": False, "properties": props}
-
-
-def _field_hint(name: str) -> Any:
-    from .training.settings import TrainSettings
-
-    return typing.get_type_hints(TrainSettings).get(name, inspect.Parameter.empty)
+    return json_schema(TrainSettings)
 
 
 def schema_text() -> str:

@@ -19,12 +19,12 @@ from ..tasks import DEFAULT, TASKS
 from . import builtin, folders, vision  # noqa: F401  (register the datasets)
 from .augment import AUGMENTATIONS, augmentation, check_applicable
 from .batches import SUBSET, Batches, LoaderBatches, Pipeline, Plan, TensorBatches, cpu_generator
-from .options import DEFAULTS, DataOptions, parse_options
+from .options import DataOptions, parse_options
 from .prepare import carve, check_fits, normalization, take
 from .registry import DATASETS, Request, Source, dataset, get_dataset
 
 __all__ = ["DataBundle", "Batches", "load_data", "dataset_names", "dataset", "DATASETS",
-           "augmentation", "AUGMENTATIONS", "DEFAULTS", "DataOptions", "Request", "Source"]
+           "augmentation", "AUGMENTATIONS", "DataOptions", "Request", "Source"]
 
 INPUT_DTYPES = ("float32", "int64")
 STATS_SAMPLES = 1000  # file datasets: normalize: auto measures this many training images

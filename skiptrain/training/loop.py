@@ -11,7 +11,7 @@ import itertools
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +28,7 @@ from .nonfinite import NonFiniteWatch
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import Reporter
 from .rundir import RunDir
-from .settings import TrainSettings, parse_settings
+from ..settings import TrainSettings, parse_settings
 from .assemble import assemble
 from .setup import select_device, select_precision
 
@@ -279,7 +279,7 @@ def save_checkpoint(run: Run, best: bool) -> None:
         skiptrain_version=__version__, config=run.config.to_dict(), model=run.model.state_dict(),
         optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
         epoch=run.epoch, step=run.step, batch=run.batch, partial=tuple(run.partial), best=run.best,
-        rng=checkpoint.rng_state(), data=run.data_meta, settings=asdict(run.settings),
+        rng=checkpoint.rng_state(), data=run.data_meta, settings=run.settings.model_dump(),
         world_size=run.world.world_size).to_dict()
     if best:
         checkpoint.atomic_save(snapshot, run.run_dir.checkpoints / "best.pt")

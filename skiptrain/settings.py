@@ -1,0 +1,162 @@
+"""The ``train:`` section: one pydantic declaration per key (kind, range, default, description).
+
+``parse_settings`` checks a config's ``train:`` mapping against it (``typed.check``: a wrong
+key or value is a located ConfigError with a did-you-mean or the key's description as the
+hint), and ``skiptrain schema`` prints the same declarations as JSON Schema.
+
+``optimizer``, ``scheduler`` and ``loss`` take a name (``optimizer: sgd``) or a mapping;
+a key left out takes the optimizer's, scheduler's or loss's own default. After parsing
+they are plain dicts (``settings.optimizer["name"]``), and ``settings.model_dump()`` is
+plain data, as a checkpoint stores it.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictBool,
+                      model_validator)
+from pydantic_core import PydanticCustomError
+
+from .errors import ConfigError
+from .typed import check
+
+ADAMW_WEIGHT_DECAY = 0.01
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+class Optimizer(BaseModel):
+    """train.optimizer: keys left out take torch's defaults, except lr and adamw's weight_decay."""
+
+    model_config = STRICT
+    name: Literal["sgd", "adamw", "adam", "rmsprop"] = Field("adamw", description="the torch optimizer")
+    lr: NonNegative = Field(1e-3, description="the learning rate (before the scheduler's factor)")
+    weight_decay: Optional[NonNegative] = Field(
+        None, description=f"decay of weights with two or more dimensions: {ADAMW_WEIGHT_DECAY} for adamw, 0 otherwise")
+    momentum: Optional[NonNegative] = Field(None, description="sgd, rmsprop: momentum (0; 0.9 with nesterov)")
+    nesterov: Optional[StrictBool] = Field(None, description="sgd: Nesterov momentum")
+    betas: Optional[Annotated[list[NonNegative], Field(min_length=2, max_length=2)]] = Field(
+        None, description="adam, adamw: the two moment decay rates, [0.9, 0.999]")
+    eps: Optional[Positive] = Field(None, description="adam, adamw, rmsprop: added to the denominator")
+    alpha: Optional[NonNegative] = Field(None, description="rmsprop: smoothing constant (0.99)")
+    decay_norm_and_bias: Optional[StrictBool] = Field(
+        None, description="also decay biases and norm scales (1-D tensors); false by default")
+
+    @model_validator(mode="after")
+    def _adamw_decays(self) -> "Optimizer":
+        if self.name == "adamw" and self.weight_decay is None:
+            self.weight_decay = ADAMW_WEIGHT_DECAY
+        return self
+
+
+class Scheduler(BaseModel):
+    """train.scheduler: the learning rate as a function of the optimizer step."""
+
+    model_config = STRICT
+    name: Literal["none", "step", "multistep", "cosine", "onecycle"] = Field("none", description="the schedule")
+    warmup_epochs: Optional[NonNegative] = Field(None, description="a linear ramp up to lr over this many epochs (0)")
+    step_size: Optional[Annotated[int, Field(ge=1)]] = Field(None, description="step: epochs between decays (30)")
+    milestones: Optional[list[Annotated[int, Field(ge=0)]]] = Field(
+        None, description="multistep: the epochs at which lr decays ([])")
+    gamma: Optional[NonNegative] = Field(None, description="step, multistep: the factor of each decay (0.1)")
+    min_lr: Optional[NonNegative] = Field(None, description="cosine: the final learning rate (0)")
+    pct_start: Optional[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        None, description="onecycle: the part of the run spent rising (0.3)")
+    div_factor: Optional[Positive] = Field(None, description="onecycle: starts at lr / div_factor (25)")
+    final_div_factor: Optional[Positive] = Field(
+        None, description="onecycle: ends at lr / (div_factor * final_div_factor) (1e4)")
+
+
+class Loss(BaseModel):
+    """train.loss: auto is the task's own loss."""
+
+    model_config = STRICT
+    name: Literal["auto", "cross_entropy", "mse"] = Field(
+        "auto", description="auto: cross-entropy for classification and segmentation, mse for regression")
+    label_smoothing: Optional[Annotated[float, Field(ge=0, le=1)]] = Field(
+        None, description="cross_entropy: label smoothing (0)")
+    ignore_index: Optional[int] = Field(None, description="cross_entropy: a target value that is ignored (-100)")
+
+
+def _section(model: type[BaseModel], description: str) -> Any:
+    """A sub-section's type: a name or a mapping in, a plain dict of the given keys and defaults out."""
+    names = list(model.model_fields["name"].annotation.__args__)
+
+    def by_name(value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    def as_dict(parsed: BaseModel) -> dict[str, Any]:
+        return parsed.model_dump(exclude_none=True)
+
+    def either(schema: dict[str, Any]) -> None:
+        inner = {key: schema.pop(key) for key in list(schema) if key not in ("default", "description")}
+        schema["anyOf"] = [{"enum": names}, inner]
+    return Annotated[model, BeforeValidator(by_name), AfterValidator(as_dict), PlainSerializer(dict),
+                     Field(default=as_dict(model()), json_schema_extra=either, description=description)]
+
+
+def _registered_task(name: Optional[str]) -> Optional[str]:
+    from .tasks import TASKS
+
+    if name is not None and name not in TASKS:
+        raise PydanticCustomError("registered", "not a registered task")
+    return name
+
+
+def _task_schema(schema: dict[str, Any]) -> None:
+    from .tasks import TASKS
+
+    schema.pop("anyOf", None)
+    schema["enum"] = [*TASKS.names(), None]
+
+
+Epochs = Annotated[int, Field(ge=1)]
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class TrainSettings(BaseModel):
+    """The train: section, checked, with its defaults filled in."""
+
+    model_config = STRICT
+    epochs: Epochs = Field(10, description="passes over the training split; --epochs N overrides it")
+    optimizer: _section(Optimizer, "sgd, adamw, adam or rmsprop, or a mapping: {name: sgd, lr: 0.1, momentum: 0.9}")
+    scheduler: _section(Scheduler, "none, step, multistep, cosine or onecycle, or a mapping: "
+                                   "{name: cosine, warmup_epochs: 1}")
+    loss: _section(Loss, "auto, cross_entropy or mse, or a mapping: {name: cross_entropy, label_smoothing: 0.1}")
+    task: Annotated[Optional[str], AfterValidator(_registered_task)] = Field(
+        None, json_schema_extra=_task_schema, description="the task; null: the dataset's own")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$", examples=["auto", "cpu", "cuda", "cuda:1", "mps"],
+                        description="auto takes CUDA, then MPS, then the CPU; or cpu, cuda, cuda:1, mps. "
+                                    "--device overrides it")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto is bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere; "
+                            "fp16 uses a gradient scaler")
+    compile: Union[StrictBool, Literal[COMPILE_MODES]] = Field(
+        False, description="true runs the model through torch.compile, or give a mode; modes: "
+                           + ", ".join(COMPILE_MODES).replace("reduce-overhead", "reduce-overhead (CUDA graphs: "
+                                                                                 "fastest for small models on a GPU)"))
+    channels_last: Union[Literal["auto"], StrictBool] = Field(
+        "auto", description="the channels-last memory format: true, false, or auto (on CUDA for 2-D images)")
+    grad_clip: Optional[Positive] = Field(None, description="clip the gradient norm to this value; null: no clipping")
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="seeds the weights, and the data unless data.seed is set")
+    deterministic: StrictBool = Field(
+        False, description="PyTorch's deterministic algorithms: a resumed run ends bit for bit as an uninterrupted one")
+    out_dir: str = Field("runs", min_length=1,
+                         description="the folder of runs/<model name>-<date>-<time>/ when there is no --run-dir")
+    checkpoint_every: Epochs = Field(1, description="save checkpoints/last.pt every N epochs (and after the last)")
+    checkpoint_every_steps: Optional[Epochs] = Field(
+        None, description="also save every N optimizer steps, inside long epochs; null: only at epoch ends")
+    sync_bn: StrictBool = Field(
+        False, description="with several processes, batch-norm statistics over the global batch")
+    on_nan: Literal["stop", "skip_batch"] = Field(
+        "stop", description="a non-finite loss stops the run (stop) or its batch is skipped (skip_batch)")
+    tensorboard: StrictBool = Field(
+        False, description="also write RUN_DIR/tensorboard/ (needs the tensorboard package)")
+
+
+def parse_settings(train: dict) -> TrainSettings:
+    """Check a config's ``train:`` mapping and fill in the defaults."""
+    if not isinstance(train, dict):
+        raise ConfigError("`train:` must be a mapping", getattr(train, "loc", None))
+    return check(TrainSettings, train, ConfigError, "train", qualified=True)

@@ -126,7 +126,8 @@ class TrainSettings(BaseModel):
     loss: _section(Loss, "auto, cross_entropy or mse, or a mapping: {name: cross_entropy, label_smoothing: 0.1}")
     task: Annotated[Optional[str], AfterValidator(_registered_task)] = Field(
         None, json_schema_extra=_task_schema, description="the task; null: the dataset's own")
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$", examples=["auto", "cpu", "cuda", "cuda:1", "mps"],
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$",
+                        examples=["auto", "cpu", "cuda", "cuda:1", "mps"],
                         description="auto takes CUDA, then MPS, then the CPU; or cpu, cuda, cuda:1, mps. "
                                     "--device overrides it")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

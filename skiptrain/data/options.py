@@ -22,7 +22,8 @@ from .augment import AUGMENTATIONS, Step, parse_augment
 STRICT = ConfigDict(extra="forbid", strict=True)
 Count = Annotated[int, Field(ge=1)]
 Numbers = Union[float, Annotated[list[float], Field(min_length=1)]]
-PositiveNumbers = Union[Annotated[float, Field(gt=0)], Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]]
+Positive = Annotated[float, Field(gt=0)]
+PositiveNumbers = Union[Positive, Annotated[list[Positive], Field(min_length=1)]]
 
 
 class Normalization(BaseModel):
@@ -109,7 +110,8 @@ class DataOptions(BaseModel):
     num_workers: Annotated[int, Field(ge=0)] = Field(
         2, description="DataLoader worker processes for file datasets, per training process")
     num_samples: Optional[Count] = Field(None, description="synthetic, shapes: how many samples; null: the dataset's")
-    num_classes: Optional[Count] = Field(None, description="synthetic, segfolder: how many classes; null: the dataset's")
+    num_classes: Optional[Count] = Field(None,
+                                         description="synthetic, segfolder: how many classes; null: the dataset's")
     seed: Optional[Annotated[int, Field(ge=0)]] = Field(
         None, description="the seed of the validation split, the shuffle and the augmentation; null: train.seed")
     _source: Any = PrivateAttr(None)  # the mapping it came from, for error locations

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import merges
 from .errors import ConfigError, Location
 
 INPUT = "input"  # the id of the model's input everywhere in the graph
-MERGES = ("add", "concat", "mul")
 
 
 @dataclass
@@ -33,11 +33,12 @@ class Skip:
 
     source: str
     target: str
-    merge: str = "add"
-    projection: str = "auto"
+    merge: str = merges.DEFAULT  # a name in merges.MERGES
+    projection: str = "auto"  # the policy for a mismatch
     axis: int | None = None  # sample axis for concat; None: the target's own axis
     loc: Location | None = None
-    implicit: bool = False  # from an `add`/`concat`/`mul` layer's `input:` list
+    implicit: bool = False  # from a merge layer's `input:` list
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # filled by the shape pass
 
 
 @dataclass

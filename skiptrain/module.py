@@ -19,11 +19,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import projection, registry
+from . import registry
 from .graph import INPUT
+from .merges import MERGES
 from .shapes import ModelPlan
-
-_OPERATORS = {"add": "+", "mul": "*"}
 
 
 class SkipNet(nn.Module):
@@ -136,20 +135,17 @@ def build_module(plan: ModelPlan, device: str | torch.device | None = None) -> S
                 source = values[skip.source]
                 proj = plan.projection_for(skip)
                 if proj is not None:
-                    modules[proj.id] = projection.build(proj)
+                    modules[proj.id] = proj.build()
                     projected = names.new(proj.id)
                     body.append((f"{projected} = {call(proj.id, source)}", [source]))
                     source = projected
-                if skip.merge == "add" and value in owned and exclusive and same_dtype:  # `out += identity`
-                    body.append((f"{value} += {source}", [value, source]))
+                merge = MERGES.get(skip.merge, skip.loc)
+                if merge.in_place and value in owned and exclusive and same_dtype:  # `out += identity`
+                    body.append((f"{value} {merge.in_place} {source}", [value, source]))
                     continue
                 merged = names.new(f"{node.id}_{skip.merge}")
-                if skip.merge == "concat":
-                    rank = len(node.meta["layer_shape"])
-                    axis = skip.axis if skip.axis is not None else projection.feature_axis(node.meta["axis"], rank)
-                    body.append((f"{merged} = torch.cat([{value}, {source}], dim={axis % rank + 1})", [value, source]))
-                else:
-                    body.append((f"{merged} = {value} {_OPERATORS[skip.merge]} {source}", [value, source]))
+                expression = merge.expression(value, source, dim=skip.meta["axis"] + 1)  # the batch axis comes first
+                body.append((f"{merged} = {expression}", [value, source]))
                 value = merged
                 owned.add(merged)
                 exclusive = True

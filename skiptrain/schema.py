@@ -105,11 +105,11 @@ def instance_schema() -> dict[str, Any]:
 
 
 def skip_schema() -> dict[str, Any]:
-    from .graph import MERGES
+    from .merges import DEFAULT, MERGES
     from .spec import SKIP_KEYS
 
     ref = {"anyOf": [{"$ref": "#/$defs/ref"}, EXPR]}
-    props = {"from": ref, "to": ref, "merge": {"anyOf": [{"enum": list(MERGES)}, EXPR], "default": "add"},
+    props = {"from": ref, "to": ref, "merge": {"anyOf": [{"enum": list(MERGES)}, EXPR], "default": DEFAULT},
              "projection": _policy(), "axis": {"anyOf": [{"type": "integer"}, EXPR]}}
     return {"type": "object", "required": ["from", "to"], "additionalProperties": False,
             "properties": {key: props[key] for key in SKIP_KEYS}}
@@ -142,11 +142,11 @@ def layer_schema() -> dict[str, Any]:
 
 def layer_arguments(layer_type: Any) -> dict[str, Any]:
     """The `then` of one type: its arguments, typed from the constructor; the required ones."""
-    from .graph import MERGES
+    from .merges import MERGES
     from .registry import INFERRED
 
-    if layer_type.name in MERGES:
-        return {"properties": {"axis": {"anyOf": [{"type": "integer"}, EXPR], "description": "the merge axis"}}}
+    if layer_type.name in MERGES:  # a merge layer: `input:` and the merge's own keys
+        return {"properties": MERGES.get(layer_type.name).schema()}
     hints = _hints(layer_type.factory)
     props, required = {}, []
     for name, param in layer_type.parameters.items():

@@ -22,6 +22,7 @@ from torch import nn
 from . import projection, registry
 from .errors import ShapeError
 from .graph import INPUT, Graph, Node, Skip
+from .merges import MERGES
 from .projection import Projection
 
 Shape = tuple[int, ...]
@@ -180,7 +181,9 @@ def infer(graph: Graph) -> ModelPlan:
         node.meta["layer_dtype"] = dtype
         for skip in graph.skips_into(node.id):
             source, source_dtype = values[skip.source]
-            proj = projection.plan(skip, source, shape, axis_kind, _projection_id(node.id, taken))
+            merge = MERGES.get(skip.merge, skip.loc)
+            axis = skip.meta["axis"] = projection.merge_axis(skip, source, shape, axis_kind)
+            proj = projection.plan(skip, merge, source, shape, axis, axis_kind, _projection_id(node.id, taken))
             if proj is not None:
                 if proj.params and source_dtype != "float32":
                     raise ShapeError(f"skip `{skip.source}` -> `{skip.target}` needs a projection "
@@ -189,8 +192,7 @@ def infer(graph: Graph) -> ModelPlan:
                                      "skip from a float32 node, or make the shapes agree")
                 taken.add(proj.id)
                 projections[skip_index[id(skip)]] = proj
-            axis = skip.axis if skip.axis is not None else projection.feature_axis(axis_kind, len(shape))
-            shape = projection.merged_shape(skip, proj.out_shape if proj else source, shape, axis % len(shape))
+            shape = merge.merged_shape(proj.out_shape if proj else source, shape, axis)
             dtype = str(torch.promote_types(getattr(torch, dtype), getattr(torch, source_dtype))).removeprefix("torch.")
         node.meta["shape"] = shape
         node.meta["dtype"] = dtype

@@ -13,9 +13,11 @@ from typing import Any
 from .config import LocatedDict, LocatedList, where
 from .errors import ConfigError, Location, choices_hint
 from .expr import substitute
-from .graph import INPUT, MERGES, Graph, Node, Skip
+from .graph import INPUT, Graph, Node, Skip
+from .merges import DEFAULT as DEFAULT_MERGE, MERGES
+from .projection_kinds import NONE, policies
 
-POLICIES = ("auto", "conv", "pad", "pool_conv", "linear", "none")
+POLICIES = policies()  # auto, those the projection kinds answer to, none
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 MODEL_KEYS = ("name", "input", "input_dtype", "projection", "blocks", "layers", "skips", "output",
               "width_multiplier", "depth_multiplier")
@@ -68,7 +70,7 @@ class _Expander:
     def policy(self, value: Any, loc: Location | None) -> str:
         if value not in POLICIES:
             raise ConfigError(f"unknown projection policy `{value}`", loc, choices_hint(value, POLICIES, "policies"))
-        return "none" if self.strict else value
+        return NONE if self.strict else value
 
     def run(self) -> Graph:
         model = self.model
@@ -180,8 +182,9 @@ class _Expander:
             axis = args.pop("axis", None)
             if axis is not None and type(axis) is not int:
                 raise ConfigError("`axis:` must be an integer sample axis", where(entry, "axis"))
+            keys = ("input", *MERGES.get(layer_type).keys)
             for key in args:
-                raise ConfigError(f"`{layer_type}` takes only `input:` and `axis:`, not `{key}`",
+                raise ConfigError(f"`{layer_type}` takes only {' and '.join(f'`{k}:`' for k in keys)}, not `{key}`",
                                   entry.where(key, of_key=True) if isinstance(entry, LocatedDict) else where(entry),
                                   "set a projection policy on the model, the block, or a skip")
             for src in inputs[1:]:
@@ -319,9 +322,8 @@ class _Expander:
                                   "`to:` names the later node whose output receives the skip")
             source = self.resolve(skip["from"], local, where(raw, "from"))
             target = self.resolve(skip["to"], local, where(raw, "to"))
-            merge = skip.get("merge", "add")
-            if merge not in MERGES:
-                raise ConfigError(f"unknown merge `{merge}`", where(raw, "merge"), choices_hint(merge, MERGES, "merges"))
+            merge = skip.get("merge", DEFAULT_MERGE)
+            MERGES.get(merge, where(raw, "merge"))  # an unknown name: a ConfigError with a did-you-mean
             axis = skip.get("axis")
             if axis is not None and type(axis) is not int:
                 raise ConfigError("`axis:` must be an integer sample axis", where(raw, "axis"))

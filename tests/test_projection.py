@@ -169,3 +169,97 @@ def test_a_channel_projection_on_four_spatial_axes_is_a_shape_error():
         skiptrain.check_model(model)
     model["projection"] = "pad"  # zero-padding works on any rank
     run(model)
+
+
+# -- the projection-kind registry (issue 13) ---------------------------------------------------------
+
+from skiptrain.projection_kinds import CHANGES, KINDS, NONE, Mismatch, policies  # noqa: E402
+from skiptrain.spec import POLICIES  # noqa: E402
+
+# One model per kind of mismatch: (source layers, target layers, input shape).
+MISMATCHES = {
+    "features": ("- {id: src, type: linear, out_features: 6}",
+                 "- {id: dst, type: linear, out_features: 10, input: input}", "[5, 4]"),
+    "channels": (conv("src", 8), conv("dst", 16, extra=", input: input"), "[8, 16, 16]"),
+    "down": (conv("src", 8), conv("dst", 16, s=2, extra=", input: input"), "[8, 16, 16]"),
+    "up": (conv("src", 8, s=2), conv("dst", 4, extra=", input: input"), "[8, 16, 16]"),
+}
+DESCRIPTIONS = {"conv_bn": "1x1 conv + BN, /2", "conv": "1x1 conv, /2", "pad": "zero-pad (no params), /2",
+                "pool_conv_bn": "avg-pool + 1x1 conv + BN, /2", "upsample_conv_bn": "upsample + 1x1 conv + BN, x2",
+                "upsample_conv": "upsample + 1x1 conv, x2", "linear": "linear"}
+
+
+def test_every_change_has_a_model_here():
+    assert set(MISMATCHES) == set(CHANGES)
+
+
+@pytest.mark.parametrize("name", KINDS.names())
+def test_every_kind_builds_runs_and_counts_its_parameters(name):
+    kind = KINDS.get(name)
+    assert kind.title and kind.picks and set(kind.picks) <= set(CHANGES)
+    for change, chosen_by in kind.picks.items():
+        for policy in chosen_by:
+            plan, net, _ = run(two_branch(*MISMATCHES[change][:2], policy=policy, input_shape=MISMATCHES[change][2]))
+            (proj,) = plan.projections.values()
+            assert proj.kind == name and proj.rule is kind
+            module = net.get_submodule(proj.id)
+            assert proj.params == sum(p.numel() for p in module.parameters())
+            assert tuple(module(torch.randn(3, *proj.in_shape)).shape[1:]) == proj.out_shape
+            assert proj.description and proj.description.startswith(kind.title)
+            assert isinstance(proj.args, object) and not isinstance(proj.args, dict)  # typed, not a loose dict
+
+
+@pytest.mark.parametrize("name", KINDS.names())
+def test_descriptions_stay_as_validate_shows_them(name):
+    kind = KINDS.get(name)
+    change = next(c for c in ("up", "down", "features") if c in kind.picks)  # a spatial factor where there is one
+    policy = kind.picks[change][0]
+    plan = skiptrain.check_model(two_branch(*MISMATCHES[change][:2], policy=policy, input_shape=MISMATCHES[change][2]))
+    (proj,) = plan.projections.values()
+    assert proj.description == DESCRIPTIONS[name]
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_policy_picks_at_most_one_kind_for_each_change(policy, change):
+    mismatch = Mismatch(change, (4, 8, 8), (8, 8, 8), 0)
+    assert len([n for n in KINDS if KINDS.get(n).applies(policy, mismatch)]) <= (0 if policy == NONE else 1)
+
+
+def test_the_policies_are_the_ones_the_kinds_answer_to():
+    assert POLICIES == policies() and POLICIES[0] == "auto" and POLICIES[-1] == NONE
+    assert set(POLICIES) == {"auto", "conv", "pad", "pool_conv", "linear", "none"}  # what users write
+
+
+@pytest.mark.parametrize("policy, change, message", [
+    ("linear", "channels", "the `linear` policy has no projection for channels"),
+    ("pad", "up", "the `pad` policy has no projection for a larger feature map"),
+])
+def test_a_policy_with_no_kind_for_the_mismatch_names_the_ones_that_have(policy, change, message):
+    with pytest.raises(ShapeError) as info:
+        skiptrain.check_model(two_branch(*MISMATCHES[change][:2], policy=policy, input_shape=MISMATCHES[change][2]))
+    assert message in info.value.message and "`auto`" in info.value.hint and f"`{policy}`" not in info.value.hint
+
+
+@pytest.mark.parametrize("change, hint", [("features", "a linear layer"), ("channels", "(1x1 conv + BN)"),
+                                          ("down", "strided 1x1 conv + BN")])
+def test_pad_cannot_shrink(change, hint):
+    source, target, shape = MISMATCHES[change]
+    with pytest.raises(ShapeError) as info:  # swapped widths: the source is wider than the target
+        skiptrain.check_model(two_branch(source.replace("6", "12").replace(" 8,", " 32,"), target,
+                                         policy="pad", input_shape=shape))
+    assert "`pad` cannot" in info.value.message and hint in info.value.hint
+
+
+def test_state_dict_keys_of_each_kind_stay():
+    keys = {}
+    for policy, change in (("auto", "down"), ("conv", "down"), ("pool_conv", "down"), ("auto", "up"),
+                           ("auto", "features")):
+        _, net, _ = run(two_branch(*MISMATCHES[change][:2], policy=policy, input_shape=MISMATCHES[change][2]))
+        keys[policy, change] = sorted(k for k in net.state_dict() if k.startswith("dst_proj"))
+    assert keys["auto", "down"] == ["dst_proj.0.weight", "dst_proj.1.bias", "dst_proj.1.num_batches_tracked",
+                                    "dst_proj.1.running_mean", "dst_proj.1.running_var", "dst_proj.1.weight"]
+    assert keys["conv", "down"] == ["dst_proj.0.bias", "dst_proj.0.weight"]
+    assert keys["pool_conv", "down"][:1] == ["dst_proj.1.weight"] and "dst_proj.2.running_mean" in keys["pool_conv", "down"]
+    assert keys["auto", "up"][:1] == ["dst_proj.1.weight"] and "dst_proj.2.weight" in keys["auto", "up"]
+    assert keys["auto", "features"] == ["dst_proj.weight"]

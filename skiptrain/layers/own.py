@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..graph import MERGES
+from ..merges import MERGES
 from ..registry import LayerType, add, register
 
 
@@ -92,6 +92,6 @@ class Reshape(nn.Module):
         return x.reshape(x.shape[0], *self.shape)
 
 
-for _merge in MERGES:
+for _merge in MERGES:  # `type: add` with `input: [a, b]`: each merge is also a layer type
     add(LayerType(_merge, nn.Identity, passthrough=True,
                   doc=f"Merge the nodes in `input: [a, b, ...]` with {_merge}, projecting mismatches."))

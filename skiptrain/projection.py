@@ -85,9 +85,8 @@ def plan(skip: Skip, merge: Merge, source: Shape, target: Shape, axis: int, axis
     mismatch = classify(skip, source, target, out, axis, axis_kind)
     chosen = [kind for _, kind in KINDS.items() if kind.applies(policy, mismatch)]
     if not chosen:
-        fitting = [f"`{p}`" for p in policies() if any(k.applies(p, mismatch) for _, k in KINDS.items())]
         raise _error(skip, source, target, f"the `{policy}` policy has no projection for {CHANGES[mismatch.change]}",
-                     "use " + " or ".join([", ".join(fitting[:-1]), fitting[-1]] if len(fitting) > 1 else fitting))
+                     _other_policies(mismatch))
     kind = chosen[0]
     try:
         args = kind.params(mismatch)
@@ -97,6 +96,13 @@ def plan(skip: Skip, merge: Merge, source: Shape, target: Shape, axis: int, axis
     with torch.device("meta"):
         projection.params = sum(p.numel() for p in projection.build().parameters())
     return projection
+
+
+def _other_policies(mismatch: Mismatch) -> str:
+    fitting = [f"`{p}`" for p in policies() if any(kind.applies(p, mismatch) for _, kind in KINDS.items())]
+    if not fitting:
+        return "no projection kind handles this: make the shapes agree"
+    return "use " + (f"{', '.join(fitting[:-1])} or {fitting[-1]}" if len(fitting) > 1 else fitting[0])
 
 
 def classify(skip: Skip, source: Shape, target: Shape, out: Shape, axis: int, axis_kind: str) -> Mismatch:

@@ -179,14 +179,16 @@ class _Expander:
                 raise ConfigError(f"`{layer_type}` merges several inputs: give `input: [a, b, ...]`",
                                   where(entry, "input") or where(entry),
                                   "or skip into a layer with `skips: [{from: a, to: b}]`")
+            keys = MERGES.get(layer_type).keys
+            for key in args:
+                if key not in keys:
+                    raise ConfigError(f"`{layer_type}` takes only "
+                                      f"{' and '.join(f'`{k}:`' for k in ('input', *keys))}, not `{key}`",
+                                      entry.where(key, of_key=True) if isinstance(entry, LocatedDict) else where(entry),
+                                      "set a projection policy on the model, the block, or a skip")
             axis = args.pop("axis", None)
             if axis is not None and type(axis) is not int:
                 raise ConfigError("`axis:` must be an integer sample axis", where(entry, "axis"))
-            keys = ("input", *MERGES.get(layer_type).keys)
-            for key in args:
-                raise ConfigError(f"`{layer_type}` takes only {' and '.join(f'`{k}:`' for k in keys)}, not `{key}`",
-                                  entry.where(key, of_key=True) if isinstance(entry, LocatedDict) else where(entry),
-                                  "set a projection policy on the model, the block, or a skip")
             for src in inputs[1:]:
                 self.skips.append(Skip(src, node_id, layer_type, policy, axis, where(entry, "input"), implicit=True))
             inputs = inputs[:1]

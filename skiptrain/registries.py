@@ -11,7 +11,7 @@ import fnmatch
 import inspect
 from typing import Callable, Generic, Iterator, TypeVar
 
-from .errors import ConfigError, Location, SkiptrainError, choices_hint
+from .errors import ConfigError, Location, SkiptrainError, choices_hint, did_you_mean
 
 T = TypeVar("T")
 
@@ -19,19 +19,24 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Named entries of one kind (``kind`` words the errors: "task", "merge", ...)."""
 
-    def __init__(self, kind: str, error: type[SkiptrainError] = ConfigError):
+    def __init__(self, kind: str, error: type[SkiptrainError] = ConfigError, hint: str | None = None):
         self.kind = kind
         self.error = error
+        self.hint = hint  # for an unknown name close to none: where the valid names are listed
         self._entries: dict[str, T] = {}
         self._origins: dict[str, str] = {}
+        self._aliases: dict[str, str] = {}  # every name and alias -> its name
 
-    def add(self, name: str, entry: T, origin: str | None = None) -> T:
-        """Register ``entry`` as ``name``; a name taken twice raises, naming both modules."""
+    def add(self, name: str, entry: T, origin: str | None = None, aliases: tuple[str, ...] = ()) -> T:
+        """Register ``entry`` as ``name`` (and ``aliases``); a name taken twice raises, naming both modules."""
         origin = origin or _caller_module()
-        if name in self._entries:
-            raise ValueError(f"{self.kind} `{name}` is registered twice: by {self._origins[name]} and by {origin}")
+        for taken in (name, *aliases):
+            if taken in self._aliases:
+                raise ValueError(f"{self.kind} `{taken}` is already registered by "
+                                 f"{self._origins[self._aliases[taken]]}, and {origin} registers it again")
         self._entries[name] = entry
         self._origins[name] = origin
+        self._aliases.update(dict.fromkeys((name, *aliases), name))
         return entry
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -43,11 +48,12 @@ class Registry(Generic[T]):
         return decorate
 
     def get(self, name: str, location: Location | None = None) -> T:
-        """The entry registered as ``name``, or this registry's error with a did-you-mean."""
-        if isinstance(name, str) and name in self._entries:
-            return self._entries[name]
-        raise self.error(f"unknown {self.kind} `{name}`", location, choices_hint(str(name), self._entries,
-                                                                              f"{self.kind}s"))
+        """The entry registered as ``name`` or an alias, or this registry's error with a did-you-mean."""
+        if isinstance(name, str) and name in self._aliases:
+            return self._entries[self._aliases[name]]
+        hint = did_you_mean(name, self._entries) or did_you_mean(name, self._aliases)
+        raise self.error(f"unknown {self.kind} `{name}`", location,
+                         hint or self.hint or choices_hint(str(name), self._entries, f"{self.kind}s"))
 
     def origin(self, name: str) -> str:
         return self._origins[name]
@@ -60,7 +66,7 @@ class Registry(Generic[T]):
         return list(self._entries.items())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._entries))
@@ -71,11 +77,11 @@ class Registry(Generic[T]):
     @contextlib.contextmanager
     def scoped(self) -> Iterator["Registry[T]"]:
         """Entries added inside the block are gone after it (for tests)."""
-        saved = dict(self._entries), dict(self._origins)
+        saved = dict(self._entries), dict(self._origins), dict(self._aliases)
         try:
             yield self
         finally:
-            self._entries, self._origins = saved
+            self._entries, self._origins, self._aliases = saved
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"

@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any, Callable
 
 from .errors import ConfigError, Location, did_you_mean, warn
+from .registries import Registry
 
 Shape = tuple[int, ...]
 
@@ -97,21 +98,15 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-REGISTRY: dict[str, LayerType] = {}
-_ALIASES: dict[str, str] = {}
+LAYERS: Registry[LayerType] = Registry(
+    "layer type", hint="see `docs/layers.md` for every layer type; torch.nn class names such as `Conv2d` work too")
 
 
 def add(layer_type: LayerType) -> LayerType:
     """Register a layer type under its name and aliases; a name taken twice is an error."""
     if layer_type.axis not in AXES:
         raise ValueError(f"axis must be one of {AXES}, not {layer_type.axis!r}")
-    for name in (layer_type.name, *layer_type.aliases):
-        if name in _ALIASES:
-            raise ValueError(f"layer type name {name!r} is already registered")
-    REGISTRY[layer_type.name] = layer_type
-    for name in (layer_type.name, *layer_type.aliases):
-        _ALIASES[name] = layer_type.name
-    return layer_type
+    return LAYERS.add(layer_type.name, layer_type, aliases=layer_type.aliases)
 
 
 def register(name: str, *, axis: str = "inherit", aliases: tuple[str, ...] = (), fresh_output: bool = False,
@@ -137,16 +132,12 @@ def axis_of(factory: Callable[..., Any]) -> str:
 def get(name: str, loc: Location | None = None) -> LayerType:
     """The layer type registered as ``name`` (any alias); unknown names get a suggestion."""
     _load_builtins()
-    if isinstance(name, str) and name in _ALIASES:
-        return REGISTRY[_ALIASES[name]]
-    hint = did_you_mean(name, REGISTRY) or did_you_mean(name, _ALIASES) or (
-        "see `docs/layers.md` for every layer type; torch.nn class names such as `Conv2d` work too")
-    raise ConfigError(f"unknown layer type `{name}`", loc, hint)
+    return LAYERS.get(name, loc)
 
 
 def names() -> list[str]:
     _load_builtins()
-    return sorted(REGISTRY)
+    return LAYERS.names()
 
 
 PLUGIN_GROUP = "skiptrain.layers"

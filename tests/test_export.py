@@ -204,10 +204,15 @@ class Opaque(torch.nn.Module):
         return _opaque(x)
 
 
-def test_an_unexportable_layer_is_named_by_its_node_id(tmp_path, monkeypatch):
+@pytest.fixture
+def opaque_layer():
     registry.names()  # load the built-in types first
-    monkeypatch.setitem(registry.REGISTRY, "opaque_test", registry.LayerType("opaque_test", Opaque))
-    monkeypatch.setitem(registry._ALIASES, "opaque_test", "opaque_test")
+    with registry.LAYERS.scoped():
+        registry.add(registry.LayerType("opaque_test", Opaque))
+        yield
+
+
+def test_an_unexportable_layer_is_named_by_its_node_id(tmp_path, opaque_layer):
     config = write(tmp_path / "odd.yaml", """
         model:
           input: [3, 8, 8]

@@ -36,8 +36,7 @@ model:
 @pytest.fixture
 def plugins(monkeypatch):
     """Install fake entry points (no pip): the registry is restored and the plugin forgotten afterwards."""
-    registry.names()  # the built-ins (and any installed plugins) first, so the snapshot holds them
-    saved = dict(registry.REGISTRY), dict(registry._ALIASES)
+    registry.names()  # the built-ins (and any installed plugins) first, so the scope holds them
     monkeypatch.syspath_prepend(str(EXAMPLE))
     sys.modules.pop("skiptrain_plugin_example", None)
 
@@ -45,9 +44,8 @@ def plugins(monkeypatch):
         monkeypatch.setattr(registry, "_plugin_entry_points", lambda: list(entry_points))
         monkeypatch.setattr(registry, "_plugins_loaded", False)
 
-    yield install
-    registry.REGISTRY.clear(), registry.REGISTRY.update(saved[0])
-    registry._ALIASES.clear(), registry._ALIASES.update(saved[1])
+    with registry.LAYERS.scoped():
+        yield install
     sys.modules.pop("skiptrain_plugin_example", None)
 
 

@@ -23,8 +23,11 @@ def test_register_get_and_list_with_wildcards():
 def test_a_clash_names_both_modules():
     things: Registry[int] = Registry("thing")
     things.add("alpha", 1, origin="first.module")
-    with pytest.raises(ValueError, match=r"`alpha` is registered twice: by first\.module and by " + __name__):
+    with pytest.raises(ValueError, match=r"`alpha` is already registered by first\.module, and " + __name__):
         things.add("alpha", 2)
+    things.add("beta", 3, aliases=("Beta",))
+    with pytest.raises(ValueError, match="`Beta` is already registered"):
+        things.add("gamma", 4, aliases=("Beta",))
 
 
 def test_unknown_name_is_the_registry_error_with_a_did_you_mean():
@@ -35,6 +38,18 @@ def test_unknown_name_is_the_registry_error_with_a_did_you_mean():
     assert info.value.message == "unknown dataset `cifar01`" and "cifar10" in info.value.hint
     with pytest.raises(ConfigError):
         Registry("thing").get("x")
+
+
+def test_aliases_find_their_entry_and_suggest_like_names():
+    things: Registry[int] = Registry("layer type", hint="see the docs")
+    things.add("conv2d", 1, aliases=("Conv2d",))
+    assert things.get("Conv2d") == 1 and "Conv2d" in things and things.names() == ["conv2d"]
+    with pytest.raises(ConfigError) as info:
+        things.get("Conv2D")
+    assert "conv2d" in info.value.hint
+    with pytest.raises(ConfigError) as info:
+        things.get("zzz")
+    assert info.value.hint == "see the docs"
 
 
 def test_scoped_entries_vanish_after_the_block():

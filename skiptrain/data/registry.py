@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import DataError, Location, choices_hint
+from ..errors import DataError, Location
+from ..registries import Registry
 from .options import DataOptions
 
 
@@ -49,24 +50,17 @@ class Source:
 
 
 DatasetFn = Callable[[Request], Source]
-DATASETS: dict[str, DatasetFn] = {}
+DATASETS: Registry[DatasetFn] = Registry("dataset", DataError)
 
 
 def dataset(name: str) -> Callable[[DatasetFn], DatasetFn]:
     """Register a dataset function under ``name`` (registering a name twice raises)."""
-    def register(fn: DatasetFn) -> DatasetFn:
-        if name in DATASETS:
-            raise ValueError(f"dataset `{name}` is registered twice")
-        DATASETS[name] = fn
-        return fn
-    return register
+    return DATASETS.register(name)
 
 
 def get_dataset(name: str, location: Location | None = None) -> DatasetFn:
     """The registered dataset function, or a DataError with a did-you-mean."""
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset `{name}`", location, choices_hint(name, DATASETS, "datasets"))
-    return DATASETS[name]
+    return DATASETS.get(name, location)
 
 
 def check_task(name: str, have: str, want: str | None) -> None:

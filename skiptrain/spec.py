@@ -194,7 +194,8 @@ class _Expander:
             inputs = inputs[:1]
         elif len(inputs) > 1:
             raise ConfigError(f"`{layer_type}` takes one input, not {len(inputs)}", where(entry, "input"),
-                              "merge several inputs with `type: add` or `type: concat`, or use skips")
+                              f"merge several inputs with a merge layer ({', '.join(f'`type: {m}`' for m in MERGES.names())}), "
+                              "or use skips")
         self.add_node(Node(node_id, layer_type, args, inputs, where(entry), arg_locs))
         return node_id
 

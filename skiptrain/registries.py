@@ -55,6 +55,9 @@ class Registry(Generic[T]):
         raise self.error(f"unknown {self.kind} `{name}`", location,
                          hint or self.hint or choices_hint(str(name), self._entries, f"{self.kind}s"))
 
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
     def origin(self, name: str) -> str:
         return self._origins[name]
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, Location, choices_hint
+from ..registries import Registry
 
 AugmentFn = Callable[..., tuple[torch.Tensor, "torch.Tensor | None"]]
 
@@ -98,15 +99,13 @@ class Step:
         return self.aug.fn(x, mask, draw, **self.args)
 
 
-AUGMENTATIONS: dict[str, Augmentation] = {}
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation", DataError)
 
 
 def augmentation(name: str, *, spatial: int = 0, ranges: dict[str, tuple[float, float]] | None = None):
     """Register a batch augmentation under ``name``."""
     def register(fn: AugmentFn) -> AugmentFn:
-        if name in AUGMENTATIONS:
-            raise ValueError(f"augmentation `{name}` is registered twice")
-        AUGMENTATIONS[name] = Augmentation(name, fn, spatial, ranges or {})
+        AUGMENTATIONS.add(name, Augmentation(name, fn, spatial, ranges or {}))
         return fn
     return register
 
@@ -181,9 +180,8 @@ def parse_augment(value: Any, location: Location | None) -> list[Step]:
             name, args = item, None
         else:
             raise DataError(f"augmentation #{index + 1} must be a name or `{{name: {{args}}}}`, not {item!r}", loc)
-        if name not in AUGMENTATIONS:
-            raise DataError(f"unknown augmentation `{name}`", loc, choices_hint(name, AUGMENTATIONS, "augmentations"))
-        steps.append(Step(AUGMENTATIONS[name], _check_args(AUGMENTATIONS[name], args, loc), loc))
+        kind = AUGMENTATIONS.get(name, loc)
+        steps.append(Step(kind, _check_args(kind, args, loc), loc))
     return steps
 
 

@@ -38,6 +38,7 @@ class Skip:
     axis: int | None = None  # sample axis for concat; None: the target's own axis
     loc: Location | None = None
     implicit: bool = False  # from a merge layer's `input:` list
+    name: str | None = None  # the full module path its projection takes (a skip's `id:`); None: `<to>_proj`
     meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # filled by the shape pass
 
 

@@ -19,7 +19,10 @@ from typing import Any
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID = "https://skiptrain.dev/skiptrain.schema.json"
 EXPR = {"$ref": "#/$defs/expr"}
-_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_ID_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*|0|[1-9][0-9]*)$"  # a name, or an index such as torchvision's `features.3`
+# an id as written: a name or index, YAML's integer index, or `${...}` computed from block arguments
+ID = {"anyOf": [{"type": "string", "pattern": _ID_PATTERN, "not": {"const": "input"}}, {"type": "integer", "minimum": 0},
+                EXPR]}
 
 
 def config_schema() -> dict[str, Any]:
@@ -47,7 +50,8 @@ def config_schema() -> dict[str, Any]:
                             "then": {"$ref": "#/$defs/instance"}, "else": {"$ref": "#/$defs/layer"}},
                   "layers": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/entry"}},
                   "skip": skip_schema(), "skips": {"type": "array", "items": {"$ref": "#/$defs/skip"}},
-                  "ref": {"type": "string", "description": "an id in this scope (dotted paths allowed) or `input`"},
+                  "ref": {"type": ["string", "integer"], "minimum": 0,
+                          "description": "an id in this scope (dotted paths allowed) or `input`"},
                   "layer": layer_schema(), "data": data_schema(), "train": train_schema()},
     }
 
@@ -96,7 +100,7 @@ def block_schema() -> dict[str, Any]:
 def instance_schema() -> dict[str, Any]:
     from .spec import INSTANCE_KEYS
 
-    props = {"id": {"type": "string", "pattern": _ID_PATTERN}, "block": {"type": "string"},
+    props = {"id": ID, "block": {"type": "string"},
              "args": {"type": "object"}, "first_args": {"type": "object", "description": "args of the first copy"},
              "repeat": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 100_000}, EXPR]},
              "input": {"$ref": "#/$defs/ref"}, "projection": _policy()}
@@ -110,7 +114,8 @@ def skip_schema() -> dict[str, Any]:
 
     ref = {"anyOf": [{"$ref": "#/$defs/ref"}, EXPR]}
     props = {"from": ref, "to": ref, "merge": {"anyOf": [{"enum": list(MERGES)}, EXPR], "default": DEFAULT},
-             "projection": _policy(), "axis": {"anyOf": [{"type": "integer"}, EXPR]}}
+             "projection": _policy(), "axis": {"anyOf": [{"type": "integer"}, EXPR]},
+             "id": {**ID, "description": "the name of this skip's projection module in its scope (`downsample`)"}}
     return {"type": "object", "required": ["from", "to"], "additionalProperties": False,
             "properties": {key: props[key] for key in SKIP_KEYS}}
 
@@ -131,7 +136,7 @@ def layer_schema() -> dict[str, Any]:
     # a `${...}` type is only known after substitution: any arguments then
     branches.append({"if": {"properties": {"type": EXPR}, "required": ["type"]},
                      "then": {"additionalProperties": True}})
-    meta = {"id": {"type": "string", "pattern": _ID_PATTERN, "not": {"const": "input"}},
+    meta = {"id": ID,
             "type": {"description": "a layer type", "anyOf": [*kinds, {"enum": sorted(aliases)}, EXPR]},
             "input": {"anyOf": [{"$ref": "#/$defs/ref"}, {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ref"}}]},
             "scale": {"type": "boolean", "default": True,

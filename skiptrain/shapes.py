@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import projection, registry
-from .errors import ShapeError
+from .errors import ConfigError, ShapeError
 from .graph import INPUT, Graph, Node, Skip
 from .merges import MERGES
 from .projection import Projection
@@ -170,7 +170,7 @@ def infer(graph: Graph) -> ModelPlan:
     axes = {INPUT: "channels" if len(graph.input_shape) >= 2 else "last"}
     skip_index = {id(s): i for i, s in enumerate(graph.skips)}
     projections: dict[int, Projection] = {}
-    taken = set(graph.nodes)
+    taken = set(graph.nodes) | _named_projections(graph)
     for node in graph.order:
         layer = registry.get(node.type, node.arg_locs.get("type", node.loc))
         in_shape, in_dtype = values[node.inputs[0]]
@@ -183,7 +183,8 @@ def infer(graph: Graph) -> ModelPlan:
             source, source_dtype = values[skip.source]
             merge = MERGES.get(skip.merge, skip.loc)
             axis = skip.meta["axis"] = projection.merge_axis(skip, source, shape, axis_kind)
-            proj = projection.plan(skip, merge, source, shape, axis, axis_kind, _projection_id(node.id, taken))
+            proj = projection.plan(skip, merge, source, shape, axis, axis_kind,
+                                   skip.name or _projection_id(node.id, taken))
             if proj is not None:
                 if proj.params and source_dtype != "float32":
                     raise ShapeError(f"skip `{skip.source}` -> `{skip.target}` needs a projection "
@@ -201,6 +202,26 @@ def infer(graph: Graph) -> ModelPlan:
     warnings = [f"`{n}`'s output is never used" for n in graph.unused()]
     out_shape, out_dtype = values[graph.output]
     return ModelPlan(graph, projections, out_shape, out_dtype, warnings)
+
+
+def _named_projections(graph: Graph) -> set[str]:
+    """The module paths that skips' `id:` give their projections; a clash with a node or another skip is an error."""
+    names: dict[str, Skip] = {}
+    scopes = {node_id.rsplit(".", k)[0] for node_id in graph.nodes for k in range(1, node_id.count(".") + 1)}
+    for skip in graph.skips:
+        if skip.name is None:
+            continue
+        clash = ("a layer's id" if skip.name in graph.nodes else "a block scope" if skip.name in scopes else
+                 "another skip's id" if skip.name in names else None)
+        parents = [skip.name.rsplit(".", k)[0] for k in range(1, skip.name.count(".") + 1)]
+        if clash is None and any(p in graph.nodes or p in names for p in parents):
+            clash = "a path inside a layer"
+        if clash:
+            raise ConfigError(f"skip id `{skip.name}` (its projection's name) is already {clash}", skip.loc,
+                             "give the skip an id that no layer or other skip in this scope uses, "
+                             "for example `downsample`")
+        names[skip.name] = skip
+    return set(names)
 
 
 def _projection_id(target: str, taken: set[str]) -> str:

@@ -24,11 +24,22 @@ MODEL_KEYS = ("name", "input", "input_dtype", "projection", "blocks", "layers", 
 BLOCK_KEYS = ("args", "layers", "skips", "projection", "output")
 INSTANCE_KEYS = ("id", "block", "args", "first_args", "repeat", "input", "projection")
 LAYER_META_KEYS = ("id", "type", "input", "scale")
-SKIP_KEYS = ("from", "to", "merge", "projection", "axis")
+SKIP_KEYS = ("from", "to", "merge", "projection", "axis", "id")
 WIDTH_ARGS = ("out_channels", "out_features")
 MAX_NODES = 1_000_000  # nested repeats multiply: refuse a graph that would not fit in memory
 _PREFIX = "."  # key in a scope's local names holding the scope's id prefix (never a valid id)
-_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_ID = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]*|0|[1-9][0-9]*)\Z")  # a name, or a Sequential-style index
+_ID_HINT = ("ids are names like `conv1` or `stage2` (letters, digits, _; no dots), or indices like `0` or `12` "
+            "(torchvision's `features.3`); `input` is reserved")
+
+
+def written_id(value: Any, loc: Location | None) -> str:
+    """An id as written (`conv1`, `3`, YAML's int `3`) as the string used in paths; refuses the rest."""
+    if type(value) is int and value >= 0:
+        value = str(value)
+    if not isinstance(value, str) or not _ID.match(value) or value == INPUT:
+        raise ConfigError(f"invalid id `{value}`", loc, _ID_HINT)
+    return value
 
 
 def check_keys(mapping: dict, allowed: tuple[str, ...], what: str) -> None:
@@ -97,16 +108,13 @@ class _Expander:
                     stack: tuple[str, ...], policy: str) -> tuple[str, dict[str, str]]:
         """Expand one `layers:` list; returns its output node id and its local names."""
         declared: dict[str, Location | None] = {}
+        ids: dict[int, str] = {}  # position -> its written id, as a string
         for i, entry in enumerate(layers):
             if not isinstance(entry, dict):
                 raise ConfigError("a layer must be a mapping such as `{type: relu}`", where(layers, i))
             if "id" in entry:
-                layer_id = entry["id"]
                 loc = where(entry, "id")
-                if not isinstance(layer_id, str) or not _ID.match(layer_id) or layer_id == INPUT:
-                    raise ConfigError(f"invalid id `{layer_id}`", loc,
-                                      "ids are names like `conv1` or `stage2` (letters, digits, _; no dots); "
-                                      "`input` is reserved")
+                layer_id = ids[i] = written_id(substitute(entry["id"], env, loc), loc)
                 if layer_id in declared:
                     raise ConfigError(f"id `{layer_id}` is used twice in this scope", loc,
                                       f"the first is at {declared[layer_id]}; ids are unique within a block")
@@ -114,8 +122,8 @@ class _Expander:
         local: dict[str, str] = {INPUT: scope_input, _PREFIX: prefix}
         counters: dict[str, int] = {}
         prev = scope_input
-        for entry in layers:
-            local_id = entry.get("id") or self.auto_id(entry, env, declared, counters, local)
+        for i, entry in enumerate(layers):
+            local_id = ids[i] if i in ids else self.auto_id(entry, env, declared, counters, local)
             if "block" in entry:
                 prev = self.expand_instance(entry, local_id, prefix, prev, env, stack, policy, local, declared)
             else:
@@ -295,7 +303,9 @@ class _Expander:
     # -- references and skips ---------------------------------------------------------------------
     def resolve(self, ref: Any, local: dict[str, str], loc: Location | None) -> str:
         prefix = local[_PREFIX]
-        """The node id that a reference (``bn2``, ``stage1.2.bn2``, ``input``) names in this scope."""
+        """The node id that a reference (``bn2``, ``stage1.2.bn2``, ``3``, ``input``) names in this scope."""
+        if type(ref) is int and ref >= 0:  # YAML reads `input: 3` as an int
+            ref = str(ref)
         if not isinstance(ref, str) or not ref:
             raise ConfigError(f"`{ref!r}` is not a node id", loc)
         head, _, rest = ref.partition(".")
@@ -338,7 +348,8 @@ class _Expander:
                 raise ConfigError(f"skip from `{skip['from']}` to `{skip['to']}` points backwards: "
                                   f"`{skip['to']}` comes before `{skip['from']}`", where(skips, i),
                                   "swap `from` and `to`; skips only go forward (no cycles)")
-            self.skips.append(Skip(source, target, merge, skip_policy, axis, where(skips, i)))
+            name = local[_PREFIX] + written_id(skip["id"], where(raw, "id")) if "id" in skip else None
+            self.skips.append(Skip(source, target, merge, skip_policy, axis, where(skips, i), name=name))
 
 
 def input_shape(model: dict) -> tuple[int, ...]:

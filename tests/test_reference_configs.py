@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -22,45 +21,11 @@ ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
 
 # torchvision.models.resnet{18,34,50}(weights=None): sum(p.numel() for p in m.parameters())
 TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032}
-# The node that each block's skip merges into: torchvision's `downsample` lives at `<that node>_proj`.
-SKIP_TARGET = {"resnet18": "bn2", "resnet34": "bn2", "resnet50": "bn3"}
 CIFAR_DEPTHS = [20, 32, 44, 56, 110]
 
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def tv_to_skiptrain(key: str, skip_target: str) -> str:
-    """torchvision ResNet state-dict key -> skiptrain key: only the shortcut is renamed.
-
-    The YAML's ids are torchvision's (`layer2.0.conv1.weight` is the same key); the
-    shortcut is the projection that `projection: auto` inserts on the skip into
-    `skip_target`: `layer2.0.downsample.{0,1}.*` -> `layer2.0.bn2_proj.{0,1}.*`.
-    """
-    return re.sub(r"^(layer\d+\.\d+)\.downsample\.([01])\.", rf"\1.{skip_target}_proj.\2.", key)
-
-
-def skiptrain_to_tv(key: str, skip_target: str) -> str:
-    return re.sub(rf"^(layer\d+\.\d+)\.{skip_target}_proj\.([01])\.", r"\1.downsample.\2.", key)
-
-
-def mapped_state_dict(tv_model: torch.nn.Module, sk_model: torch.nn.Module, skip_target: str) -> dict:
-    """torchvision's state dict under skiptrain's keys; asserts the mapping is a bijection with equal shapes."""
-    tv_sd = tv_model.state_dict()
-    sk_sd = sk_model.state_dict()
-    forward = {k: tv_to_skiptrain(k, skip_target) for k in tv_sd}
-    backward = {k: skiptrain_to_tv(k, skip_target) for k in sk_sd}
-
-    assert len(set(forward.values())) == len(forward), "two torchvision keys map to one skiptrain key"
-    unmatched_tv = sorted(k for k, v in forward.items() if v not in sk_sd)
-    unmatched_sk = sorted(k for k, v in backward.items() if v not in tv_sd)
-    assert not unmatched_tv, f"torchvision keys with no skiptrain counterpart: {unmatched_tv[:10]}"
-    assert not unmatched_sk, f"skiptrain keys with no torchvision counterpart: {unmatched_sk[:10]}"
-    for k, v in forward.items():
-        assert backward[v] == k
-        assert tuple(tv_sd[k].shape) == tuple(sk_sd[v].shape), (k, v, tv_sd[k].shape, sk_sd[v].shape)
-    return {forward[k]: t for k, t in tv_sd.items()}
 
 
 def sample_shape(shape) -> tuple:
@@ -81,32 +46,30 @@ def test_imagenet_resnet_parameter_count(name):
 
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
-def test_imagenet_resnet_state_dict_matches_torchvision(name):
+def test_imagenet_resnet_state_dict_is_torchvisions(name):
+    # No key mapping: the skips' `id: downsample` name the projections as torchvision does.
     torchvision = pytest.importorskip("torchvision")
     tv = getattr(torchvision.models, name)(weights=None)
     assert n_params(tv) == TORCHVISION_PARAMS[name]
     sk = skiptrain.build_model(CONFIGS / "imagenet" / f"{name}.yaml")
-    sk.load_state_dict(mapped_state_dict(tv, sk, SKIP_TARGET[name]), strict=True)
+    assert list(sk.state_dict()) == list(tv.state_dict())
+    sk.load_state_dict(tv.state_dict(), strict=True)
 
 
 def test_imagenet_resnet18_computes_torchvision_outputs():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     tv = torchvision.models.resnet18(weights=None)
-    # Fresh BatchNorms are identities in eval mode; give them non-trivial statistics and
-    # affine parameters so a BN mapped to the wrong place cannot go unnoticed.
+    # Fresh BatchNorms are identities in eval mode; give every tensor a random value so a
+    # BN or conv paired with the wrong one cannot go unnoticed.
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for m in tv.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
-                m.weight.copy_(1.0 + 0.1 * torch.randn(c, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(c, generator=gen))
-
+        for name, tensor in tv.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=gen) if "running_var" in name else
+                             0.1 * torch.randn(tensor.shape, generator=gen))
     sk = skiptrain.build_model(CONFIGS / "imagenet" / "resnet18.yaml")
-    sk.load_state_dict(mapped_state_dict(tv, sk, "bn2"), strict=True)
+    sk.load_state_dict(tv.state_dict(), strict=True)
     tv.eval()
     sk.eval()
     x = torch.randn(2, 3, 224, 224, generator=gen)
@@ -114,7 +77,7 @@ def test_imagenet_resnet18_computes_torchvision_outputs():
         expected = tv(x)
         got = sk(x)
     assert got.shape == expected.shape == (2, 1000)
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got, expected)
 
 
 # --------------------------------------------------------------------------- CIFAR
@@ -158,7 +121,7 @@ def test_imagenet_projections_are_torchvisions_downsamples(name):
     stages = ["layer1.0", "layer2.0", "layer3.0", "layer4.0"] if name == "resnet50" else \
         ["layer2.0", "layer3.0", "layer4.0"]
     found = projections(report)
-    assert sorted(p.id for p in found) == [f"{s}.{SKIP_TARGET[name]}_proj" for s in stages]
+    assert sorted(p.id for p in found) == [f"{s}.downsample" for s in stages]
     assert all(p.kind == "conv_bn" for p in found)
 
 

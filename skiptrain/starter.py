@@ -1,4 +1,5 @@
-"""Starter configs for ``skiptrain init``: commented YAML files shipped in ``skiptrain/templates/``.
+"""Starter configs for ``skiptrain init``: commented YAML files shipped in ``skiptrain/templates/``,
+and the model zoo in ``skiptrain/zoo/`` (torchvision's architectures, key for key: ``init resnext50_32x4d``).
 
 A template's first line is a ``# description`` comment; the file name is its name.
 """
@@ -12,14 +13,27 @@ from .errors import ConfigError, choices_hint
 ORDER = ("quickstart", "resnet-cifar", "resnet-imagenet", "plain", "unet", "transformer", "mlp")
 
 
-def _folder():
-    return resources.files("skiptrain") / "templates"
+FOLDERS = ("templates", "zoo")
+
+
+def _names(folder: str) -> set[str]:
+    return {entry.name[:-len(".yaml")] for entry in (resources.files("skiptrain") / folder).iterdir()
+            if entry.name.endswith(".yaml")}
+
+
+def _folder(name: str):
+    return resources.files("skiptrain") / next(f for f in FOLDERS if name in _names(f))
+
+
+def zoo_names() -> list[str]:
+    """The zoo's models, by name: torchvision's own names (`mobilenet_v3_small`)."""
+    return sorted(_names("zoo"))
 
 
 def template_names() -> list[str]:
-    """Every shipped template: the usual order first, any others after, by name."""
-    found = {entry.name[:-len(".yaml")] for entry in _folder().iterdir() if entry.name.endswith(".yaml")}
-    return [name for name in ORDER if name in found] + sorted(found - set(ORDER))
+    """Every shipped template: the usual order first, any others after, by name, then the zoo."""
+    found = _names("templates")
+    return [name for name in ORDER if name in found] + sorted(found - set(ORDER)) + zoo_names()
 
 
 def template_text(name: str) -> str:
@@ -27,7 +41,7 @@ def template_text(name: str) -> str:
     names = template_names()
     if name not in names:
         raise ConfigError(f"unknown template `{name}`", None, choices_hint(name, names, "templates"))
-    return (_folder() / f"{name}.yaml").read_text(encoding="utf-8")
+    return (_folder(name) / f"{name}.yaml").read_text(encoding="utf-8")
 
 
 def describe(name: str) -> str:

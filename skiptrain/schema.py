@@ -19,7 +19,7 @@ from typing import Any
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID = "https://skiptrain.dev/skiptrain.schema.json"
 EXPR = {"$ref": "#/$defs/expr"}
-_ID_PATTERN = r"^([A-Za-z_][A-Za-z0-9_]*|0|[1-9][0-9]*)$"  # a name, or an index such as torchvision's `features.3`
+_ID_PATTERN = r"^([A-Za-z_][A-Za-z0-9_-]*|0|[1-9][0-9]*)$"  # a name, or an index such as torchvision's `features.3`
 # an id as written: a name or index, YAML's integer index, or `${...}` computed from block arguments
 ID = {"anyOf": [{"type": "string", "pattern": _ID_PATTERN, "not": {"const": "input"}}, {"type": "integer", "minimum": 0},
                 EXPR]}
@@ -103,6 +103,7 @@ def instance_schema() -> dict[str, Any]:
     props = {"id": ID, "block": {"type": "string"},
              "args": {"type": "object"}, "first_args": {"type": "object", "description": "args of the first copy"},
              "repeat": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 100_000}, EXPR]},
+             "copy_id": {"type": "string", "description": "each copy's id, from ${repeat_index}: denselayer${repeat_index + 1}"},
              "input": {"$ref": "#/$defs/ref"}, "projection": _policy()}
     return {"type": "object", "required": ["block"], "additionalProperties": False,
             "description": "a block instance", "properties": {key: props[key] for key in INSTANCE_KEYS}}

@@ -22,15 +22,15 @@ DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 MODEL_KEYS = ("name", "input", "input_dtype", "projection", "blocks", "layers", "skips", "output",
               "width_multiplier", "depth_multiplier")
 BLOCK_KEYS = ("args", "layers", "skips", "projection", "output")
-INSTANCE_KEYS = ("id", "block", "args", "first_args", "repeat", "input", "projection")
+INSTANCE_KEYS = ("id", "block", "args", "first_args", "repeat", "copy_id", "input", "projection")
 LAYER_META_KEYS = ("id", "type", "input", "scale")
 SKIP_KEYS = ("from", "to", "merge", "projection", "axis", "id")
 WIDTH_ARGS = ("out_channels", "out_features")
 MAX_NODES = 1_000_000  # nested repeats multiply: refuse a graph that would not fit in memory
 _PREFIX = "."  # key in a scope's local names holding the scope's id prefix (never a valid id)
-_ID = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]*|0|[1-9][0-9]*)\Z")  # a name, or a Sequential-style index
-_ID_HINT = ("ids are names like `conv1` or `stage2` (letters, digits, _; no dots), or indices like `0` or `12` "
-            "(torchvision's `features.3`); `input` is reserved")
+_ID = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_-]*|0|[1-9][0-9]*)\Z")  # a name, or a Sequential-style index
+_ID_HINT = ("ids are names like `conv1`, `stage2` or `block1-0` (letters, digits, _ and -; no dots), or indices "
+            "like `0` or `12` (torchvision's `features.3`); `input` is reserved")
 
 
 def written_id(value: Any, loc: Location | None) -> str:
@@ -248,13 +248,32 @@ class _Expander:
             raise ConfigError("a block instance takes one input", where(entry, "input"))
         out = inputs[0]
         base = prefix + local_id
+        copies = self.copy_ids(entry, repeat, env)
         for copy in range(repeat if repeat is not None else 1):
-            copy_prefix = f"{base}.{copy}." if repeat is not None else f"{base}."
+            copy_prefix = f"{base}.{copies[copy]}." if repeat is not None else f"{base}."
             out = self.expand_block(block, copy_prefix, out, first_env if copy == 0 else block_env,
                                     stack + (name,), inner_policy)
             self.paths[copy_prefix[:-1]] = out
         self.paths[base] = out
         return out
+
+    def copy_ids(self, entry: dict, repeat: int | None, env: dict) -> list[str]:
+        """The name of each repeated copy: `0, 1, ...`, or `copy_id:` computed from `${repeat_index}`
+        (torchvision's `denselayer${repeat_index + 1}`, `encoder_layer_${repeat_index}`)."""
+        if repeat is None or "copy_id" not in entry:
+            if "copy_id" in entry:
+                raise ConfigError("`copy_id:` names the copies of a repeated block", where(entry, "copy_id"),
+                                  "add `repeat:`, or name this instance with `id:`")
+            return [str(k) for k in range(repeat or 1)]
+        loc = where(entry, "copy_id")
+        names: list[str] = []
+        for k in range(repeat):
+            name = written_id(substitute(entry["copy_id"], {**env, "repeat_index": k, "repeat_count": repeat}, loc), loc)
+            if name in names:
+                raise ConfigError(f"`copy_id:` gives two copies the id `{name}`", loc,
+                                  "use `${repeat_index}` in it, as in `denselayer${repeat_index + 1}`")
+            names.append(name)
+        return names
 
     def block_env(self, name: str, block: dict, given: dict | None, entry: dict, env: dict,
                   key: str = "args") -> dict:

@@ -87,3 +87,42 @@ def test_two_skips_with_one_id_is_an_error(write_yaml):
 def test_a_skip_id_is_one_name(write_yaml):
     with pytest.raises(ConfigError, match="invalid id `a.b`"):
         skiptrain.check_model(write_yaml(BLOCK.replace("id: downsample", "id: a.b")))
+
+
+COPIES = """
+model:
+  name: copies
+  input: [4, 8, 8]
+  blocks:
+    layer:
+      layers:
+        - {id: conv, type: conv2d, out_channels: 4, kernel_size: 1}
+  layers:
+    - {id: block, block: layer, repeat: 3, copy_id: "denselayer${repeat_index + 1}"}
+    - {id: stage, block: layer, repeat: 2, copy_id: "block1-${repeat_index}"}
+    - {type: relu, input: block.denselayer2}
+"""
+
+
+def test_copy_id_names_each_copy_as_torchvision_does(write_yaml):
+    model = skiptrain.build_model(write_yaml(COPIES))
+    assert [k for k in model.state_dict() if k.endswith("weight")] == [
+        "block.denselayer1.conv.weight", "block.denselayer2.conv.weight", "block.denselayer3.conv.weight",
+        "stage.block1-0.conv.weight", "stage.block1-1.conv.weight"]
+    assert model.code.count("relu") >= 1
+
+
+@pytest.mark.parametrize("copy_id, message", [('"layer"', "two copies the id `layer`"),
+                                               ('"a.${repeat_index}"', "invalid id `a.0`")])
+def test_a_copy_id_must_name_each_copy_apart(write_yaml, copy_id, message):
+    path = write_yaml(COPIES.replace('"denselayer${repeat_index + 1}"', copy_id))
+    with pytest.raises(ConfigError) as info:
+        skiptrain.check_model(path)
+    assert message in info.value.message and info.value.location.line == 9
+
+
+def test_copy_id_needs_repeat(write_yaml):
+    path = write_yaml(COPIES.replace("repeat: 2, ", ""))
+    with pytest.raises(ConfigError, match="names the copies of a repeated block") as info:
+        skiptrain.check_model(path)
+    assert "repeat" in info.value.hint

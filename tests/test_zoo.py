@@ -39,6 +39,20 @@ PARAMS = {
 WANTED = ["resnext50_32x4d", "wide_resnet50_2", "squeezenet1_1", "densenet121", "mobilenet_v2", "shufflenet_v2_x1_0",
           "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "convnext_tiny",
           "vit_b_16", "swin_t"]
+# What each missing model waits for (the language first, then the config): a model listed here and
+# present in the zoo fails below, so the list stays true.
+WAITING = {
+    "mobilenet_v2": "`when:` on a skip and a layer, conditional ids (the expansion conv only when t != 1)",
+    "shufflenet_v2_x1_0": "`chunk` and `channel_shuffle` layers, `when:` (branch1 only when strided)",
+    "mobilenet_v3_small": "broadcasting `mul` (squeeze-excite), `${in_channels}` with make_divisible, `when:`",
+    "mobilenet_v3_large": "broadcasting `mul` (squeeze-excite), `${in_channels}` with make_divisible, `when:`",
+    "efficientnet_b0": "broadcasting `mul`, `when:`, `stochastic_depth` with a rate rising over the blocks",
+    "regnet_y_400mf": "broadcasting `mul` (squeeze-excite), `${in_channels}`",
+    "convnext_tiny": "a layer scale with torchvision's key, `permute`, `stochastic_depth` rising over the blocks",
+    "vit_b_16": "a class token and position embedding with torchvision's keys, `select`, attention keyed "
+                "`self_attention.in_proj_weight`",
+    "swin_t": "windowed attention with relative position bias, `roll`, shifted-window masks, PatchMerging",
+}
 SMALL = {"squeezenet1_1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "shufflenet_v2_x1_0",
          "efficientnet_b0", "regnet_y_400mf", "resnet18"}  # forwards of well under a second: default suite
 ZOO_NAMES = zoo_names()
@@ -76,10 +90,15 @@ def randomized_state(model: torch.nn.Module, seed: int = 1) -> dict[str, torch.T
     return state
 
 
-def test_the_zoo_has_each_wanted_model_or_says_what_it_waits_for():
+def test_the_zoo_holds_only_wanted_models_and_configs_zoo_is_it():
     assert set(ZOO_NAMES) <= set(WANTED)
-    assert {"resnext50_32x4d", "wide_resnet50_2", "squeezenet1_1"} <= set(ZOO_NAMES)
     assert (ROOT / "configs" / "zoo").resolve() == ZOO.resolve()  # configs/zoo is the packaged zoo
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=WAITING[n], strict=True))
+                                  if n in WAITING else n for n in WANTED])
+def test_each_wanted_model_is_in_the_zoo(name):
+    assert name in ZOO_NAMES
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)

@@ -39,6 +39,7 @@ class Skip:
     loc: Location | None = None
     implicit: bool = False  # from a merge layer's `input:` list
     name: str | None = None  # the full module path its projection takes (a skip's `id:`); None: `<to>_proj`
+    order: str = merges.TO_FIRST  # concat's operands: `to_first` cat([to, from]), or `from_first` cat([from, to])
     meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # filled by the shape pass
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import registry
 from .graph import INPUT
-from .merges import MERGES
+from .merges import FROM_FIRST, MERGES
 from .shapes import ModelPlan
 
 
@@ -140,11 +140,14 @@ def build_module(plan: ModelPlan, device: str | torch.device | None = None) -> S
                     body.append((f"{projected} = {call(proj.id, source)}", [source]))
                     source = projected
                 merge = MERGES.get(skip.merge, skip.loc)
-                if merge.in_place and value in owned and exclusive and same_dtype:  # `out += identity`
+                # in place only into a value that keeps its shape: a broadcast that stretches `to` makes a new tensor
+                keeps_shape = skip.meta.get("broadcast") not in ("to", "both")
+                if merge.in_place and value in owned and exclusive and same_dtype and keeps_shape:  # `out += identity`
                     body.append((f"{value} {merge.in_place} {source}", [value, source]))
                     continue
                 merged = names.new(f"{node.id}_{skip.merge}")
-                expression = merge.expression(value, source, dim=skip.meta["axis"] + 1)  # the batch axis comes first
+                first, second = (source, value) if skip.order == FROM_FIRST else (value, source)
+                expression = merge.expression(first, second, dim=skip.meta["axis"] + 1)  # the batch axis comes first
                 body.append((f"{merged} = {expression}", [value, source]))
                 value = merged
                 owned.add(merged)

@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import ShapeError
 from .graph import Skip
-from .merges import Merge
+from .merges import Merge, blocking_axes
 from .projection_kinds import CHANGES, KINDS, NONE, Mismatch, ProjectionKind, Unfit, policies
 
 Shape = tuple[int, ...]
@@ -79,9 +79,7 @@ def plan(skip: Skip, merge: Merge, source: Shape, target: Shape, axis: int, axis
         return None
     policy = skip.projection
     if policy == NONE:
-        raise _error(skip, source, target, "the shapes differ and the projection policy is `none`",
-                     f"set `projection: auto` on this skip (and drop --strict) to insert a learnable projection, "
-                     f"or change `{skip.source}` or `{skip.target}` so their shapes agree")
+        raise _none_error(skip, merge, source, target)
     mismatch = classify(skip, source, target, out, axis, axis_kind)
     chosen = [kind for _, kind in KINDS.items() if kind.applies(policy, mismatch)]
     if not chosen:
@@ -96,6 +94,26 @@ def plan(skip: Skip, merge: Merge, source: Shape, target: Shape, axis: int, axis
     with torch.device("meta"):
         projection.params = sum(p.numel() for p in projection.build().parameters())
     return projection
+
+
+def _none_error(skip: Skip, merge: Merge, source: Shape, target: Shape) -> ShapeError:
+    """A mismatch under `none`; where broadcasting fails on a few axes only, the fix is there, not a projection."""
+    blocking = blocking_axes(source, target) if merge.broadcasts and len(source) == len(target) else []
+    stretched = [i for i, (s, t) in enumerate(zip(source, target)) if s != t and 1 in (s, t)] if blocking else []
+    if stretched:  # a broadcast meant on some axes (a [C, 1, 1] gate), and sizes that differ on others
+        sizes = ", ".join(f"axis {i}: {source[i]} vs {target[i]}" for i in blocking)
+        return _error(skip, source, target, f"`{merge.name}` broadcasts a side of size 1, but the sizes differ "
+                      f"where neither is 1 ({sizes})",
+                      f"make `{skip.source}` match `{skip.target}` on {_axes(blocking)} (or give it size 1 there) "
+                      f"so that it broadcasts; a projection would not broadcast but learn another tensor")
+    fix = " or broadcast (size 1 where they differ)" if merge.broadcasts else ""
+    return _error(skip, source, target, "the shapes differ and the projection policy is `none`",
+                  f"set `projection: auto` on this skip (and drop --strict) to insert a learnable projection, "
+                  f"or change `{skip.source}` or `{skip.target}` so their shapes agree{fix}")
+
+
+def _axes(axes: list[int]) -> str:
+    return ("axis " if len(axes) == 1 else "axes ") + ", ".join(str(a) for a in axes)
 
 
 def _other_policies(mismatch: Mismatch) -> str:

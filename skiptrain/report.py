@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .graph import INPUT
+from .merges import FROM_FIRST, MERGES
 from .shapes import ModelPlan
 
 
@@ -25,13 +26,33 @@ def plan_json(plan: ModelPlan) -> dict[str, Any]:
         "projection_params": plan.projection_params,
         "nodes": [{"id": n.id, "type": n.type, "inputs": n.inputs, "output_shape": list(n.meta["shape"]),
                    "params": n.meta["params"]} for n in graph.order],
-        "skips": [{"from": s.source, "to": s.target, "merge": s.merge, "projection": s.projection}
+        "skips": [{"from": s.source, "to": s.target, "merge": s.merge, "projection": s.projection,
+                   "order": s.order, "operands": operands(graph, s), "broadcast": s.meta.get("broadcast"),
+                   "shape": list(s.meta["shape"]) if "shape" in s.meta else None}
                   for s in graph.skips],
         "projections": [{"id": p.id, "from": p.skip.source, "to": p.skip.target, "kind": p.kind,
                          "in_shape": list(p.in_shape), "out_shape": list(p.out_shape), "params": p.params}
                         for p in plan.projections.values()],
         "warnings": plan.warnings,
     }
+
+
+def operands(graph, skip) -> list[str]:
+    """The merge's operands in the order joined: `to`'s value (a merge layer's value so far) and `from`."""
+    into = graph.skips_into(skip.target)
+    to = graph.nodes[skip.target].inputs[0] if skip.implicit and into and into[0] is skip else skip.target
+    return [skip.source, to] if skip.order == FROM_FIRST else [to, skip.source]
+
+
+def skip_text(plan: ModelPlan, skip) -> str:
+    """One skip in the "skips in" column: `add stem`, `concat [stem, conv2]`, `mul gate, broadcast ...`."""
+    if MERGES.get(skip.merge).ordered:
+        return f"{skip.merge} [{', '.join(operands(plan.graph, skip))}]"
+    side = skip.meta.get("broadcast")
+    if side is None:
+        return f"{skip.merge} {skip.source}"
+    stretched = {"from": skip.source, "to": operands(plan.graph, skip)[0], "both": "both sides"}[side]
+    return f"{skip.merge} {skip.source}, broadcast {stretched} to {shape_text(skip.meta['shape'])}"
 
 
 def share(params: int, total: int) -> str:
@@ -49,7 +70,7 @@ def node_table(plan: ModelPlan) -> Table:
         merges = []
         for skip in graph.skips_into(node.id):
             proj = plan.projection_for(skip)
-            merges.append(f"{skip.merge} {skip.source}" + (f" via {proj.id}" if proj else ""))
+            merges.append(skip_text(plan, skip) + (f" via {proj.id}" if proj else ""))
         table.add_row(node.id, node.type, shape_text(node.meta["shape"]), f"{node.meta['params']:,}",
                       Text("\n".join(merges), style="cyan"))
     return table

@@ -110,13 +110,15 @@ def instance_schema() -> dict[str, Any]:
 
 
 def skip_schema() -> dict[str, Any]:
-    from .merges import DEFAULT, MERGES
+    from .merges import DEFAULT, MERGES, ORDERS, TO_FIRST
     from .spec import SKIP_KEYS
 
     ref = {"anyOf": [{"$ref": "#/$defs/ref"}, EXPR]}
     props = {"from": ref, "to": ref, "merge": {"anyOf": [{"enum": list(MERGES)}, EXPR], "default": DEFAULT},
              "projection": _policy(), "axis": {"anyOf": [{"type": "integer"}, EXPR]},
-             "id": {**ID, "description": "the name of this skip's projection module in its scope (`downsample`)"}}
+             "id": {**ID, "description": "the name of this skip's projection module in its scope (`downsample`)"},
+             "order": {"anyOf": [{"enum": list(ORDERS)}, EXPR], "default": TO_FIRST,
+                       "description": "concat's operands: `to_first` cat([to, from]), `from_first` cat([from, to])"}}
     return {"type": "object", "required": ["from", "to"], "additionalProperties": False,
             "properties": {key: props[key] for key in SKIP_KEYS}}
 

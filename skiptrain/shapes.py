@@ -22,7 +22,7 @@ from torch import nn
 from . import projection, registry
 from .errors import ConfigError, ShapeError
 from .graph import INPUT, Graph, Node, Skip
-from .merges import MERGES
+from .merges import MERGES, blocking_axes, broadcast_side
 from .projection import Projection
 
 Shape = tuple[int, ...]
@@ -171,6 +171,7 @@ def infer(graph: Graph) -> ModelPlan:
     skip_index = {id(s): i for i, s in enumerate(graph.skips)}
     projections: dict[int, Projection] = {}
     taken = set(graph.nodes) | _named_projections(graph)
+    warnings: list[str] = []
     for node in graph.order:
         layer = registry.get(node.type, node.arg_locs.get("type", node.loc))
         in_shape, in_dtype = values[node.inputs[0]]
@@ -193,15 +194,33 @@ def infer(graph: Graph) -> ModelPlan:
                                      "skip from a float32 node, or make the shapes agree")
                 taken.add(proj.id)
                 projections[skip_index[id(skip)]] = proj
-            shape = merge.merged_shape(proj.out_shape if proj else source, shape, axis)
+                if merge.broadcasts and _meant_broadcast(source, shape):
+                    warnings.append(f"skip `{skip.source}` {list(source)} -> `{skip.target}` {list(shape)} "
+                                    f"({skip.merge}) gets a projection ({proj.description}): it broadcasts on "
+                                    f"some axes but not on {_blocking(source, shape)}")
+            needed = proj.out_shape if proj else source
+            merged = merge.merged_shape(needed, shape, axis)
+            # what `validate` shows and the generated forward needs: which side a broadcast stretches
+            skip.meta.update(to_shape=shape, shape=merged, broadcast=broadcast_side(needed, shape, merged)
+                             if merge.broadcasts else None)
+            shape = merged
             dtype = str(torch.promote_types(getattr(torch, dtype), getattr(torch, source_dtype))).removeprefix("torch.")
         node.meta["shape"] = shape
         node.meta["dtype"] = dtype
         values[node.id] = (shape, dtype)
         axes[node.id] = axis_kind
-    warnings = [f"`{n}`'s output is never used" for n in graph.unused()]
+    warnings += [f"`{n}`'s output is never used" for n in graph.unused()]
     out_shape, out_dtype = values[graph.output]
     return ModelPlan(graph, projections, out_shape, out_dtype, warnings)
+
+
+def _meant_broadcast(source: Shape, target: Shape) -> bool:
+    """A projected skip of a broadcasting merge that has size 1 against a larger size on some axis."""
+    return len(source) == len(target) and any(s != t and 1 in (s, t) for s, t in zip(source, target))
+
+
+def _blocking(source: Shape, target: Shape) -> str:
+    return ", ".join(f"axis {i} ({source[i]} vs {target[i]})" for i in blocking_axes(source, target))
 
 
 def _named_projections(graph: Graph) -> set[str]:

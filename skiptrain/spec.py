@@ -14,7 +14,7 @@ from .config import LocatedDict, LocatedList, where
 from .errors import ConfigError, Location, choices_hint
 from .expr import substitute
 from .graph import INPUT, Graph, Node, Skip
-from .merges import DEFAULT as DEFAULT_MERGE, MERGES
+from .merges import DEFAULT as DEFAULT_MERGE, MERGES, TO_FIRST, skip_order
 from .projection_kinds import NONE, policies
 
 POLICIES = policies()  # auto, those the projection kinds answer to, none
@@ -24,7 +24,7 @@ MODEL_KEYS = ("name", "input", "input_dtype", "projection", "blocks", "layers", 
 BLOCK_KEYS = ("args", "layers", "skips", "projection", "output")
 INSTANCE_KEYS = ("id", "block", "args", "first_args", "repeat", "copy_id", "input", "projection")
 LAYER_META_KEYS = ("id", "type", "input", "scale")
-SKIP_KEYS = ("from", "to", "merge", "projection", "axis", "id")
+SKIP_KEYS = ("from", "to", "merge", "projection", "axis", "id", "order")
 WIDTH_ARGS = ("out_channels", "out_features")
 MAX_NODES = 1_000_000  # nested repeats multiply: refuse a graph that would not fit in memory
 _PREFIX = "."  # key in a scope's local names holding the scope's id prefix (never a valid id)
@@ -356,6 +356,7 @@ class _Expander:
             target = self.resolve(skip["to"], local, where(raw, "to"))
             merge = skip.get("merge", DEFAULT_MERGE)
             MERGES.get(merge, where(raw, "merge"))  # an unknown name: a ConfigError with a did-you-mean
+            order = skip_order(merge, skip.get("order", TO_FIRST), where(raw, "order"))
             axis = skip.get("axis")
             if axis is not None and type(axis) is not int:
                 raise ConfigError("`axis:` must be an integer sample axis", where(raw, "axis"))
@@ -368,7 +369,7 @@ class _Expander:
                                   f"`{skip['to']}` comes before `{skip['from']}`", where(skips, i),
                                   "swap `from` and `to`; skips only go forward (no cycles)")
             name = local[_PREFIX] + written_id(skip["id"], where(raw, "id")) if "id" in skip else None
-            self.skips.append(Skip(source, target, merge, skip_policy, axis, where(skips, i), name=name))
+            self.skips.append(Skip(source, target, merge, skip_policy, axis, where(skips, i), name=name, order=order))
 
 
 def input_shape(model: dict) -> tuple[int, ...]:

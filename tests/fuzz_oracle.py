@@ -108,7 +108,8 @@ def reference_forward(model: torch.nn.Module, plan, x: torch.Tensor) -> torch.Te
             if skip.merge == "concat":
                 rank = len(node.meta["layer_shape"])
                 axis = skip.axis if skip.axis is not None else feature_axis(node.meta["axis"], rank)
-                value = torch.cat([value, source], dim=axis % rank + 1)
+                pair = [source, value] if skip.order == "from_first" else [value, source]
+                value = torch.cat(pair, dim=axis % rank + 1)
             else:
                 value = value + source if skip.merge == "add" else value * source
         values[node.id] = value

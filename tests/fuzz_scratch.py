@@ -172,6 +172,8 @@ def scratch_configs(draw):
             skip = {"from": draw(st.sampled_from(ids)), "to": draw(st.sampled_from(ids))}
         if draw(st.booleans()):
             skip["merge"] = draw(st.sampled_from(MERGES))
+            if MERGE_REGISTRY.get(skip["merge"]).ordered and draw(st.booleans()):
+                skip["order"] = "from_first"  # cat([from, to]): the reference forward follows it
         if draw(st.integers(0, 2)) == 0:
             skip["projection"] = draw(st.sampled_from(POLICIES))
         if draw(st.integers(0, 4)) == 4:

@@ -138,3 +138,254 @@ def test_a_scoped_merge_reaches_the_generated_code():
     with pytest.raises(ConfigError, match="unknown merge"):
         skiptrain.check_model({"input": [4], "layers": [{"id": "a", "type": "relu"}],
                                "skips": [{"from": "input", "to": "a", "merge": "maximum"}]})
+
+
+# -- broadcasting merges (issue 14): a side of size 1 is stretched, as torch does, with no projection ----------
+
+import json  # noqa: E402
+import random  # noqa: E402
+
+from skiptrain.errors import ShapeError  # noqa: E402
+from skiptrain.merges import broadcast_shape  # noqa: E402
+from skiptrain.report import plan_json, skip_text  # noqa: E402
+
+from .conftest import invoke  # noqa: E402
+
+
+def squeeze_excite(order: list[str], gate_channels: int = 16, policy: str = "auto") -> dict:
+    """torchvision's SqueezeExcitation written as a graph: `se` multiplies `x` [16, 8, 8] by `gate` [C, 1, 1]."""
+    return {"input": [16, 8, 8], "projection": policy, "layers": [
+        {"id": "x", "type": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1},
+        {"id": "pool", "type": "adaptiveavgpool2d", "output_size": 1},
+        {"id": "fc1", "type": "conv2d", "out_channels": 4, "kernel_size": 1},
+        {"id": "act", "type": "relu"},
+        {"id": "fc2", "type": "conv2d", "out_channels": gate_channels, "kernel_size": 1},
+        {"id": "gate", "type": "sigmoid"},
+        {"id": "se", "type": "mul", "input": order},
+        {"id": "out", "type": "relu"}]}
+
+
+@pytest.mark.parametrize("order, side", [(["x", "gate"], "from"), (["gate", "x"], "to")])
+def test_squeeze_excite_broadcasts_in_either_order_with_no_projection(order, side):
+    plan = skiptrain.check_model(squeeze_excite(order))
+    assert not plan.projections and plan.projection_params == 0 and not plan.warnings
+    assert plan.output_shape == (16, 8, 8) and plan.graph.nodes["se"].meta["shape"] == (16, 8, 8)
+    (skip,) = plan.graph.skips
+    assert skip.meta["broadcast"] == side and skip.meta["shape"] == (16, 8, 8)
+    assert skip_text(plan, skip).endswith("broadcast gate to [16, 8, 8]")
+    (entry,) = plan_json(plan)["skips"]
+    assert entry["broadcast"] == side and entry["shape"] == [16, 8, 8] and entry["operands"] == order
+    torch.manual_seed(0)
+    model = skiptrain.build_model(squeeze_excite(order)).eval()
+    assert sum(p.numel() for p in model.parameters()) == plan.params == plan.layer_params
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        features = model.x(x)
+        gate = model.gate(model.fc2(model.act(model.fc1(model.pool(features)))))
+        assert torch.equal(model(x), torch.relu(features * gate))
+
+
+def test_squeeze_excite_is_torchvisions_with_its_weights():
+    """Same parameters as torchvision.ops.SqueezeExcitation, loaded by name, and the same output bitwise."""
+    from torchvision.ops import SqueezeExcitation
+
+    reference = SqueezeExcitation(16, 4).eval()
+    cfg = squeeze_excite(["input", "gate"])
+    cfg["layers"] = cfg["layers"][1:-1]
+    cfg["layers"][0]["input"] = "input"
+    model = skiptrain.build_model(cfg).eval()
+    model.load_state_dict({k: v for k, v in reference.state_dict().items()}, strict=True)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_validate_says_broadcast_and_which_side(write_yaml):
+    import yaml
+    path = write_yaml(yaml.safe_dump({"model": squeeze_excite(["gate", "x"])}))
+    table = invoke("validate", path, "--strict")  # a broadcast is no mismatch: --strict accepts it
+    assert table.exit_code == 0, table.output
+    assert "broadcast gate to [16, 8, 8]" in table.output and "projections: 0" in table.output
+    result = invoke("validate", path, "--json")
+    (entry,) = json.loads(result.output)["skips"]
+    assert (entry["from"], entry["to"], entry["broadcast"]) == ("x", "se", "to")
+
+
+def test_the_merged_shape_is_torchs_broadcast_shape():
+    rng = random.Random(0)
+    for _ in range(500):
+        rank = rng.randint(1, 4)
+        a = tuple(rng.choice([1, 2, 3]) for _ in range(rank))
+        b = tuple(rng.choice([1, 2, 3]) for _ in range(rank))
+        try:
+            expected = tuple(torch.broadcast_shapes(a, b))
+        except RuntimeError:
+            expected = None
+        assert broadcast_shape(a, b) == expected == broadcast_shape(b, a), (a, b)
+    assert broadcast_shape((4,), (4, 4)) is None  # different ranks stay an error, not torch's silent prepend
+
+
+def shaped(id: str, shape: tuple[int, int, int], **extra) -> list[dict]:
+    """Layers that make a [C, H, W] value from the [6, 4, 4] input: pool, 1x1 conv, BatchNorm (a fresh value)."""
+    return [{"id": f"{id}_pool", "type": "adaptiveavgpool2d", "output_size": list(shape[1:]), "input": "input"},
+            {"id": f"{id}_conv", "type": "conv2d", "out_channels": shape[0], "kernel_size": 1},
+            {"id": id, "type": "batchnorm2d", **extra}]
+
+
+BROADCASTING = [n for n in MERGES.names() if MERGES.get(n).broadcasts]
+
+
+@pytest.mark.parametrize("name", BROADCASTING)
+@pytest.mark.parametrize("source, target", [((1, 4, 4), (6, 4, 4)), ((6, 4, 4), (6, 1, 1)), ((6, 1, 4), (1, 4, 1)),
+                                            ((6, 1, 1), (6, 4, 4)), ((1, 1, 1), (3, 2, 4))])
+def test_a_skip_broadcasts_either_side_and_downstream_sees_the_broadcast_shape(name, source, target):
+    """A skip into a node whose value grows: every later node, and skips from it, get the broadcast shape."""
+    cfg = {"input": [6, 4, 4], "layers": [*shaped("src", source), *shaped("dst", target),
+                                          {"id": "after", "type": "relu"}, {"id": "last", "type": "tanh"}],
+           "skips": [{"from": "src", "to": "dst", "merge": name}, {"from": "dst", "to": "last", "merge": name}]}
+    plan = skiptrain.check_model(cfg)
+    merged = tuple(torch.broadcast_shapes(source, target))
+    assert not plan.projections
+    assert [plan.graph.nodes[n].meta["shape"] for n in ("dst", "after", "last")] == [merged] * 3
+    first, second = plan.graph.skips
+    side = {(False, False): None, (True, False): "from", (False, True): "to", (True, True): "both"}
+    assert first.meta["broadcast"] == side[source != merged, target != merged] and second.meta["broadcast"] is None
+    model = skiptrain.build_model(cfg).eval()
+    x = torch.randn(2, 6, 4, 4)
+    with torch.no_grad():
+        src = model.src(model.src_conv(model.src_pool(x)))
+        dst = REFERENCE[name](model.dst(model.dst_conv(model.dst_pool(x))), src, 1)
+        torch.testing.assert_close(model(x), REFERENCE[name](torch.tanh(torch.relu(dst)), dst, 1))
+    # in place only into a value that keeps its shape (`dst += src` fails when `dst` would grow)
+    assert ("dst += src" in model.code) == (MERGES.get(name).in_place is not None and target == merged)
+
+
+def test_a_sequence_broadcasts_a_single_token():
+    """[1, 8] (one token) added to [5, 8]: a position-embedding-like broadcast on the sequence axis."""
+    cfg = {"input": [5, 8], "layers": [
+        {"id": "mean", "type": "mean", "dim": 0, "keepdim": True},
+        {"id": "tok", "type": "linear", "out_features": 8},
+        {"id": "seq", "type": "linear", "out_features": 8, "input": "input"}],
+        "skips": [{"from": "tok", "to": "seq"}]}
+    plan = skiptrain.check_model(cfg)
+    assert plan.graph.nodes["tok"].meta["shape"] == (1, 8) and not plan.projections and plan.output_shape == (5, 8)
+    model = skiptrain.build_model(cfg).eval()
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.seq(x) + model.tok(x.mean(1, keepdim=True)))
+
+
+def test_a_mismatch_that_does_not_broadcast_still_gets_its_projection_and_a_warning():
+    plan = skiptrain.check_model(squeeze_excite(["x", "gate"], gate_channels=8))  # [8, 1, 1] into [16, 8, 8]
+    (proj,) = plan.projections.values()
+    assert proj.kind == "upsample_conv_bn" and proj.out_shape == (16, 8, 8) and proj.params
+    (warning,) = plan.warnings
+    assert "gets a projection" in warning and "axis 0 (8 vs 16)" in warning
+    plain = two_convs("mul")  # 4 channels into 6 at one size: nothing broadcasts, a projection and no warning
+    plan = skiptrain.check_model(plain)
+    assert [p.kind for p in plan.projections.values()] == ["conv_bn"] and not plan.warnings
+    assert plan.graph.skips[0].meta["broadcast"] is None
+
+
+def test_under_none_a_broadcast_passes_and_a_near_broadcast_is_not_told_to_project():
+    assert not skiptrain.check_model(squeeze_excite(["x", "gate"], policy="none")).projections
+    with pytest.raises(ShapeError) as info:
+        skiptrain.check_model(squeeze_excite(["x", "gate"], gate_channels=8, policy="none"))
+    error = info.value
+    assert "broadcasts a side of size 1" in error.message and "axis 0: 8 vs 16" in error.message
+    assert "auto" not in error.hint and "`gate`" in error.hint and "axis 0" in error.hint and error.location
+    plain = two_convs("mul")
+    plain["skips"][0]["projection"] = "none"
+    with pytest.raises(ShapeError) as info:  # nothing here would broadcast: a projection is a fix worth naming
+        skiptrain.check_model(plain)
+    assert "policy is `none`" in info.value.message and "projection: auto" in info.value.hint
+
+
+def test_concat_never_broadcasts():
+    cfg = squeeze_excite(["x", "gate"])
+    cfg["layers"][-2]["type"] = "concat"
+    plan = skiptrain.check_model(cfg)  # [16, 1, 1] joined to [16, 8, 8]: the gate is upsampled (spatial sizes differ)
+    (proj,) = plan.projections.values()
+    assert proj.kind == "upsample_conv_bn" and plan.output_shape == (32, 8, 8)
+    assert plan.graph.skips[0].meta["broadcast"] is None
+
+
+# -- concat order: `order: to_first` (the default, cat([to, from])) or `from_first` (DenseNet's) ----------------
+
+@pytest.mark.parametrize("order", [None, "to_first", "from_first"])
+def test_a_concat_skip_joins_in_the_order_it_says(order, write_yaml):
+    import yaml
+    cfg = two_convs("concat")
+    if order:
+        cfg["skips"][0]["order"] = order
+    plan = skiptrain.check_model(cfg)
+    model = skiptrain.build_model(cfg).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        dst, src = model.dst(x), model.src(x)
+        expected = torch.cat([src, dst] if order == "from_first" else [dst, src], dim=1)
+        assert torch.equal(model(x), expected)
+    operands = ["src", "dst"] if order == "from_first" else ["dst", "src"]
+    (skip,) = plan.graph.skips
+    assert skip_text(plan, skip) == f"concat [{', '.join(operands)}]"
+    path = write_yaml(yaml.safe_dump({"model": cfg}))
+    (entry,) = json.loads(invoke("validate", path, "--json").output)["skips"]
+    assert entry["order"] == (order or "to_first") and entry["operands"] == operands
+    assert f"concat [{', '.join(operands)}]" in invoke("validate", path).output
+
+
+def test_dense_connections_in_torchvisions_order():
+    """DenseNet: each layer's input is cat([x0, x1, ...]), earliest first; `order: from_first` on each skip."""
+    block = {"args": {"growth": 4}, "layers": [
+        {"id": "norm", "type": "batchnorm2d"}, {"id": "relu", "type": "relu"},
+        {"id": "conv", "type": "conv2d", "out_channels": "${growth}", "kernel_size": 3, "padding": 1, "bias": False}],
+        "skips": [{"from": "input", "to": "conv", "merge": "concat", "order": "from_first"}]}
+    cfg = {"input": [8, 6, 6], "blocks": {"dense": block}, "layers": [{"id": "layers", "block": "dense", "repeat": 3}]}
+    plan = skiptrain.check_model(cfg)
+    assert plan.output_shape == (20, 6, 6) and not plan.projections
+    model = skiptrain.build_model(cfg).eval()
+    x = torch.randn(2, 8, 6, 6)
+    features = [x]
+    with torch.no_grad():
+        for i in range(3):
+            layer = model.layers.get_submodule(str(i))
+            features.append(layer.conv(layer.relu(layer.norm(torch.cat(features, 1)))))
+        assert torch.equal(model(x), torch.cat(features, 1))
+
+
+def test_a_merge_layer_concatenates_in_input_order():
+    cfg = two_convs("concat", as_layer=True)
+    cfg["layers"][-1]["input"] = ["src", "dst", "input"]
+    cfg["layers"][0]["out_channels"] = 4
+    cfg["layers"][1]["stride"] = 1
+    model = skiptrain.build_model(cfg).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), torch.cat([model.src(x), model.dst(x), x], 1))
+    plan = skiptrain.check_model(cfg)
+    assert [skip_text(plan, s) for s in plan.graph.skips] == ["concat [src, dst]", "concat [m, input]"]
+
+
+@pytest.mark.parametrize("skip, message, hint", [
+    ({"merge": "concat", "order": "reversed"}, "`order:` must be `to_first` or `from_first`", "DenseNet"),
+    ({"merge": "add", "order": "from_first"}, "`order:` does not change what `add` merges", "drop `order:`"),
+])
+def test_a_wrong_order_is_located_with_a_hint(skip, message, hint, write_yaml):
+    import yaml
+    cfg = two_convs("concat")
+    cfg["skips"][0].update(skip)
+    path = write_yaml(yaml.safe_dump({"model": cfg}, sort_keys=False))
+    with pytest.raises(ConfigError) as info:
+        skiptrain.check_model(path)
+    assert message in info.value.message and hint in info.value.hint
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.lstrip().startswith("order:"))
+    assert info.value.location.line == line
+    result = invoke("validate", path)
+    assert result.exit_code == 1 and message.split("`")[1] in result.output
+
+
+def test_order_on_a_merge_layer_is_refused():
+    cfg = two_convs("concat", as_layer=True)
+    cfg["layers"][-1]["order"] = "from_first"
+    with pytest.raises(ConfigError, match="takes only"):
+        skiptrain.check_model(cfg)

@@ -19,6 +19,8 @@ from typing import Any
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID = "https://skiptrain.dev/skiptrain.schema.json"
 EXPR = {"$ref": "#/$defs/expr"}
+WHEN = {"anyOf": [{"type": "boolean"}, EXPR], "default": True,
+        "description": "the item exists only when this is true: `${stride == 1 and expand_ratio != 1}`"}
 _ID_PATTERN = r"^([A-Za-z_][A-Za-z0-9_-]*|0|[1-9][0-9]*)$"  # a name, or an index such as torchvision's `features.3`
 # an id as written: a name or index, YAML's integer index, or `${...}` computed from block arguments
 ID = {"anyOf": [{"type": "string", "pattern": _ID_PATTERN, "not": {"const": "input"}}, {"type": "integer", "minimum": 0},
@@ -104,7 +106,7 @@ def instance_schema() -> dict[str, Any]:
              "args": {"type": "object"}, "first_args": {"type": "object", "description": "args of the first copy"},
              "repeat": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 100_000}, EXPR]},
              "copy_id": {"type": "string", "description": "each copy's id, from ${repeat_index}: denselayer${repeat_index + 1}"},
-             "input": {"$ref": "#/$defs/ref"}, "projection": _policy()}
+             "input": {"$ref": "#/$defs/ref"}, "projection": _policy(), "when": WHEN}
     return {"type": "object", "required": ["block"], "additionalProperties": False,
             "description": "a block instance", "properties": {key: props[key] for key in INSTANCE_KEYS}}
 
@@ -118,7 +120,8 @@ def skip_schema() -> dict[str, Any]:
              "projection": _policy(), "axis": {"anyOf": [{"type": "integer"}, EXPR]},
              "id": {**ID, "description": "the name of this skip's projection module in its scope (`downsample`)"},
              "order": {"anyOf": [{"enum": list(ORDERS)}, EXPR], "default": TO_FIRST,
-                       "description": "concat's operands: `to_first` cat([to, from]), `from_first` cat([from, to])"}}
+                       "description": "concat's operands: `to_first` cat([to, from]), `from_first` cat([from, to])"},
+             "when": WHEN}
     return {"type": "object", "required": ["from", "to"], "additionalProperties": False,
             "properties": {key: props[key] for key in SKIP_KEYS}}
 
@@ -143,7 +146,8 @@ def layer_schema() -> dict[str, Any]:
             "type": {"description": "a layer type", "anyOf": [*kinds, {"enum": sorted(aliases)}, EXPR]},
             "input": {"anyOf": [{"$ref": "#/$defs/ref"}, {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ref"}}]},
             "scale": {"type": "boolean", "default": True,
-                      "description": "false: exempt from width_multiplier"}}
+                      "description": "false: exempt from width_multiplier"},
+            "when": WHEN}
     return {"type": "object", "required": ["type"], "properties": {key: meta[key] for key in LAYER_META_KEYS},
             "allOf": branches, "unevaluatedProperties": False}
 

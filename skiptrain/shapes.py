@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import projection, registry
+from . import expr, projection, registry
+from .conditions import decide
 from .errors import ConfigError, ShapeError
 from .graph import INPUT, Graph, Node, Skip
 from .merges import MERGES, blocking_axes, broadcast_side
@@ -172,15 +173,22 @@ def infer(graph: Graph) -> ModelPlan:
     projections: dict[int, Projection] = {}
     taken = set(graph.nodes) | _named_projections(graph)
     warnings: list[str] = []
+    dropped: set[int] = set()
     for node in graph.order:
         layer = registry.get(node.type, node.arg_locs.get("type", node.loc))
         in_shape, in_dtype = values[node.inputs[0]]
-        args = layer.resolve_args(node.args, in_shape, node.id, node.arg_locs, node.loc)
+        # arguments that read shapes (`${in_channels // 2}`) were left as expressions by spec: resolve them now
+        given = expr.resolve(node.args, lambda ref: values[ref][0]) if expr.deferred_in(node.args) else node.args
+        args = layer.resolve_args(given, in_shape, node.id, node.arg_locs, node.loc)
         shape, dtype, params = layer_shape(layer, args, in_shape, in_dtype, node)
         axis_kind = layer.axis if layer.axis != "inherit" else axes[node.inputs[0]]
         node.meta.update(args=args, in_shape=in_shape, layer_shape=shape, params=params, axis=axis_kind)
         node.meta["layer_dtype"] = dtype
         for skip in graph.skips_into(node.id):
+            if "when" in skip.meta and not decide(skip.meta["when"], lambda ref: shape if ref == node.id else
+                                                  values[ref][0]):
+                dropped.add(id(skip))  # its `when:` on shapes is false
+                continue
             source, source_dtype = values[skip.source]
             merge = MERGES.get(skip.merge, skip.loc)
             axis = skip.meta["axis"] = projection.merge_axis(skip, source, shape, axis_kind)
@@ -209,9 +217,19 @@ def infer(graph: Graph) -> ModelPlan:
         node.meta["dtype"] = dtype
         values[node.id] = (shape, dtype)
         axes[node.id] = axis_kind
+    if dropped:
+        projections = _drop_skips(graph, dropped, projections)
     warnings += [f"`{n}`'s output is never used" for n in graph.unused()]
     out_shape, out_dtype = values[graph.output]
     return ModelPlan(graph, projections, out_shape, out_dtype, warnings)
+
+
+def _drop_skips(graph: Graph, dropped: set[int], projections: dict[int, Projection]) -> dict[int, Projection]:
+    """Remove the skips whose `when:` was false; the projections keep their skips under new indices."""
+    by_skip = {id(graph.skips[i]): p for i, p in projections.items()}
+    graph.skips[:] = [s for s in graph.skips if id(s) not in dropped]
+    graph._skips_by_target = None  # type: ignore[attr-defined]  # skips_into indexes again
+    return {i: by_skip[id(s)] for i, s in enumerate(graph.skips) if id(s) in by_skip}
 
 
 def _meant_broadcast(source: Shape, target: Shape) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 from .config import LocatedDict, LocatedList, where
 from .errors import ConfigError, Location, choices_hint
+from .conditions import COPY_VARIABLES, UNCOUNTED, ScopeShapes, mentions, present, skip_condition
 from .expr import substitute
 from .graph import INPUT, Graph, Node, Skip
 from .merges import DEFAULT as DEFAULT_MERGE, MERGES, TO_FIRST, skip_order
@@ -22,9 +23,9 @@ DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 MODEL_KEYS = ("name", "input", "input_dtype", "projection", "blocks", "layers", "skips", "output",
               "width_multiplier", "depth_multiplier")
 BLOCK_KEYS = ("args", "layers", "skips", "projection", "output")
-INSTANCE_KEYS = ("id", "block", "args", "first_args", "repeat", "copy_id", "input", "projection")
-LAYER_META_KEYS = ("id", "type", "input", "scale")
-SKIP_KEYS = ("from", "to", "merge", "projection", "axis", "id", "order")
+INSTANCE_KEYS = ("id", "block", "args", "first_args", "repeat", "copy_id", "input", "projection", "when")
+LAYER_META_KEYS = ("id", "type", "input", "scale", "when")
+SKIP_KEYS = ("from", "to", "merge", "projection", "axis", "id", "order", "when")
 WIDTH_ARGS = ("out_channels", "out_features")
 MAX_NODES = 1_000_000  # nested repeats multiply: refuse a graph that would not fit in memory
 _PREFIX = "."  # key in a scope's local names holding the scope's id prefix (never a valid id)
@@ -52,11 +53,20 @@ def check_keys(mapping: dict, allowed: tuple[str, ...], what: str) -> None:
 
 def expand(model: dict, strict: bool = False) -> Graph:
     """The model section as a checked ``Graph`` (no shapes yet)."""
-    return _Expander(model, strict).run()
+    if not (isinstance(model, dict) and mentions(model.get("blocks"), "block_count")):
+        return _Expander(model, strict).run()
+    counting = _Expander(model, strict)  # a first pass counts each block's copies for ${block_count}
+    counting.run()
+    expander = _Expander(model, strict, counting.copies)
+    graph = expander.run()
+    if expander.copies != counting.copies:
+        raise ConfigError("the number of copies of a block depends on `block_count`", getattr(model, "loc", None),
+                          "`block_count` may set layer arguments, not `repeat:` or `when:`")
+    return graph
 
 
 class _Expander:
-    def __init__(self, model: dict, strict: bool):
+    def __init__(self, model: dict, strict: bool, totals: dict[str, int] | None = None):
         if not isinstance(model, dict):
             raise ConfigError("`model:` must be a mapping", where(model))
         check_keys(model, MODEL_KEYS, "model")
@@ -71,6 +81,9 @@ class _Expander:
         self.skips: list[Skip] = []
         self.paths: dict[str, str] = {}  # every addressable path -> the node id holding its value
         self.position: dict[str, int] = {INPUT: -1}
+        self.removed: set[str] = set()  # paths of layers and instances that `when:` left out
+        self.totals = totals or {}  # block name -> its copies in the model (for ${block_count})
+        self.copies: dict[str, int] = {}  # block name -> copies expanded so far (${block_index})
 
     def _multiplier(self, key: str) -> float:
         value = self.model.get(key, 1.0)
@@ -123,6 +136,15 @@ class _Expander:
         counters: dict[str, int] = {}
         prev = scope_input
         for i, entry in enumerate(layers):
+            if not present(entry, env, "a block instance" if "block" in entry else "a layer"):
+                # left out: its id (if any) stands for what it would have read, and the chain goes on
+                passed = self.inputs_of(entry, prev, local, declared)[0]
+                if i in ids:
+                    local[ids[i]] = prefix + ids[i]
+                    self.paths[prefix + ids[i]] = passed
+                    self.removed.add(prefix + ids[i])
+                prev = passed
+                continue
             local_id = ids[i] if i in ids else self.auto_id(entry, env, declared, counters, local)
             if "block" in entry:
                 prev = self.expand_instance(entry, local_id, prefix, prev, env, stack, policy, local, declared)
@@ -169,18 +191,19 @@ class _Expander:
         scale = entry.get("scale", True)
         if not isinstance(scale, bool):
             raise ConfigError("`scale:` must be true or false", where(entry, "scale"))
+        inputs = self.inputs_of(entry, prev, local, declared)
+        shapes = ScopeShapes(self.resolve, local, inputs[0])  # `${in_channels // 2}`: resolved by shapes.infer
         args = {}
         for key, value in entry.items():
             if key in LAYER_META_KEYS:
                 continue
-            value = substitute(value, env, where(entry, key))
+            value = substitute(value, env, where(entry, key), shapes)
             if key in WIDTH_ARGS and scale and self.width != 1.0 and type(value) is int and value > 0:
                 if value > 2**62:
                     raise ConfigError(f"`{key}` is too large to scale by `width_multiplier`", where(entry, key),
                                       "sizes go up to 2**62")
                 value = max(1, round(value * self.width))
             args[key] = value
-        inputs = self.inputs_of(entry, prev, local, declared)
         arg_locs = {k: where(entry, k) for k in entry}
         if layer_type in MERGES:
             if not isinstance(entry.get("input"), list) or len(inputs) < 2:
@@ -231,12 +254,8 @@ class _Expander:
         if not isinstance(block, dict) or not isinstance(block.get("layers"), list) or not block["layers"]:
             raise ConfigError(f"block `{name}` needs a non-empty `layers:` list", where(self.blocks, name))
         check_keys(block, BLOCK_KEYS, f"block `{name}`")
-        block_env = self.block_env(name, block, entry.get("args"), entry, env)
         if not isinstance(entry.get("first_args") or {}, dict):
             raise ConfigError("`first_args:` must be a mapping of names to values", where(entry, "first_args"))
-        # `first_args` change the first copy only: the strided first block of a ResNet stage
-        first_env = self.block_env(name, block, {**(entry.get("args") or {}), **entry["first_args"]}, entry, env,
-                                   "first_args") if entry.get("first_args") else block_env
         repeat = self.repeat(entry, env)
         inner_policy = policy
         for source in (block, entry):
@@ -251,8 +270,8 @@ class _Expander:
         copies = self.copy_ids(entry, repeat, env)
         for copy in range(repeat if repeat is not None else 1):
             copy_prefix = f"{base}.{copies[copy]}." if repeat is not None else f"{base}."
-            out = self.expand_block(block, copy_prefix, out, first_env if copy == 0 else block_env,
-                                    stack + (name,), inner_policy)
+            copy_env = self.copy_env(name, block, entry, env, local, out, copy, repeat or 1)
+            out = self.expand_block(block, copy_prefix, out, copy_env, stack + (name,), inner_policy)
             self.paths[copy_prefix[:-1]] = out
         self.paths[base] = out
         return out
@@ -275,8 +294,23 @@ class _Expander:
             names.append(name)
         return names
 
+    def copy_env(self, name: str, block: dict, entry: dict, env: dict, local: dict, source: str,
+                 copy: int, count: int) -> dict:
+        """What one copy sees: its arguments, evaluated for this copy (`first_args` on the first: the
+        strided first block of a ResNet stage), over the copy variables (`repeat_index`, `block_index`...)."""
+        index = self.copies.get(name, 0)
+        self.copies[name] = index + 1
+        variables = dict(zip(COPY_VARIABLES, (copy, count, index, self.totals.get(name, UNCOUNTED))))
+        shapes = ScopeShapes(self.resolve, local, source)  # `args: {squeeze: "${in_channels // 4}"}`
+        if copy == 0 and entry.get("first_args"):
+            args = self.block_env(name, block, {**(entry.get("args") or {}), **entry["first_args"]}, entry,
+                                  {**env, **variables}, "first_args", shapes)
+        else:
+            args = self.block_env(name, block, entry.get("args"), entry, {**env, **variables}, shapes=shapes)
+        return {**variables, **args}
+
     def block_env(self, name: str, block: dict, given: dict | None, entry: dict, env: dict,
-                  key: str = "args") -> dict:
+                  key: str = "args", shapes: ScopeShapes | None = None) -> dict:
         declared = block.get("args") or {}
         given = given or {}
         if not isinstance(declared, dict) or not isinstance(given, dict) or not isinstance(entry.get(key) or {}, dict):
@@ -296,7 +330,7 @@ class _Expander:
                                   f"declare it in `blocks.{name}.args`")
         result = {}
         for key, default in declared.items():
-            value = substitute(given[key], env, where(given, key)) if key in given else default
+            value = substitute(given[key], env, where(given, key), shapes) if key in given else default
             if value is None:
                 raise ConfigError(f"block `{name}` needs argument `{key}`", where(entry, "block"),
                                   f"add `args: {{{key}: ...}}` to this instance")
@@ -335,6 +369,9 @@ class _Expander:
             if path in self.paths:
                 return self.paths[path]
         visible = [p[len(prefix):] for p in self.paths if p.startswith(prefix)] + [INPUT]
+        if head in local and local[head] in self.removed:
+            raise ConfigError(f"unknown id `{ref}`: `{head}` is left out by its `when:`", loc,
+                              f"`{head}` itself stands for its input; nothing inside it exists")
         raise ConfigError(f"unknown id `{ref}`", loc, choices_hint(ref, visible, "ids here"))
 
     def add_skips(self, skips: Any, loc: Location | None, local: dict, env: dict, policy: str) -> None:
@@ -347,13 +384,19 @@ class _Expander:
                 raise ConfigError("a skip needs `from:` and `to:`", where(skips, i),
                                   "for example {from: stem, to: stage1.0.bn2}")
             check_keys(skip, SKIP_KEYS, "a skip")
-            skip = {k: substitute(v, env, where(skip, k)) for k, v in skip.items()} | {"_src": skip}
+            condition = skip_condition(skip, env, ScopeShapes(self.resolve, local, None))
+            if condition is False:
+                continue
+            skip = {k: substitute(v, env, where(skip, k)) for k, v in skip.items() if k != "when"} | {"_src": skip}
             raw = skip["_src"]
             if skip["to"] == INPUT:
                 raise ConfigError("a skip cannot go into `input`", where(raw, "to"),
                                   "`to:` names the later node whose output receives the skip")
             source = self.resolve(skip["from"], local, where(raw, "from"))
             target = self.resolve(skip["to"], local, where(raw, "to"))
+            if self.left_out(skip["to"], local):
+                raise ConfigError(f"skip `to: {skip['to']}` names a layer that its `when:` leaves out", where(raw, "to"),
+                                  "give the skip the same `when:`, or point it at a layer that exists")
             merge = skip.get("merge", DEFAULT_MERGE)
             MERGES.get(merge, where(raw, "merge"))  # an unknown name: a ConfigError with a did-you-mean
             order = skip_order(merge, skip.get("order", TO_FIRST), where(raw, "order"))
@@ -370,6 +413,12 @@ class _Expander:
                                   "swap `from` and `to`; skips only go forward (no cycles)")
             name = local[_PREFIX] + written_id(skip["id"], where(raw, "id")) if "id" in skip else None
             self.skips.append(Skip(source, target, merge, skip_policy, axis, where(skips, i), name=name, order=order))
+            if condition is not True:  # on shapes: shapes.infer keeps or drops it
+                self.skips[-1].meta["when"] = condition
+
+    def left_out(self, ref: Any, local: dict) -> bool:
+        head, _, rest = str(ref).partition(".")
+        return head in local and head != _PREFIX and local[head] + ("." + rest if rest else "") in self.removed
 
 
 def input_shape(model: dict) -> tuple[int, ...]:

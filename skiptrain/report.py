@@ -90,12 +90,17 @@ def projection_table(plan: ModelPlan) -> Table:
 def summary_lines(plan: ModelPlan) -> list[str]:
     lines = [
         f"nodes: {len(plan.graph.nodes)}   skips: {len(plan.graph.skips)}   "
-        f"projections: {len(plan.projections)}",
+        f"projections: {len(plan.projections)}" + _broadcasts(plan),
         f"parameters: {plan.params:,} (layers {plan.layer_params:,}, projections "
         f"{plan.projection_params:,} = {share(plan.projection_params, plan.params)})",
         f"output: `{plan.graph.output}` {shape_text(plan.output_shape)} {plan.output_dtype}",
     ]
     return lines + [f"warning: {w}" for w in plan.warnings]
+
+
+def _broadcasts(plan: ModelPlan) -> str:
+    count = sum(1 for s in plan.graph.skips if s.meta.get("broadcast"))
+    return f"   broadcasts: {count} (no projection)" if count else ""
 
 
 def _label(plan: ModelPlan, node_id: str) -> str:

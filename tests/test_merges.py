@@ -205,7 +205,7 @@ def test_validate_says_broadcast_and_which_side(write_yaml):
     path = write_yaml(yaml.safe_dump({"model": squeeze_excite(["gate", "x"])}))
     table = invoke("validate", path, "--strict")  # a broadcast is no mismatch: --strict accepts it
     assert table.exit_code == 0, table.output
-    assert "broadcast gate to [16, 8, 8]" in table.output and "projections: 0" in table.output
+    assert "broadcast gate to [16, 8, 8]" in table.output and "projections: 0   broadcasts: 1" in table.output
     result = invoke("validate", path, "--json")
     (entry,) = json.loads(result.output)["skips"]
     assert (entry["from"], entry["to"], entry["broadcast"]) == ("x", "se", "to")

@@ -88,7 +88,7 @@ class Concat(Merge):
     """Joined along the merge axis: the other axes agree, the merge axis grows by the source's size."""
 
     name, ordered = "concat", True
-    doc = "concatenated on the merge axis in input order (a U-Net decoder; DenseNet with `order: from_first`)"
+    doc = "concatenated on the merge axis in the order written (a U-Net decoder; DenseNet's cat([*previous, new]))"
 
     def source_shape(self, source: Shape, target: Shape, axis: int) -> Shape:
         return (*target[:axis], source[axis], *target[axis + 1:])

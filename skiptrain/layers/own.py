@@ -94,4 +94,5 @@ class Reshape(nn.Module):
 
 for _merge in MERGES:  # `type: add` with `input: [a, b]`: each merge is also a layer type
     add(LayerType(_merge, nn.Identity, passthrough=True,
-                  doc=f"Merge the nodes in `input: [a, b, ...]` with {_merge}, projecting mismatches."))
+                  doc=f"Merge the nodes in `input: [a, b, ...]` with {_merge}: {MERGES[_merge].doc}. A mismatch "
+                      f"{'that does not broadcast ' if MERGES[_merge].broadcasts else ''}is projected."))

@@ -122,24 +122,34 @@ class _Expander:
         """Expand one `layers:` list; returns its output node id and its local names."""
         declared: dict[str, Location | None] = {}
         ids: dict[int, str] = {}  # position -> its written id, as a string
+        kept: dict[int, bool] = {}  # position -> whether its `when:` keeps it
         for i, entry in enumerate(layers):
             if not isinstance(entry, dict):
                 raise ConfigError("a layer must be a mapping such as `{type: relu}`", where(layers, i))
+            kept[i] = present(entry, env, "a block instance" if "block" in entry else "a layer")
             if "id" in entry:
                 loc = where(entry, "id")
                 layer_id = ids[i] = written_id(substitute(entry["id"], env, loc), loc)
-                if layer_id in declared:
+                if layer_id in declared and kept[i]:
                     raise ConfigError(f"id `{layer_id}` is used twice in this scope", loc,
-                                      f"the first is at {declared[layer_id]}; ids are unique within a block")
-                declared[layer_id] = loc
+                                      f"the first is at {declared[layer_id]}; ids are unique among the layers "
+                                      "that a block keeps (a layer left out by `when:` may share one)")
+                if kept[i]:
+                    declared[layer_id] = loc
+        # a left-out layer's id stands for its input, unless a kept layer has it (torchvision's renumbered
+        # Sequential: the depthwise conv is `conv.0` without the expansion conv, `conv.1` with it)
+        for i, layer_id in ids.items():
+            if not kept[i]:
+                declared.setdefault(layer_id, where(layers[i], "id"))
+        kept_ids = {ids[i] for i in ids if kept[i]}
         local: dict[str, str] = {INPUT: scope_input, _PREFIX: prefix}
         counters: dict[str, int] = {}
         prev = scope_input
         for i, entry in enumerate(layers):
-            if not present(entry, env, "a block instance" if "block" in entry else "a layer"):
+            if not kept[i]:
                 # left out: its id (if any) stands for what it would have read, and the chain goes on
                 passed = self.inputs_of(entry, prev, local, declared)[0]
-                if i in ids:
+                if i in ids and ids[i] not in kept_ids:
                     local[ids[i]] = prefix + ids[i]
                     self.paths[prefix + ids[i]] = passed
                     self.removed.add(prefix + ids[i])

@@ -126,3 +126,34 @@ def test_copy_id_needs_repeat(write_yaml):
     with pytest.raises(ConfigError, match="names the copies of a repeated block") as info:
         skiptrain.check_model(path)
     assert "repeat" in info.value.hint
+
+
+RENUMBERED = """
+model:
+  name: renumbered
+  input: [4, 8, 8]
+  blocks:
+    branch:
+      args: {expand: true}
+      layers:
+        - {id: 0, type: conv2d, out_channels: 8, kernel_size: 1, when: "${expand}"}
+        - {id: "${1 if expand else 0}", type: conv2d, out_channels: 4, kernel_size: 3, padding: 1}
+        - {id: "${2 if expand else 1}", type: batchnorm2d}
+  layers:
+    - {id: a, block: branch}
+    - {id: b, block: branch, args: {expand: false}}
+"""
+
+
+def test_a_left_out_layer_may_share_its_id_with_a_kept_one(write_yaml):
+    # torchvision renumbers a Sequential when a layer is absent: MobileNetV2's `conv.0` is the
+    # expansion conv, or the depthwise conv where there is no expansion
+    keys = [k for k in skiptrain.build_model(write_yaml(RENUMBERED)).state_dict() if k.endswith("weight")]
+    assert keys == ["a.0.weight", "a.1.weight", "a.2.weight", "b.0.weight", "b.1.weight"]
+
+
+def test_two_kept_layers_with_one_id_is_still_an_error(write_yaml):
+    path = write_yaml(RENUMBERED.replace('"${1 if expand else 0}"', "0"))
+    with pytest.raises(ConfigError, match="used twice") as info:
+        skiptrain.check_model(path)
+    assert "left out by `when:` may share" in info.value.hint

@@ -42,7 +42,6 @@ WANTED = ["resnext50_32x4d", "wide_resnet50_2", "squeezenet1_1", "densenet121", 
 # What each missing model waits for (the language first, then the config): a model listed here and
 # present in the zoo fails below, so the list stays true.
 WAITING = {
-    "mobilenet_v2": "`when:` on a skip and a layer, conditional ids (the expansion conv only when t != 1)",
     "shufflenet_v2_x1_0": "`chunk` and `channel_shuffle` layers, `when:` (branch1 only when strided)",
     "mobilenet_v3_small": "broadcasting `mul` (squeeze-excite), `${in_channels}` with make_divisible, `when:`",
     "mobilenet_v3_large": "broadcasting `mul` (squeeze-excite), `${in_channels}` with make_divisible, `when:`",

@@ -286,3 +286,50 @@ def test_block_count_cannot_decide_how_many_copies(write_yaml):
     """)
     with pytest.raises(ConfigError, match="depends on `block_count`"):
         skiptrain.check_model(path)
+
+
+RISING = """
+model:
+  name: rising
+  input: [1, 8, 8]
+  blocks:
+    res:
+      args: {rate: 0.6}
+      layers:
+        - {id: conv, type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}
+        - {type: relu}
+        - {id: drop, type: DROP, p: "${rate * block_index / (block_count - 1)}"EXTRA}
+      skips:
+        - {from: input, to: drop}
+  layers:
+    - {id: stem, type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}
+    - {id: s1, block: res, repeat: 2}
+    - {id: s2, block: res, repeat: 2}
+    - {type: global_avgpool}
+    - {id: head, type: linear, out_features: 4}
+data: {dataset: synthetic, num_samples: 96, num_classes: 4, batch_size: 32}
+train: {epochs: 2, optimizer: {name: sgd, lr: 0.05}, device: cpu, deterministic: true}
+"""
+
+
+@pytest.mark.parametrize("layer, extra", [("dropout", ""), ("stochastic_depth", ", mode: row")])
+def test_exact_resume_with_a_drop_rate_rising_over_the_blocks(write_yaml, tmp_path, layer, extra):
+    from skiptrain import registry
+    from .conftest import invoke
+
+    if layer not in registry.names():
+        pytest.skip(f"`{layer}` is not a registered layer type here")
+    config = write_yaml(RISING.replace("DROP", layer).replace("EXTRA", extra))
+    plan = skiptrain.check_model(config)
+    rates = [node.meta["args"]["p"] for node in plan.graph.order if node.id.endswith("drop")]
+    assert rates == pytest.approx([0.0, 0.2, 0.4, 0.6])
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert invoke("train", config, "--run-dir", straight, "-q").exit_code == 0
+    assert invoke("train", config, "--run-dir", split, "--epochs", "1", "-q").exit_code == 0
+    result = invoke("train", "--resume", split, "--epochs", "2", "-q")
+    assert result.exit_code == 0, result.output
+    a = torch.load(straight / "checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(split / "checkpoints/last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -78,38 +78,44 @@ def plan(skip: Skip, merge: Merge, source: Shape, target: Shape, axis: int, axis
     if source == out:
         return None
     policy = skip.projection
+    near = _near_broadcast(skip, merge, source, target)  # a broadcast meant, and sizes that differ elsewhere
     if policy == NONE:
-        raise _none_error(skip, merge, source, target)
-    mismatch = classify(skip, source, target, out, axis, axis_kind)
-    chosen = [kind for _, kind in KINDS.items() if kind.applies(policy, mismatch)]
-    if not chosen:
-        raise _error(skip, source, target, f"the `{policy}` policy has no projection for {CHANGES[mismatch.change]}",
-                     _other_policies(mismatch))
-    kind = chosen[0]
+        raise near or _error(skip, source, target, "the shapes differ and the projection policy is `none`",
+                             f"set `projection: auto` on this skip (and drop --strict) to insert a learnable "
+                             f"projection, or change `{skip.source}` or `{skip.target}` so their shapes agree"
+                             + (" or broadcast (size 1 where they differ)" if merge.broadcasts else ""))
     try:
-        args = kind.params(mismatch)
-    except Unfit as unfit:
-        raise _error(skip, source, target, unfit.reason, unfit.hint) from None
+        mismatch = classify(skip, source, target, out, axis, axis_kind)
+        chosen = [kind for _, kind in KINDS.items() if kind.applies(policy, mismatch)]
+        if not chosen:
+            raise _error(skip, source, target, f"the `{policy}` policy has no projection for "
+                         f"{CHANGES[mismatch.change]}", _other_policies(mismatch))
+        kind = chosen[0]
+        try:
+            args = kind.params(mismatch)
+        except Unfit as unfit:
+            raise _error(skip, source, target, unfit.reason, unfit.hint) from None
+    except ShapeError as error:  # no projection fits: where a broadcast was meant, say how to make it broadcast
+        raise near or error from None
     projection = Projection(proj_id, skip, kind.name, source, out, mismatch.factor, args=args)
     with torch.device("meta"):
         projection.params = sum(p.numel() for p in projection.build().parameters())
     return projection
 
 
-def _none_error(skip: Skip, merge: Merge, source: Shape, target: Shape) -> ShapeError:
-    """A mismatch under `none`; where broadcasting fails on a few axes only, the fix is there, not a projection."""
-    blocking = blocking_axes(source, target) if merge.broadcasts and len(source) == len(target) else []
-    stretched = [i for i, (s, t) in enumerate(zip(source, target)) if s != t and 1 in (s, t)] if blocking else []
-    if stretched:  # a broadcast meant on some axes (a [C, 1, 1] gate), and sizes that differ on others
-        sizes = ", ".join(f"axis {i}: {source[i]} vs {target[i]}" for i in blocking)
-        return _error(skip, source, target, f"`{merge.name}` broadcasts a side of size 1, but the sizes differ "
-                      f"where neither is 1 ({sizes})",
-                      f"make `{skip.source}` match `{skip.target}` on {_axes(blocking)} (or give it size 1 there) "
-                      f"so that it broadcasts; a projection would not broadcast but learn another tensor")
-    fix = " or broadcast (size 1 where they differ)" if merge.broadcasts else ""
-    return _error(skip, source, target, "the shapes differ and the projection policy is `none`",
-                  f"set `projection: auto` on this skip (and drop --strict) to insert a learnable projection, "
-                  f"or change `{skip.source}` or `{skip.target}` so their shapes agree{fix}")
+def _near_broadcast(skip: Skip, merge: Merge, source: Shape, target: Shape) -> ShapeError | None:
+    """The error for a broadcasting merge whose shapes broadcast on some axes (a [C, 1, 1] gate) and differ,
+    with neither size 1, on others: the fix is to make those agree, not a projection; None for other mismatches."""
+    if not merge.broadcasts or len(source) != len(target):
+        return None
+    blocking = blocking_axes(source, target)
+    if not blocking or not any(s != t and 1 in (s, t) for s, t in zip(source, target)):
+        return None
+    sizes = ", ".join(f"axis {i}: {source[i]} vs {target[i]}" for i in blocking)
+    return _error(skip, source, target, f"`{merge.name}` broadcasts a side of size 1, but the sizes differ "
+                  f"where neither is 1 ({sizes})",
+                  f"make `{skip.source}` match `{skip.target}` on {_axes(blocking)} (or give it size 1 there) "
+                  f"so that it broadcasts; a projection would not broadcast but learn another tensor")
 
 
 def _axes(axes: list[int]) -> str:

@@ -263,3 +263,34 @@ def test_state_dict_keys_of_each_kind_stay():
     for pooled_or_upsampled in (keys["pool_conv", "down"], keys["auto", "up"]):  # index 0 holds no parameters
         assert pooled_or_upsampled[0] == "dst_proj.1.weight" and "dst_proj.2.running_mean" in pooled_or_upsampled
     assert keys["auto", "features"] == ["dst_proj.weight"]
+
+
+# -- broadcasting merges (issue 14) -----------------------------------------------------------------------------
+
+def se_gate(gate_channels: int, policy: str, merge: str = "mul") -> dict:
+    """A [gate_channels, 1, 1] gate (pooled, 1x1 conv) merged into the [8, 16, 16] input by a skip."""
+    return two_branch("- {id: pool, type: adaptiveavgpool2d, output_size: 1}\n"
+                      f"  - {{id: src, type: conv2d, out_channels: {gate_channels}, kernel_size: 1}}",
+                      "- {id: dst, type: identity, input: input}", merge=merge, policy=policy)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("merge", ["add", "mul"])
+def test_a_broadcast_needs_no_projection_under_any_policy(policy, merge):
+    plan, net, _ = run(se_gate(8, policy, merge))
+    assert not plan.projections and plan.output_shape == (8, 16, 16)
+    assert not any("_proj" in key for key in net.state_dict())
+
+
+@pytest.mark.parametrize("policy", [p for p in POLICIES if p != "auto"])
+def test_a_near_broadcast_that_no_projection_fits_is_told_how_to_broadcast(policy):
+    """A [4, 1, 1] gate into [8, 16, 16]: the policy's projection (if any) would upsample; the hint is the width."""
+    model = se_gate(4, policy)
+    if policy in ("conv", "pool_conv"):  # these have a kind for a larger map: built, with a warning
+        plan, _, _ = run(model)
+        assert plan.projections and any("broadcasts on some axes" in w for w in plan.warnings)
+        return
+    with pytest.raises(ShapeError) as info:
+        skiptrain.check_model(model)
+    assert "broadcasts a side of size 1" in info.value.message and "axis 0: 4 vs 8" in info.value.message
+    assert "projection:" not in info.value.hint and "`src`" in info.value.hint

@@ -6,6 +6,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from .compute import count, macs_text
 from .graph import INPUT
 from .merges import FROM_FIRST, MERGES
 from .shapes import ModelPlan
@@ -17,6 +18,7 @@ def shape_text(shape) -> str:
 
 def plan_json(plan: ModelPlan) -> dict[str, Any]:
     graph = plan.graph
+    compute = count(plan)
     return {
         "name": graph.name,
         "input_shape": list(graph.input_shape),
@@ -24,14 +26,18 @@ def plan_json(plan: ModelPlan) -> dict[str, Any]:
         "output_shape": list(plan.output_shape),
         "params": plan.params,
         "projection_params": plan.projection_params,
+        "macs": compute.macs,  # multiply-adds per sample (torch's FlopCounterMode / 2)
+        "projection_macs": compute.projection_macs,
+        "projection_macs_share": compute.projection_share,
         "nodes": [{"id": n.id, "type": n.type, "inputs": n.inputs, "output_shape": list(n.meta["shape"]),
-                   "params": n.meta["params"]} for n in graph.order],
+                   "params": n.meta["params"], "macs": n.meta["macs"]} for n in graph.order],
         "skips": [{"from": s.source, "to": s.target, "merge": s.merge, "projection": s.projection,
                    "order": s.order, "operands": operands(graph, s), "broadcast": s.meta.get("broadcast"),
                    "shape": list(s.meta["shape"]) if "shape" in s.meta else None}
                   for s in graph.skips],
         "projections": [{"id": p.id, "from": p.skip.source, "to": p.skip.target, "kind": p.kind,
-                         "in_shape": list(p.in_shape), "out_shape": list(p.out_shape), "params": p.params}
+                         "in_shape": list(p.in_shape), "out_shape": list(p.out_shape), "params": p.params,
+                         "macs": p.skip.meta["macs"]}
                         for p in plan.projections.values()],
         "warnings": plan.warnings,
     }
@@ -61,10 +67,11 @@ def share(params: int, total: int) -> str:
 
 def node_table(plan: ModelPlan) -> Table:
     graph = plan.graph
+    count(plan)
     table = Table(title=f"{graph.name}: input {shape_text(graph.input_shape)} {graph.input_dtype}",
                   title_justify="left")
     for column, justify in (("id", "left"), ("type", "left"), ("output shape", "left"),
-                            ("params", "right"), ("skips in", "left")):
+                            ("params", "right"), ("MACs", "right"), ("skips in", "left")):
         table.add_column(column, justify=justify)
     for node in graph.order:
         merges = []
@@ -72,27 +79,33 @@ def node_table(plan: ModelPlan) -> Table:
             proj = plan.projection_for(skip)
             merges.append(skip_text(plan, skip) + (f" via {proj.id}" if proj else ""))
         table.add_row(node.id, node.type, shape_text(node.meta["shape"]), f"{node.meta['params']:,}",
-                      Text("\n".join(merges), style="cyan"))
+                      f"{node.meta['macs']:,}", Text("\n".join(merges), style="cyan"))
     return table
 
 
 def projection_table(plan: ModelPlan) -> Table:
     table = Table(title="projections inserted on mismatched skips", title_justify="left")
-    for column in ("projection", "skip", "kind", "shape", "params", "share"):
-        table.add_column(column, justify="right" if column in ("params", "share") else "left")
+    total = count(plan).macs
+    numbers = ("params", "share", "MACs", "MACs share")
+    for column in ("projection", "skip", "kind", "shape", *numbers):
+        table.add_column(column, justify="right" if column in numbers else "left")
     for p in plan.projections.values():
         table.add_row(p.id, f"{p.skip.source} -> {p.skip.target}", p.description,
                       f"{shape_text(p.in_shape)} -> {shape_text(p.out_shape)}", f"{p.params:,}",
-                      share(p.params, plan.params))
+                      share(p.params, plan.params), f"{p.skip.meta['macs']:,}", share(p.skip.meta["macs"], total))
     return table
 
 
 def summary_lines(plan: ModelPlan) -> list[str]:
+    compute = count(plan)
     lines = [
         f"nodes: {len(plan.graph.nodes)}   skips: {len(plan.graph.skips)}   "
         f"projections: {len(plan.projections)}" + _broadcasts(plan),
         f"parameters: {plan.params:,} (layers {plan.layer_params:,}, projections "
         f"{plan.projection_params:,} = {share(plan.projection_params, plan.params)})",
+        f"multiply-adds per sample: {compute.macs:,} = {macs_text(compute.macs)}MACs (layers "
+        f"{compute.layer_macs:,}, projections {compute.projection_macs:,} = "
+        f"{share(compute.projection_macs, compute.macs)})",
         f"output: `{plan.graph.output}` {shape_text(plan.output_shape)} {plan.output_dtype}",
     ]
     return lines + [f"warning: {w}" for w in plan.warnings]
@@ -110,6 +123,13 @@ def _label(plan: ModelPlan, node_id: str) -> str:
     return f"{node_id}: {node.type} {shape_text(node.meta['shape'])}"
 
 
+def _merge_label(skip) -> str:
+    """A skip edge's merge, with what is not the default: `mul, broadcast from`, `concat, from first`."""
+    extra = [f"broadcast {skip.meta['broadcast']}"] if skip.meta.get("broadcast") else []
+    extra += ["from first"] if skip.order == FROM_FIRST else []
+    return ", ".join([skip.merge, *extra])
+
+
 def _safe(node_id: str) -> str:
     return "n_" + "".join(c if c.isalnum() else "_" for c in node_id)
 
@@ -121,7 +141,7 @@ def mermaid(plan: ModelPlan) -> str:
     lines += [f"  {_safe(src)} --> {_safe(n.id)}" for n in graph.order for src in n.inputs]
     for skip in graph.skips:
         proj = plan.projection_for(skip)
-        label = f"{skip.merge}" + (f": {proj.description}, {proj.params:,} params" if proj else "")
+        label = _merge_label(skip) + (f": {proj.description}, {proj.params:,} params" if proj else "")
         lines.append(f'  {_safe(skip.source)} -. "{label}" .-> {_safe(skip.target)}')
     return "\n".join(lines) + "\n"
 
@@ -134,7 +154,7 @@ def dot(plan: ModelPlan) -> str:
     lines += [f"  {_safe(src)} -> {_safe(n.id)};" for n in graph.order for src in n.inputs]
     for skip in graph.skips:
         proj = plan.projection_for(skip)
-        label = skip.merge + (f"\\n{proj.description}\\n{proj.params:,} params" if proj else "")
+        label = _merge_label(skip) + (f"\\n{proj.description}\\n{proj.params:,} params" if proj else "")
         color = "red" if proj else "blue"
         lines.append(f'  {_safe(skip.source)} -> {_safe(skip.target)} '
                      f'[style=dashed, color={color}, label="{label}", constraint=false];')

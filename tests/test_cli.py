@@ -25,7 +25,8 @@ def test_validate_json_is_one_object(write_yaml):
     assert data["output_shape"] == [4]
     assert data["params"] == sum(n["params"] for n in data["nodes"]) + sum(p["params"] for p in data["projections"])
     assert data["projections"] == [{"id": "body_proj", "from": "stem", "to": "body", "kind": "conv_bn",
-                                    "in_shape": [8, 8, 8], "out_shape": [16, 4, 4], "params": 8 * 16 + 32}]
+                                    "in_shape": [8, 8, 8], "out_shape": [16, 4, 4], "params": 8 * 16 + 32,
+                                    "macs": 16 * 8 * 4 * 4}]
     assert {"id", "type", "output_shape", "params"} <= set(data["nodes"][0])
 
 

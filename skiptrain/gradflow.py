@@ -37,7 +37,7 @@ def gradflow(config: Config, *, steps: int = 0, device: str = "cpu") -> dict[str
         model.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
         loss.backward()
-        return loss.item(), [_grad_norm(model.get_submodule(node.id)) for _, node in layers]
+        return loss.item(), [_grad_norm(_parameters_at(model, node.id)) for _, node in layers]
 
     init_loss, init = norms()
     result: dict[str, Any] = {
@@ -57,10 +57,18 @@ def gradflow(config: Config, *, steps: int = 0, device: str = "cpu") -> dict[str
     return result
 
 
-def _grad_norm(module) -> float:
+def _parameters_at(model, node_id: str) -> list:
+    """A layer's parameters; a learnable tensor's node (`class_token`) is a parameter at its id, not a module."""
+    try:
+        return list(model.get_submodule(node_id).parameters())
+    except AttributeError:
+        return [model.get_parameter(node_id)]
+
+
+def _grad_norm(params) -> float:
     """The L2 norm of all of a layer's parameter gradients together (0 for none)."""
     total = 0.0
-    for param in module.parameters():
+    for param in params:
         if param.grad is not None:
             total += float(param.grad.detach().float().pow(2).sum())
     return total ** 0.5

@@ -28,16 +28,20 @@ from .shapes import ModelPlan
 class SkipNet(nn.Module):
     """A network built from a skiptrain graph. ``code`` holds its generated forward."""
 
-    def __init__(self, modules: dict[str, nn.Module], code: str, meta: dict[str, Any]):
+    def __init__(self, modules: dict[str, nn.Module], code: str, meta: dict[str, Any],
+                 tensors: dict[str, nn.Parameter] | None = None):
         super().__init__()
-        for path, module in modules.items():
+        for path, value in [*modules.items(), *(tensors or {}).items()]:
             parent = self
             *scopes, leaf = path.split(".")
             for scope in scopes:
                 if scope not in parent._modules:
                     parent.add_module(scope, nn.Module())
                 parent = parent._modules[scope]
-            parent.add_module(leaf, module)
+            if isinstance(value, nn.Parameter):  # a learnable tensor at its node's id (torch.fx's get_attr)
+                parent.register_parameter(leaf, value)
+            else:
+                parent.add_module(leaf, value)
         self.code = code
         self.meta = {"skiptrain": meta}
         self._forward = _compile(self, code, meta["name"])
@@ -92,6 +96,7 @@ class _Names:
 def build_module(plan: ModelPlan, device: str | torch.device | None = None) -> SkipNet:
     graph = plan.graph
     modules: dict[str, nn.Module] = {}
+    tensors: dict[str, nn.Parameter] = {}
     names = _Names()
     scopes: dict[str, str] = {"": "m"}  # module scope path -> local variable holding its _modules
     scope_lines: list[str] = []
@@ -109,6 +114,12 @@ def build_module(plan: ModelPlan, device: str | torch.device | None = None) -> S
         scope, _, leaf = path.rpartition(".")
         return f"{scope_var(scope)}[{leaf!r}]({argument})"
 
+    def tensor(path: str) -> str:
+        """The learnable tensor at ``path``, read from its scope module's parameters."""
+        scope, _, leaf = path.rpartition(".")
+        parent, _, child = scope.rpartition(".")
+        return f"{f'{scope_var(parent)}[{child!r}]' if scope else 'self'}._parameters[{leaf!r}]"
+
     readers = _reader_counts(plan)
     owned: set[str] = set()  # variables holding a fresh tensor that nothing else refers to
     with torch.device(device) if device is not None else nullcontext():
@@ -125,9 +136,14 @@ def build_module(plan: ModelPlan, device: str | torch.device | None = None) -> S
                     args = {**args, "inplace": True}  # sole reader of a fresh tensor, as torchvision does
                 elif args.get("inplace") and not sole_reader:
                     args = {**args, "inplace": False}  # a written `inplace: true` would change a value still read
-                modules[node.id] = layer.build(args)
                 target = names.new(node.id)
-                body.append((f"{target} = {call(node.id, value)}", [value]))
+                if layer.tensor:  # the tensor lives at the node's id; the node's code applies it
+                    built = layer.build(args)
+                    tensors[node.id] = built.weight
+                    body.append((f"{target} = {built.expression(value, tensor(node.id))}", [value]))
+                else:
+                    modules[node.id] = layer.build(args)
+                    body.append((f"{target} = {call(node.id, value)}", [value]))
                 value = target
                 if layer.fresh_output:
                     owned.add(target)
@@ -158,7 +174,7 @@ def build_module(plan: ModelPlan, device: str | torch.device | None = None) -> S
                       *_with_frees(body, output), f"    return {output}", ""])
     meta = {"name": graph.name, "input_shape": list(graph.input_shape), "input_dtype": graph.input_dtype,
             "output_shape": list(plan.output_shape)}
-    return SkipNet(modules, code, meta)
+    return SkipNet(modules, code, meta, tensors)
 
 
 def _reader_counts(plan: ModelPlan) -> dict[str, int]:

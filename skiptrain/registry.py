@@ -19,14 +19,16 @@ Shape = tuple[int, ...]
 # Constructor arguments that follow from the input shape of one sample (channels first).
 INFERRED: dict[str, Callable[[Shape], Any]] = {
     "in_channels": lambda shape: shape[0],
+    "input_channels": lambda shape: shape[0],  # torchvision's SqueezeExcitation
     "num_features": lambda shape: shape[0],
     "num_channels": lambda shape: shape[0],
     "in_features": lambda shape: shape[-1],
     "normalized_shape": lambda shape: shape[-1],
     "embed_dim": lambda shape: shape[-1],
     "d_model": lambda shape: shape[-1],
+    "input_shape": lambda shape: tuple(shape),  # learnable tensors shaped like the input (position embedding)
 }
-_CHANNEL_ARGS = {"in_channels", "num_features", "num_channels"}
+_CHANNEL_ARGS = {"in_channels", "input_channels", "num_features", "num_channels"}
 _NOT_ARGUMENTS = {"self", "device", "dtype"}
 AXES = ("channels", "last", "inherit")
 
@@ -45,6 +47,10 @@ class LayerType:
     # It has an `inplace` argument that is safe to turn on when it is the sole reader of a
     # fresh value (ReLU after `out += identity`).
     may_run_inplace: bool = False
+    # A learnable tensor (class token, layer scale): the module's one parameter `weight` lives at the
+    # node's id itself, as a torch.fx get_attr target does (`encoder.pos_embedding`, torchvision's key),
+    # and the module's static `expression(value, tensor)` is the node's code in the generated forward.
+    tensor: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)  # skiptrain's defaults over torch's
     aliases: tuple[str, ...] = ()
     doc: str = ""
@@ -68,7 +74,8 @@ class LayerType:
         for key in args:
             if key not in accepted:
                 hint = did_you_mean(key, accepted) or (
-                    f"`{self.name}` takes: {', '.join(a for a in accepted if a not in INFERRED) or 'no arguments'}")
+                    f"`{self.name}` takes: {', '.join(a for a in accepted if a not in INFERRED) or 'no arguments'}"
+                    + "".join(f"; `{a}` is inferred from the input shape" for a in self.inferred))
                 raise ConfigError(f"`{self.name}` has no argument `{key}` (layer `{node_id}`)",
                                   arg_locs.get(key, loc), hint)
         resolved = {**self.defaults, **{k: _tuples(v) for k, v in args.items()}}
@@ -110,11 +117,11 @@ def add(layer_type: LayerType) -> LayerType:
 
 
 def register(name: str, *, axis: str = "inherit", aliases: tuple[str, ...] = (), fresh_output: bool = False,
-             **defaults: Any):
+             tensor: bool = False, **defaults: Any):
     """Class decorator: ``@register("self_attention", axis="last", fresh_output=True)``."""
     def decorate(cls):
         add(LayerType(name, cls, axis=axis, aliases=aliases, defaults=defaults, fresh_output=fresh_output,
-                      doc=inspect.getdoc(cls) or ""))
+                      tensor=tensor, doc=inspect.getdoc(cls) or ""))
         return cls
     return decorate
 

@@ -150,7 +150,11 @@ def _check_on_cpu(module: nn.Module, batch: torch.Tensor, node: Node) -> None:
     """Run a small layer once on CPU, whose kernel checks what meta's may not (`gelu` on int64)."""
     try:
         with torch.no_grad():
-            module.to_empty(device="cpu")(torch.zeros(batch.shape, dtype=batch.dtype))
+            module.to_empty(device="cpu")
+            for buffer in module.buffers():  # an index table (Swin's relative positions) holds garbage: 0 is valid
+                if not buffer.is_floating_point():
+                    buffer.zero_()
+            module(torch.zeros(batch.shape, dtype=batch.dtype))
     except Exception as exc:
         dtype = str(batch.dtype).removeprefix("torch.")
         raise ShapeError(f"`{node.type}` `{node.id}` cannot take an input of shape {list(batch.shape[1:])} "

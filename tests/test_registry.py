@@ -105,6 +105,13 @@ SAMPLE_ARGS = {
     "permute": {"dims": [1, 2, 0]},
     "transpose": {"dims": [0, 1]},
     "reshape": {"shape": [-1, 8]},
+    "select": {"index": 1}, "slice": {"start": 1, "end": 3}, "chunk": {"chunks": 2, "index": 1},
+    "split": {"sizes": [1, 3], "index": 1}, "roll": {"shifts": [1, -2], "dims": [1, 2]},
+    "layer_scale": {"init": "normal"},  # not the tiny default, so a wrong broadcast shows
+    "stochastic_depth": {"p": 0.5},
+    "drop_block": {"p": 0.5, "block_size": 3},
+    "squeeze_excitation": {"squeeze_channels": 2, "scale_activation": "hardsigmoid"},
+    "mlp": {"hidden_channels": [16, 8], "norm_layer": "layernorm", "activation_layer": "gelu"},
 }
 SAMPLES = {  # types whose sample is not the default one
     "embedding": ([6], {"num_embeddings": 10, "embedding_dim": 4}, "int64"),
@@ -112,6 +119,16 @@ SAMPLES = {  # types whose sample is not the default one
     "fold": ([8, 9], {"output_size": [4, 4], "kernel_size": 2}, "float32"),  # 2 channels x 2x2 blocks, 3x3 places
     "self_attention": ([5, 8], {"num_heads": 2}, "float32"),
     "transformer_encoder_layer": ([5, 8], {"nhead": 2, "dim_feedforward": 16}, "float32"),
+    "conv3d_norm_activation": ([4, 6, 6, 6], {"out_channels": 6, "kernel_size": 3}, "float32"),
+    "drop_block3d": ([4, 6, 6, 6], {"p": 0.5, "block_size": 3}, "float32"),
+    "class_token": ([5, 8], {}, "float32"),
+    "position_embedding": ([5, 8], {}, "float32"),
+    "window_partition": ([8, 4, 3], {"window_size": [4, 2]}, "float32"),  # [H, W, C] samples
+    "window_reverse": ([4, 8, 3], {"window_size": [4, 2], "size": [8, 4]}, "float32"),
+    "shifted_window_attention": ([8, 8, 8], {"window_size": [4, 4], "shift_size": [2, 2], "num_heads": 2}, "float32"),
+    "shifted_window_attention_v2": ([8, 8, 8], {"window_size": [4, 4], "shift_size": [2, 2], "num_heads": 2},
+                                    "float32"),
+    "patch_merging": ([8, 8, 4], {}, "float32"), "patch_merging_v2": ([8, 8, 4], {}, "float32"),
 }
 
 

@@ -19,7 +19,11 @@ def _batch_axis(dim: int) -> int:
 
 @register("self_attention", axis="last", fresh_output=True)
 class SelfAttention(nn.Module):
-    """Multi-head self-attention on a ``[seq, dim]`` sample (``embed_dim`` is inferred)."""
+    """Multi-head self-attention on a ``[seq, dim]`` sample, or on each of ``[windows, seq, dim]``.
+
+    ``embed_dim`` is inferred. Leading sample axes (windows, heads of a grid) are independent
+    sequences: attention runs within each, as Swin's attention over a batch of windows does.
+    """
 
     def __init__(self, embed_dim: int, num_heads: int = 1, dropout: float = 0.0, bias: bool = True):
         super().__init__()
@@ -27,7 +31,13 @@ class SelfAttention(nn.Module):
                                                batch_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attention(x, x, x, need_weights=False)[0]
+        if x.dim() < 3:
+            raise ValueError(f"self_attention takes [seq, dim] or [..., seq, dim] samples; a sample of shape "
+                             f"{list(x.shape[1:])} has no sequence axis")
+        if x.dim() == 3:
+            return self.attention(x, x, x, need_weights=False)[0]
+        flat = x.reshape(-1, *x.shape[-2:])  # [batch * windows, seq, dim]
+        return self.attention(flat, flat, flat, need_weights=False)[0].reshape(x.shape)
 
 
 @register("global_avgpool", axis="channels", fresh_output=True)

@@ -43,8 +43,6 @@ WANTED = ["resnext50_32x4d", "wide_resnet50_2", "squeezenet1_1", "densenet121", 
 # present in the zoo fails below, so the list stays true.
 WAITING = {
     "shufflenet_v2_x1_0": "`chunk` and `channel_shuffle` layers, `when:` (branch1 only when strided)",
-    "mobilenet_v3_small": "broadcasting `mul` (squeeze-excite), `${in_channels}` with make_divisible, `when:`",
-    "mobilenet_v3_large": "broadcasting `mul` (squeeze-excite), `${in_channels}` with make_divisible, `when:`",
     "efficientnet_b0": "broadcasting `mul`, `when:`, `stochastic_depth` with a rate rising over the blocks",
     "regnet_y_400mf": "broadcasting `mul` (squeeze-excite), `${in_channels}`",
     "convnext_tiny": "a layer scale with torchvision's key, `permute`, `stochastic_depth` rising over the blocks",

@@ -209,6 +209,7 @@ def test_validate_says_broadcast_and_which_side(write_yaml):
     result = invoke("validate", path, "--json")
     (entry,) = json.loads(result.output)["skips"]
     assert (entry["from"], entry["to"], entry["broadcast"]) == ("x", "se", "to")
+    assert '-. "mul, broadcast to" .->' in invoke("graph", path).output
 
 
 def test_the_merged_shape_is_torchs_broadcast_shape():
@@ -332,6 +333,7 @@ def test_a_concat_skip_joins_in_the_order_it_says(order, write_yaml):
     (entry,) = json.loads(invoke("validate", path, "--json").output)["skips"]
     assert entry["order"] == (order or "to_first") and entry["operands"] == operands
     assert f"concat [{', '.join(operands)}]" in invoke("validate", path).output
+    assert ("concat, from first" in invoke("graph", path).output) == (order == "from_first")
 
 
 def test_dense_connections_in_torchvisions_order():

@@ -82,7 +82,7 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
     strict: bool = typer.Option(False, "--strict", help="Every shape mismatch is an error (projection: none)."),
 ) -> None:
-    """Check a config: every node's shape and parameters, every skip and projection, and the data: and train: keys."""
+    """Check a config: every node's shape, parameters and multiply-adds, every skip and projection, and the data: and train: keys."""
     with user_errors():
         from .api import check_config
         from .report import node_table, plan_json, projection_table, summary_lines

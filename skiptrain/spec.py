@@ -6,13 +6,12 @@ counted per type within its scope.
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 from .config import LocatedDict, LocatedList, where
 from .errors import ConfigError, Location, choices_hint
-from .conditions import COPY_VARIABLES, UNCOUNTED, ScopeShapes, mentions, present, skip_condition
+from .conditions import BlockCopies, ScopeShapes, mentions, present, skip_condition
 from .expr import substitute
 from .graph import INPUT, Graph, Node, Skip
 from .merges import DEFAULT as DEFAULT_MERGE, MERGES, TO_FIRST, skip_order
@@ -65,7 +64,7 @@ def expand(model: dict, strict: bool = False) -> Graph:
     return graph
 
 
-class _Expander:
+class _Expander(BlockCopies):
     def __init__(self, model: dict, strict: bool, totals: dict[str, int] | None = None):
         if not isinstance(model, dict):
             raise ConfigError("`model:` must be a mapping", where(model))
@@ -126,6 +125,8 @@ class _Expander:
         for i, entry in enumerate(layers):
             if not isinstance(entry, dict):
                 raise ConfigError("a layer must be a mapping such as `{type: relu}`", where(layers, i))
+            if "block" in entry:
+                check_keys(entry, INSTANCE_KEYS, "a block instance")  # a left-out instance is checked too
             kept[i] = present(entry, env, "a block instance" if "block" in entry else "a layer")
             if "id" in entry:
                 loc = where(entry, "id")
@@ -303,57 +304,6 @@ class _Expander:
                                   "use `${repeat_index}` in it, as in `denselayer${repeat_index + 1}`")
             names.append(name)
         return names
-
-    def copy_env(self, name: str, block: dict, entry: dict, env: dict, local: dict, source: str,
-                 copy: int, count: int) -> dict:
-        """What one copy sees: its arguments, evaluated for this copy (`first_args` on the first: the
-        strided first block of a ResNet stage), over the copy variables (`repeat_index`, `block_index`...)."""
-        index = self.copies.get(name, 0)
-        self.copies[name] = index + 1
-        variables = dict(zip(COPY_VARIABLES, (copy, count, index, self.totals.get(name, UNCOUNTED))))
-        shapes = ScopeShapes(self.resolve, local, source)  # `args: {squeeze: "${in_channels // 4}"}`
-        if copy == 0 and entry.get("first_args"):
-            args = self.block_env(name, block, {**(entry.get("args") or {}), **entry["first_args"]}, entry,
-                                  {**env, **variables}, "first_args", shapes)
-        else:
-            args = self.block_env(name, block, entry.get("args"), entry, {**env, **variables}, shapes=shapes)
-        return {**variables, **args}
-
-    def block_env(self, name: str, block: dict, given: dict | None, entry: dict, env: dict,
-                  key: str = "args", shapes: ScopeShapes | None = None) -> dict:
-        declared = block.get("args") or {}
-        given = given or {}
-        if not isinstance(declared, dict) or not isinstance(given, dict) or not isinstance(entry.get(key) or {}, dict):
-            raise ConfigError(f"`{key}:` must be a mapping of names to values",
-                              where(entry, key) if key in entry else where(block, "args"))
-        if isinstance(entry.get(key), LocatedDict):  # locate errors in the mapping the user wrote
-            given = LocatedDict(given, loc=entry[key].loc)
-            for source in (entry.get("args"), entry.get(key)):
-                if isinstance(source, LocatedDict):
-                    given.key_locs.update(source.key_locs)
-                    given.value_locs.update(source.value_locs)
-        for key in given:
-            if key not in declared:
-                raise ConfigError(f"block `{name}` has no argument `{key}`",
-                                  given.where(key, of_key=True) if isinstance(given, LocatedDict) else where(entry),
-                                  choices_hint(key, declared, "arguments") if declared else
-                                  f"declare it in `blocks.{name}.args`")
-        result = {}
-        for key, default in declared.items():
-            value = substitute(given[key], env, where(given, key), shapes) if key in given else default
-            if value is None:
-                raise ConfigError(f"block `{name}` needs argument `{key}`", where(entry, "block"),
-                                  f"add `args: {{{key}: ...}}` to this instance")
-            result[key] = value
-        return result
-
-    def repeat(self, entry: dict, env: dict) -> int | None:
-        if "repeat" not in entry:
-            return None
-        value = substitute(entry["repeat"], env, where(entry, "repeat"))
-        if type(value) is not int or not 1 <= value <= 100_000:
-            raise ConfigError(f"`repeat:` must be an integer from 1 to 100000, not {value!r}", where(entry, "repeat"))
-        return max(1, math.ceil(value * self.depth)) if self.depth != 1.0 else value
 
     def expand_block(self, block: dict, prefix: str, scope_input: str, env: dict,
                      stack: tuple[str, ...], policy: str) -> str:

@@ -333,3 +333,17 @@ def test_exact_resume_with_a_drop_rate_rising_over_the_blocks(write_yaml, tmp_pa
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_a_left_out_instance_still_has_its_keys_checked(write_yaml):
+    path = write_yaml("""
+    model:
+      input: [4]
+      blocks: {b: {layers: [{type: relu}]}}
+      layers:
+        - {block: b, when: false, repaet: 2}
+        - {type: relu}
+    """)
+    with pytest.raises(ConfigError, match="unknown key `repaet`") as info:
+        skiptrain.check_model(path)
+    assert "repeat" in info.value.hint

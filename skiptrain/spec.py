@@ -52,7 +52,7 @@ def check_keys(mapping: dict, allowed: tuple[str, ...], what: str) -> None:
 
 def expand(model: dict, strict: bool = False) -> Graph:
     """The model section as a checked ``Graph`` (no shapes yet)."""
-    if not (isinstance(model, dict) and mentions(model.get("blocks"), "block_count")):
+    if not (isinstance(model, dict) and mentions(model, "block_count")):
         return _Expander(model, strict).run()
     counting = _Expander(model, strict)  # a first pass counts each block's copies for ${block_count}
     counting.run()

@@ -247,10 +247,15 @@ model:
         - {id: fc, type: linear, out_features: 4}
         - {id: drop, type: dropout, p: "${rate * block_index / (block_count - 1)}"}
         - {id: tag, type: linear, out_features: "${10 * repeat_index + repeat_count}"}
+    tagged:
+      args: {k: 1}
+      layers:
+        - {id: fc, type: linear, out_features: "${k}"}
   layers:
     - {id: s1, block: res, repeat: 2}
     - {id: mid, type: linear, out_features: 4}
     - {id: s2, block: res, repeat: 3, args: {rate: "${0.4 + 0.0 * repeat_index}"}}
+    - {id: s3, block: tagged, repeat: 2, args: {k: "${10 * block_index + block_count}"}}
 """
 
 
@@ -260,6 +265,8 @@ def test_copy_and_block_counters(write_yaml):
     assert rates == pytest.approx([0.4 * k / 4 for k in range(5)])  # rising over all 5 blocks, as timm does
     tags = [node.args["out_features"] for node in graph.order if node.id.endswith("tag")]
     assert tags == [2, 12, 3, 13, 23]
+    # an instance's args see the counters of the copy they are for, block_count included
+    assert [graph.nodes[f"s3.{k}.fc"].args["out_features"] for k in (0, 1)] == [2, 12]
 
 
 def test_block_count_follows_depth_multiplier_and_when(write_yaml):
@@ -347,3 +354,17 @@ def test_a_left_out_instance_still_has_its_keys_checked(write_yaml):
     with pytest.raises(ConfigError, match="unknown key `repaet`") as info:
         skiptrain.check_model(path)
     assert "repeat" in info.value.hint
+
+
+def test_block_count_in_a_top_level_instances_args_is_counted(write_yaml):
+    graph = expand(load_config(write_yaml("""
+    model:
+      input: [4]
+      blocks:
+        tagged:
+          args: {k: 1}
+          layers: [{id: fc, type: linear, out_features: "${k}"}]
+      layers:
+        - {id: s, block: tagged, repeat: 3, args: {k: "${10 * block_index + block_count}"}}
+    """)).model)
+    assert [graph.nodes[f"s.{k}.fc"].args["out_features"] for k in range(3)] == [3, 13, 23]

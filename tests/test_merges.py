@@ -391,3 +391,16 @@ def test_order_on_a_merge_layer_is_refused():
     cfg["layers"][-1]["order"] = "from_first"
     with pytest.raises(ConfigError, match="takes only"):
         skiptrain.check_model(cfg)
+
+
+def test_a_broadcast_and_a_from_first_concat_export_to_onnx_and_verify(write_yaml, tmp_path):
+    import yaml
+
+    from skiptrain.export import export_onnx
+
+    cfg = squeeze_excite(["gate", "x"])  # the node's own value grows: [16, 1, 1] -> [16, 8, 8]
+    cfg["skips"] = [{"from": "x", "to": "out", "merge": "concat", "order": "from_first"}]
+    plan = skiptrain.check_model(cfg)
+    assert plan.output_shape == (32, 8, 8) and not plan.projections
+    report = export_onnx(write_yaml(yaml.safe_dump({"model": cfg})), tmp_path / "se.onnx")
+    assert report["checks"] and all(check["max_abs"] < 1e-4 for check in report["checks"])

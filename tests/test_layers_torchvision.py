@@ -102,3 +102,34 @@ def test_swin_dim_is_inferred_under_skiptrains_name():
         check_model({"input": [8, 8, 16], "layers": [
             {"type": "patch_merging", "dim": 16}]})
     assert "no argument `dim`" in str(info.value) and "embed_dim" in str(info.value.hint)
+
+
+def test_vits_encoder_block_key_for_key_and_bit_for_bit():
+    import functools
+
+    from torchvision.models.vision_transformer import EncoderBlock
+
+    model = build_model({"input": [5, 16], "blocks": {"encoder_block": {"layers": [
+        {"id": "ln_1", "type": "layernorm", "eps": 1.0e-6},
+        {"id": "self_attention", "type": "self_attention", "num_heads": 2},
+        {"id": "dropout", "type": "dropout", "p": 0.0},
+        {"id": "ln_2", "type": "layernorm", "eps": 1.0e-6},
+        {"id": "mlp", "type": "mlp", "hidden_channels": [32, 16], "activation_layer": "gelu"}],
+        "skips": [{"from": "input", "to": "dropout"}, {"from": "dropout", "to": "mlp"}]}},
+        "layers": [{"id": "encoder_layer_0", "block": "encoder_block"}]}).eval()
+    reference = EncoderBlock(2, 16, 32, 0.0, 0.0, functools.partial(nn.LayerNorm, eps=1e-6)).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in reference.state_dict().values():
+            tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+    model.load_state_dict({f"encoder_layer_0.{k}": v for k, v in reference.state_dict().items()}, strict=True)
+    x = torch.randn(2, 5, 16)
+    assert torch.equal(model(x), reference(x))
+
+
+def test_self_attention_loads_the_older_wrappers_keys():
+    model = build_model({"input": [5, 8], "layers": [{"id": "attn", "type": "self_attention", "num_heads": 2}]})
+    assert "attn.in_proj_weight" in model.state_dict()  # torch's MultiheadAttention keys, as torchvision's ViT
+    old = {k.replace("attn.", "attn.attention."): torch.rand_like(v) for k, v in model.state_dict().items()}
+    model.load_state_dict(old, strict=True)
+    assert torch.equal(model.attn.in_proj_weight, old["attn.attention.in_proj_weight"])

@@ -18,26 +18,35 @@ def _batch_axis(dim: int) -> int:
 
 
 @register("self_attention", axis="last", fresh_output=True)
-class SelfAttention(nn.Module):
+class SelfAttention(nn.MultiheadAttention):
     """Multi-head self-attention on a ``[seq, dim]`` sample, or on each of ``[windows, seq, dim]``.
 
     ``embed_dim`` is inferred. Leading sample axes (windows, heads of a grid) are independent
     sequences: attention runs within each, as Swin's attention over a batch of windows does.
+    It IS torch's ``MultiheadAttention`` (batch first), so its keys are torch's and torchvision's
+    ViT's (``self_attention.in_proj_weight``); a state dict of the older wrapper
+    (``<id>.attention.in_proj_weight``) still loads.
     """
 
     def __init__(self, embed_dim: int, num_heads: int = 1, dropout: float = 0.0, bias: bool = True):
-        super().__init__()
-        self.attention = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, bias=bias,
-                                               batch_first=True)
+        super().__init__(embed_dim, num_heads, dropout=dropout, bias=bias, batch_first=True)
+        self.register_load_state_dict_pre_hook(_unwrap_attention_keys)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if x.dim() < 3:
             raise ValueError(f"self_attention takes [seq, dim] or [..., seq, dim] samples; a sample of shape "
                              f"{list(x.shape[1:])} has no sequence axis")
         if x.dim() == 3:
-            return self.attention(x, x, x, need_weights=False)[0]
+            return super().forward(x, x, x, need_weights=False)[0]
         flat = x.reshape(-1, *x.shape[-2:])  # [batch * windows, seq, dim]
-        return self.attention(flat, flat, flat, need_weights=False)[0].reshape(x.shape)
+        return super().forward(flat, flat, flat, need_weights=False)[0].reshape(x.shape)
+
+
+def _unwrap_attention_keys(module, state_dict, prefix, *args) -> None:
+    """``<id>.attention.in_proj_weight`` (skiptrain before issue 14) -> ``<id>.in_proj_weight``."""
+    old = prefix + "attention."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + key[len(old):]] = state_dict.pop(key)
 
 
 @register("global_avgpool", axis="channels", fresh_output=True)

@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import ShapeError
 from .graph import Skip
-from .merges import Merge, blocking_axes
+from .merges import MERGES, Merge, blocking_axes, broadcast_shape
 from .projection_kinds import CHANGES, KINDS, NONE, Mismatch, ProjectionKind, Unfit, policies
 
 Shape = tuple[int, ...]
@@ -59,11 +59,22 @@ def _error(skip: Skip, source: Shape, target: Shape, reason: str, hint: str) -> 
                       f"({skip.merge}): {reason}", skip.loc, hint)
 
 
+def _rank_hint(skip: Skip, source: Shape, target: Shape) -> str:
+    """How to give two shapes one rank; for a broadcasting merge, the reshape with axes of size 1 that broadcasts."""
+    if MERGES.get(skip.merge).broadcasts:  # torch would prepend axes: [C] against [C, H, W] lines C up with W
+        (short, name), (long, _) = sorted([(source, skip.source), (target, skip.target)], key=lambda p: len(p[0]))
+        ones = (1,) * (len(long) - len(short))
+        for shape in ((*short, *ones), (*ones, *short)):  # [C] -> [C, 1, 1] (channels first), [D] -> [1, D]
+            if broadcast_shape(shape, long) is not None:
+                return (f"`{skip.merge}` broadcasts shapes of one rank: reshape `{name}` to {list(shape)} "
+                        f"(`{{type: reshape, shape: {list(shape)}}}`) so its axes line up with {list(long)}")
+    return "skip between nodes of the same layout (for example both [C, H, W]), or reshape one of them first"
+
+
 def merge_axis(skip: Skip, source: Shape, target: Shape, axis_kind: str) -> int:
     """The sample axis (0 to rank - 1) that ``skip`` merges and projects on."""
     if len(source) != len(target):
-        raise _error(skip, source, target, "the shapes have different ranks", "skip between nodes of the same "
-                     "layout (for example both [C, H, W]), or reshape one of them first")
+        raise _error(skip, source, target, "the shapes have different ranks", _rank_hint(skip, source, target))
     rank = len(source)
     axis = skip.axis if skip.axis is not None else feature_axis(axis_kind, rank)
     if not -rank <= axis < rank:

@@ -294,3 +294,16 @@ def test_a_near_broadcast_that_no_projection_fits_is_told_how_to_broadcast(polic
         skiptrain.check_model(model)
     assert "broadcasts a side of size 1" in info.value.message and "axis 0: 4 vs 8" in info.value.message
     assert "projection:" not in info.value.hint and "`src`" in info.value.hint
+
+
+@pytest.mark.parametrize("source, target, reshaped", [
+    ("- {id: pool, type: adaptiveavgpool2d, output_size: 1}\n  - {id: src, type: flatten}", "[8, 16, 16]", "[8, 1, 1]"),
+    ("- {id: src, type: mean, dim: 0}", "[5, 8]", "[1, 8]"),
+])
+def test_a_rank_mismatch_of_a_broadcasting_merge_names_the_reshape_that_broadcasts(source, target, reshaped):
+    """A [C] gate into [C, H, W]: torch would line C up with W; the hint gives the [C, 1, 1] that broadcasts."""
+    model = two_branch(source, "- {id: dst, type: identity, input: input}", merge="mul", input_shape=target)
+    with pytest.raises(ShapeError) as info:
+        skiptrain.check_model(model)
+    assert "different ranks" in info.value.message
+    assert f"reshape `src` to {reshaped}" in info.value.hint and f"shape: {reshaped}" in info.value.hint

@@ -129,6 +129,7 @@ SAMPLES = {  # types whose sample is not the default one
     "shifted_window_attention_v2": ([8, 8, 8], {"window_size": [4, 4], "shift_size": [2, 2], "num_heads": 2},
                                     "float32"),
     "patch_merging": ([8, 8, 4], {}, "float32"), "patch_merging_v2": ([8, 8, 4], {}, "float32"),
+    "window_attention": ([4, 16, 8], {"window_size": 4, "num_heads": 2, "shift_size": 2, "size": [8, 8]}, "float32"),
 }
 
 

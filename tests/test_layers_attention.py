@@ -1,0 +1,67 @@
+"""Swin's shifted-window attention written in the graph (roll -> window_partition -> window_attention ->
+window_reverse -> roll) is torchvision's ShiftedWindowAttention key for key and bit for bit."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+from skiptrain import build_model
+from skiptrain.api import check_model
+from skiptrain.errors import ConfigError
+
+
+def swin_attention(shift: int, size: int = 8, window: int = 4) -> dict:
+    return {"input": [size, size, 16], "blocks": {"attention": {"layers": [
+        {"id": "shift", "type": "roll", "shifts": [-shift, -shift], "dims": [0, 1]},
+        {"id": "part", "type": "window_partition", "window_size": window},
+        {"id": "attn", "type": "window_attention", "window_size": window, "num_heads": 2, "shift_size": shift,
+         "size": [size, size]},
+        {"id": "rev", "type": "window_reverse", "window_size": window, "size": [size, size]},
+        {"id": "unshift", "type": "roll", "shifts": [shift, shift], "dims": [0, 1]}]}},
+        "layers": [{"id": "block", "block": "attention"}]}
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_graph_level_swin_attention_is_torchvisions(shift):
+    model = build_model(swin_attention(shift)).eval()
+    reference = ShiftedWindowAttention(16, [4, 4], [shift, shift], 2).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in reference.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+    model.load_state_dict({f"block.attn.{k}": v for k, v in reference.state_dict().items()}, strict=True)
+    assert model.state_dict()["block.attn.relative_position_bias_table"].shape == (49, 2)
+    x = torch.randn(2, 8, 8, 16)
+    assert torch.equal(model(x), reference(x))
+
+
+def test_the_mask_matters_for_shifted_windows():
+    shifted = build_model(swin_attention(2)).eval()
+    plain = build_model(swin_attention(0)).eval()
+    plain.load_state_dict(shifted.state_dict())
+    x = torch.randn(2, 8, 8, 16)
+    unmasked = plain.block.attn(shifted.block.part(shifted.block.shift(x)))
+    assert not torch.allclose(shifted.block.attn(shifted.block.part(shifted.block.shift(x))), unmasked)
+
+
+def test_a_window_as_large_as_the_map_is_not_shifted_as_torchvision():
+    model = build_model(swin_attention(2, size=4, window=4))
+    assert model.block.attn.shift_size == [0, 0]
+
+
+@pytest.mark.parametrize("attn, message", [
+    ({"window_size": 4, "num_heads": 2, "shift_size": 2}, "shifted windows need `size: [H, W]`"),
+    ({"window_size": 4, "num_heads": 3, "size": [8, 8]}, "16 channels do not split into `num_heads: 3`"),
+    ({"window_size": 4, "num_heads": 2, "size": [8, 6]}, "is not a multiple of the window"),
+    ({"window_size": 4, "num_heads": 2, "size": [16, 16]}, "a [16, 16] map has 16 windows"),
+    ({"window_size": 2, "num_heads": 2}, "takes [windows, 4, dim] samples"),
+    ({"window_size": 4, "num_heads": 2, "shift_size": -1, "size": [8, 8]}, "must be 0 or more"),
+])
+def test_misuse_is_a_located_error(attn, message):
+    with pytest.raises(ConfigError) as info:
+        check_model({"input": [8, 8, 16], "layers": [{"type": "window_partition", "window_size": 4},
+                                                     {"type": "window_attention", **attn}]})
+    assert message in str(info.value), str(info.value)
+    assert info.value.location is not None and info.value.hint

@@ -133,3 +133,27 @@ def test_self_attention_loads_the_older_wrappers_keys():
     old = {k.replace("attn.", "attn.attention."): torch.rand_like(v) for k, v in model.state_dict().items()}
     model.load_state_dict(old, strict=True)
     assert torch.equal(model.attn.in_proj_weight, old["attn.attention.in_proj_weight"])
+
+
+def test_from_yaml_a_norm_partial_and_stochastic_depth_rising_over_the_blocks(write_yaml):
+    path = write_yaml("""
+        model:
+          input: [8, 4, 4]
+          blocks:
+            res:
+              args: {rate: 0.1}
+              layers:
+                - {id: conv, type: conv2d_norm_activation, out_channels: 8, kernel_size: 3,
+                   norm_layer: {type: batchnorm2d, eps: 0.001, momentum: 0.01}, activation_layer: silu}
+                - {id: stochastic_depth, type: stochastic_depth, p: "${rate * block_index / (block_count - 1)}"}
+              skips:
+                - {from: input, to: stochastic_depth}
+          layers:
+            - {id: stage1, block: res, repeat: 2}
+            - {id: stage2, block: res, repeat: 3}
+        """)
+    model = build_model(path)
+    rates = [m.p for m in model.modules() if isinstance(m, torchvision.ops.StochasticDepth)]
+    assert rates == [0.1 * i / (5 - 1.0) for i in range(5)]  # torchvision's ConvNeXt/EfficientNet rule
+    norm = model.get_submodule("stage2.1.conv.1")
+    assert (norm.eps, norm.momentum) == (0.001, 0.01)

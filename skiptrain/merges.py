@@ -21,7 +21,7 @@ ORDERS = (TO_FIRST, FROM_FIRST)
 
 
 def broadcast_shape(a: Shape, b: Shape) -> Shape | None:
-    """``torch.broadcast_shapes(a, b)`` for shapes of one rank (per axis: equal, or one side is 1); None where it fails."""
+    """``torch.broadcast_shapes(a, b)`` for shapes of one rank (per axis: equal, or one is 1); None where it fails."""
     if len(a) != len(b) or any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
         return None
     return tuple(max(x, y) for x, y in zip(a, b))
@@ -39,7 +39,8 @@ def broadcast_side(source: Shape, target: Shape, merged: Shape) -> str | None:
 
 
 class Merge:
-    """Elementwise: both sides have the target's shape, and so has the merged value."""
+    """Elementwise: both sides have the target's shape, and so has the merged value (with ``broadcasts``:
+    shapes that broadcast, and the merged value has their broadcast shape)."""
 
     name: str
     doc: str

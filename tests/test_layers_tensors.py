@@ -67,6 +67,16 @@ def test_the_generated_forward_reads_the_tensor_where_the_state_dict_has_it():
     assert torch.equal(other.eval()(x), model(x))
 
 
+def test_gradflow_finds_a_tensors_gradient_at_its_id():
+    from skiptrain.gradflow import _grad_norm, _parameters_at
+
+    model = build_model(VIT_BITS)
+    model(torch.randn(2, 3, 32, 32)).pow(2).sum().backward()
+    assert _parameters_at(model, "encoder.pos_embedding") == [model.encoder.pos_embedding]
+    assert _grad_norm(_parameters_at(model, "class_token")) > 0
+    assert len(_parameters_at(model, "conv_proj")) == 2
+
+
 def test_layer_scale_is_convnexts_cnblock_key_for_key_and_bit_for_bit():
     from torchvision.models.convnext import CNBlock
 

@@ -63,6 +63,7 @@ def test_swin_attention_and_patch_merging_are_torchvisions():
 def test_stochastic_depth_is_torchvisions_row_mode_under_the_seed():
     model = build_model({"input": [4, 3, 3], "layers": [{"id": "sd", "type": "stochastic_depth", "p": 0.5}]})
     assert model.sd.mode == "row"  # torchvision's models use row mode; skiptrain's default
+    assert registry.get("drop_path") is registry.get("stochastic_depth")  # timm's name
     x = torch.randn(64, 4, 3, 3)
     torch.manual_seed(7)
     ours = model.train()(x)
@@ -83,7 +84,7 @@ def test_torchvision_permute_is_not_registered_over_skiptrains():
 
 @pytest.mark.parametrize("layer, message", [
     ({"type": "conv2d_norm_activation", "out_channels": 4, "activation_layer": "relux"}, "did you mean `relu`"),
-    ({"type": "conv2d_norm_activation", "out_channels": 4, "activation_layer": "add"}, "must name a torch.nn layer"),
+    ({"type": "conv2d_norm_activation", "out_channels": 4, "activation_layer": "add"}, "must name a layer type that is a module class"),
     ({"type": "conv2d_norm_activation", "out_channels": 4, "norm_layer": {"eps": 0.1}}, "needs a `type:`"),
     ({"type": "conv2d_norm_activation", "out_channels": 4, "norm_layer": 3}, "takes a layer type's name"),
     ({"type": "squeeze_excitation"}, "needs `squeeze_channels`"),

@@ -36,6 +36,7 @@ _SWIN = ("ShiftedWindowAttention", "ShiftedWindowAttentionV2", "PatchMerging", "
 _RENAMED = {"MLP": {"in_channels": "in_features"}, **{name: {"dim": "embed_dim"} for name in _SWIN}}
 _CLASS_ARGS = {"activation_layer", "norm_layer", "activation", "scale_activation"}
 _DEFAULTS = {"StochasticDepth": {"mode": "row"}}  # torchvision's models use "row"
+_ALIASES = {"StochasticDepth": ("drop_path",)}  # timm's name
 # A new tensor that its own backward does not read: a skip may add into it in place. Not those that
 # may return their input (stochastic depth and drop block in eval) or end in an in-place activation.
 _FRESH = {"SqueezeExcitation", "FrozenBatchNorm2d", "PatchMerging", "PatchMergingV2"}
@@ -87,8 +88,9 @@ def layer_class(value: Any, name: str) -> Callable[..., nn.Module] | None:
         layer = get(value)
     except ConfigError as error:  # raised inside a build: keep the did-you-mean in the message
         raise ValueError(f"`{name}`: {error.message}; {error.hint}") from None
-    if layer.passthrough or not isinstance(layer.factory, type):
-        raise ValueError(f"`{name}: {value}` must name a torch.nn layer type, such as `relu` or `batchnorm2d`")
+    if layer.passthrough or layer.tensor or not isinstance(layer.factory, type):
+        raise ValueError(f"`{name}: {value}` must name a layer type that is a module class, such as `relu` or "
+                         "`batchnorm2d`")
     return layer.factory
 
 
@@ -131,7 +133,7 @@ def _register(cls: type[nn.Module]) -> None:
     name = snake(cls.__name__)
     factory = adapt(cls, _RENAMED.get(cls.__name__, {}))
     doc = _DOCS.get(cls.__name__) or (cls.__doc__ or "").strip().split("\n")[0]
-    aliases = tuple(sorted({cls.__name__, cls.__name__.lower()} - {name}))
+    aliases = tuple(sorted({cls.__name__, cls.__name__.lower(), *_ALIASES.get(cls.__name__, ())} - {name}))
     add(LayerType(name, factory, axis=axis_of(factory), aliases=aliases, doc=f"torchvision's {cls.__name__}: {doc}",
                   defaults=_DEFAULTS.get(cls.__name__, {}), fresh_output=cls.__name__ in _FRESH))
 

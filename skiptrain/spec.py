@@ -148,13 +148,13 @@ class _Expander(BlockCopies):
         prev = scope_input
         for i, entry in enumerate(layers):
             if not kept[i]:
-                # left out: its id (if any) stands for what it would have read, and the chain goes on
+                # left out: its id (if any) stands for what it would have read, and the chain goes on from
+                # the previous layer that exists (not from a left-out layer's own `input:`)
                 passed = self.inputs_of(entry, prev, local, declared)[0]
                 if i in ids and ids[i] not in kept_ids:
                     local[ids[i]] = prefix + ids[i]
                     self.paths[prefix + ids[i]] = passed
                     self.removed.add(prefix + ids[i])
-                prev = passed
                 continue
             local_id = ids[i] if i in ids else self.auto_id(entry, env, declared, counters, local)
             if "block" in entry:

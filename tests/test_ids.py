@@ -157,3 +157,27 @@ def test_two_kept_layers_with_one_id_is_still_an_error(write_yaml):
     with pytest.raises(ConfigError, match="used twice") as info:
         skiptrain.check_model(path)
     assert "left out by `when:` may share" in info.value.hint
+
+
+def test_after_a_left_out_layer_with_its_own_input_the_chain_reads_the_previous_kept_layer(write_yaml):
+    # ShuffleNet's unit: two concats with one id, one per stride; the left-out one (after the kept one)
+    # must not reroute the next layer to its own `input:`
+    path = write_yaml("""
+        model:
+          name: alternatives
+          input: [4, 8, 8]
+          blocks:
+            unit:
+              args: {stride: 1}
+              layers:
+                - {id: a, type: conv2d, out_channels: 2, kernel_size: 1}
+                - {id: b, type: conv2d, out_channels: 2, kernel_size: 1, input: input}
+                - {id: out, type: concat, input: [a, b], when: "${stride == 1}"}
+                - {id: out, type: concat, input: [b, a], when: "${stride > 1}"}
+                - {id: act, type: relu}
+          layers:
+            - {id: u, block: unit}
+        """)
+    graph = skiptrain.check_model(path).graph
+    assert graph.nodes["u.act"].inputs == ["u.out"]
+    assert graph.unused() == []

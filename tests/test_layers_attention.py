@@ -46,9 +46,11 @@ def test_the_mask_matters_for_shifted_windows():
     assert not torch.allclose(shifted.block.attn(shifted.block.part(shifted.block.shift(x))), unmasked)
 
 
-def test_a_window_as_large_as_the_map_is_not_shifted_as_torchvision():
-    model = build_model(swin_attention(2, size=4, window=4))
-    assert model.block.attn.shift_size == [0, 0]
+def test_a_window_as_large_as_the_map_is_not_shifted_silently():
+    # torchvision zeroes the shift there (the last Swin stage); the graph's rolls would still shift
+    with pytest.raises(ConfigError, match="write `shift_size: 0` here, and roll by 0"):
+        check_model(swin_attention(2, size=4, window=4))
+    assert build_model(swin_attention(0, size=4, window=4)).block.attn.shift_size == [0, 0]
 
 
 @pytest.mark.parametrize("attn, message", [
@@ -65,3 +67,30 @@ def test_misuse_is_a_located_error(attn, message):
                                                      {"type": "window_attention", **attn}]})
     assert message in str(info.value), str(info.value)
     assert info.value.location is not None and info.value.hint
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_swin_transformer_block_key_for_key_and_bit_for_bit(shift):
+    from torchvision.models.swin_transformer import SwinTransformerBlock
+
+    attention = swin_attention(shift)["blocks"]["attention"]["layers"]
+    model = build_model({"input": [8, 8, 16], "blocks": {
+        "swin_block": {"layers": [
+            {"id": "norm1", "type": "layernorm", "eps": 1.0e-5},
+            *attention,  # shift, part, attn (torchvision's `attn` keys), rev, unshift
+            {"id": "stochastic_depth", "type": "stochastic_depth", "p": 0.1},
+            {"id": "norm2", "type": "layernorm", "eps": 1.0e-5},
+            {"id": "mlp", "type": "mlp", "hidden_channels": [64, 16], "activation_layer": "gelu"},
+            {"id": "stochastic_depth_2", "type": "stochastic_depth", "p": 0.1}],
+            "skips": [{"from": "input", "to": "stochastic_depth"},
+                      {"from": "stochastic_depth", "to": "stochastic_depth_2"}]}},
+        "layers": [{"id": "block", "block": "swin_block"}]}).eval()
+    reference = SwinTransformerBlock(16, 2, [4, 4], [shift, shift], stochastic_depth_prob=0.1).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in reference.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+    model.load_state_dict({f"block.{k}": v for k, v in reference.state_dict().items()}, strict=True)
+    x = torch.randn(2, 8, 8, 16)
+    assert torch.equal(model(x), reference(x))

@@ -53,8 +53,9 @@ class WindowAttention(ShiftedWindowAttention):
             grid = _window(size, "window_attention (size)")
             if grid[0] % window[0] or grid[1] % window[1]:
                 raise ValueError(f"window_attention: `size: {list(grid)}` is not a multiple of the window {list(window)}")
-            # as torchvision: a window as large as the map has nothing to shift
-            shift = tuple(0 if window[i] >= grid[i] else shift[i] for i in range(2))
+            if any(shift[i] and window[i] >= grid[i] for i in range(2)):  # torchvision skips the shift there
+                raise ValueError(f"window_attention: a {list(window)} window covers the {list(grid)} map, which "
+                                 "torchvision does not shift; write `shift_size: 0` here, and roll by 0 around it")
         elif any(shift):
             raise ValueError("window_attention: shifted windows need `size: [H, W]`, the map that was rolled "
                              "and partitioned, to mask the seams")

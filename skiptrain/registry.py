@@ -139,11 +139,17 @@ def axis_of(factory: Callable[..., Any]) -> str:
 def get(name: str, loc: Location | None = None) -> LayerType:
     """The layer type registered as ``name`` (any alias); unknown names get a suggestion."""
     _load_builtins()
+    if name not in LAYERS:  # torchvision's blocks register on demand (its import takes a second)
+        from .layers import on_demand
+        on_demand()
     return LAYERS.get(name, loc)
 
 
 def names() -> list[str]:
+    from .layers import on_demand
+
     _load_builtins()
+    on_demand()
     return LAYERS.names()
 
 

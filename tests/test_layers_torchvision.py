@@ -158,3 +158,18 @@ def test_from_yaml_a_norm_partial_and_stochastic_depth_rising_over_the_blocks(wr
     assert rates == [0.1 * i / (5 - 1.0) for i in range(5)]  # torchvision's ConvNeXt/EfficientNet rule
     norm = model.get_submodule("stage2.1.conv.1")
     assert (norm.eps, norm.momentum) == (0.001, 0.01)
+
+
+def test_validating_a_config_without_them_does_not_import_torchvision():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from skiptrain.api import check_model\n"
+            "check_model({'input': [3, 8, 8], 'layers': [{'type': 'conv2d', 'out_channels': 4, 'kernel_size': 3},"
+            " {'type': 'layer_scale'}, {'type': 'select', 'index': 0}]})\n"
+            "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
+            "check_model({'input': [3, 8, 8], 'layers': [{'type': 'stochastic_depth', 'p': 0.1}]})\n"
+            "assert 'torchvision' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -10,11 +10,13 @@ the roll — computed as torchvision computes them, so the numbers are its numbe
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
-from ..registry import register
+from ..registry import LAYERS, LayerType, add
 from .indexing import _window
 
 
@@ -33,7 +35,6 @@ def shifted_window_mask(size: tuple[int, int], window: tuple[int, int], shift: t
     return mask.masked_fill(mask != 0, float(-100.0)).masked_fill(mask == 0, float(0.0))
 
 
-@register("window_attention", axis="last", fresh_output=True)
 class WindowAttention(ShiftedWindowAttention):
     """Multi-head attention within each window of ``[windows, wh * ww, dim]`` (``window_partition``'s
     output), with Swin's relative position bias; ``shift_size`` > 0 with ``size: [H, W]`` (the map that
@@ -89,3 +90,10 @@ class WindowAttention(ShiftedWindowAttention):
         x = F.linear(x, self.proj.weight, self.proj.bias)
         x = F.dropout(x, p=self.dropout, training=self.training)
         return x.reshape(b, windows, tokens, c)
+
+
+def register_all() -> None:
+    """``window_attention`` (on demand, as torchvision's other blocks: see ``layers.on_demand``)."""
+    if "window_attention" not in LAYERS:
+        add(LayerType("window_attention", WindowAttention, axis="last", fresh_output=True,
+                      doc=inspect.getdoc(WindowAttention) or ""))

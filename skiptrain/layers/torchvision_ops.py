@@ -1,6 +1,7 @@
 """Register torchvision's building blocks (``torchvision.ops`` and its Swin blocks), derived, not copied.
 
-Like the ``torch.nn`` registry: every one-tensor layer of ``torchvision.ops`` under a snake_case
+Registered on demand (``layers.on_demand``: importing torchvision takes a second). Like the
+``torch.nn`` registry: every one-tensor layer of ``torchvision.ops`` under a snake_case
 name (``SqueezeExcitation`` -> ``squeeze_excitation``, ``StochasticDepth`` -> ``stochastic_depth``),
 the class name as an alias, and torchvision's own modules, so their state-dict keys are
 torchvision's (``attn.relative_position_bias_table``, ``fc1.weight``). Two things are adapted:
@@ -23,8 +24,8 @@ import torchvision.ops
 from torch import nn
 from torchvision.models import swin_transformer
 
-from ..errors import ConfigError
-from ..registry import LayerType, add, axis_of, get
+from ..errors import ConfigError, warn
+from ..registry import LAYERS, LayerType, add, axis_of, get
 from .torch_nn import alias
 
 # Not one-tensor-in, one-tensor-out layers (boxes, dicts of feature maps, an offset input), and
@@ -131,6 +132,12 @@ def adapt(cls: type[nn.Module], renamed: dict[str, str]) -> Callable[..., nn.Mod
 
 def _register(cls: type[nn.Module]) -> None:
     name = snake(cls.__name__)
+    if name in LAYERS:  # registered already (on_demand runs again after a test's scoped registry), or a plugin's
+        taken = LAYERS.get(name)
+        if getattr(taken.factory, "__wrapped_class__", None) is not cls:
+            warn(f"layer type `{name}` is registered by {LAYERS.origin(taken.name)} (a plugin); torchvision's "
+                 f"{cls.__name__} is not registered under that name")
+        return
     factory = adapt(cls, _RENAMED.get(cls.__name__, {}))
     doc = _DOCS.get(cls.__name__) or (cls.__doc__ or "").strip().split("\n")[0]
     aliases = tuple(sorted({cls.__name__, cls.__name__.lower(), *_ALIASES.get(cls.__name__, ())} - {name}))
@@ -138,13 +145,11 @@ def _register(cls: type[nn.Module]) -> None:
                   defaults=_DEFAULTS.get(cls.__name__, {}), fresh_output=cls.__name__ in _FRESH))
 
 
-def _register_torchvision() -> None:
+def register_all() -> None:
+    """Every one-tensor module of torchvision.ops, and Swin's blocks (skipping names already registered)."""
     for class_name in sorted(dir(torchvision.ops)):
         cls = getattr(torchvision.ops, class_name)
         if isinstance(cls, type) and issubclass(cls, nn.Module) and class_name not in _EXCLUDED:
             _register(cls)
     for class_name in _SWIN:
         _register(getattr(swin_transformer, class_name))
-
-
-_register_torchvision()

@@ -175,3 +175,50 @@ def test_exact_resume_with_stochastic_depth_and_a_layer_scale(write_yaml, tmp_pa
     assert "ls" in a and not torch.equal(a["ls"], torch.full_like(a["ls"], 0.5))  # trained, under its own key
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+MINI_VIT = """
+model:
+  name: mini_vit
+  input: [3, 32, 32]
+  blocks:
+    heads:
+      layers: [{id: head, type: linear, out_features: 4}]
+    encoder_block:                      # torchvision's EncoderBlock
+      layers:
+        - {id: ln_1, type: layernorm, eps: 1.0e-6}
+        - {id: self_attention, type: self_attention, num_heads: 2}
+        - {id: dropout, type: dropout, p: 0.0}
+        - {id: ln_2, type: layernorm, eps: 1.0e-6}
+        - {id: mlp, type: mlp, hidden_channels: [32, 16], activation_layer: gelu}
+      skips:
+        - {from: input, to: dropout}
+        - {from: dropout, to: mlp}
+    encoder:                            # torchvision's Encoder
+      layers:
+        - {id: pos_embedding, type: position_embedding}
+        - {id: dropout, type: dropout, p: 0.0}
+        - {id: layers, block: encoder_block, repeat: 2, copy_id: "encoder_layer_${repeat_index}"}
+        - {id: ln, type: layernorm, eps: 1.0e-6}
+  layers:
+    - {id: conv_proj, type: conv2d, out_channels: 16, kernel_size: 16, stride: 16}
+    - {type: flatten, start_dim: 2}
+    - {type: transpose, dims: [0, 1]}
+    - {id: class_token, type: class_token}
+    - {id: encoder, block: encoder}
+    - {type: select, index: 0}          # x[:, 0]
+    - {id: heads, block: heads}
+"""
+
+
+def test_a_small_vision_transformer_is_torchvisions_key_for_key_and_bit_for_bit(write_yaml):
+    from torchvision.models import VisionTransformer
+
+    model = build_model(write_yaml(MINI_VIT)).eval()
+    reference = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16,
+                                  mlp_dim=32, num_classes=4).eval()
+    assert sorted(model.state_dict()) == sorted(reference.state_dict())
+    _randomize(reference)
+    model.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), reference(x))

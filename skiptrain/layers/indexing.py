@@ -23,6 +23,13 @@ def _axis(dim: int, x: torch.Tensor, name: str) -> int:
     return dim % rank + 1
 
 
+def _int(value, what: str, optional: bool = False):
+    """``value`` if it is an integer (or null where ``optional``), else a ValueError naming ``what``."""
+    if (value is None and optional) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"{what} must be an integer{' or null' if optional else ''}, not {value!r}")
+
+
 def _pieces(name: str, pieces: tuple[torch.Tensor, ...], index: int) -> torch.Tensor:
     if isinstance(index, bool) or not isinstance(index, int) or not -len(pieces) <= index < len(pieces):
         raise ValueError(f"{name}: `index: {index}` is not one of the {len(pieces)} pieces "
@@ -37,7 +44,7 @@ class Select(nn.Module):
 
     def __init__(self, index: int, dim: int = 0):
         super().__init__()
-        self.index, self.dim = index, dim
+        self.index, self.dim = _int(index, "select: `index`"), dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         axis = _axis(self.dim, x, "select")
@@ -58,7 +65,8 @@ class Slice(nn.Module):
         super().__init__()
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
             raise ValueError(f"slice: `step: {step}` must be a positive integer")
-        self.window, self.dim = slice(start, end, step), dim
+        self.window = slice(_int(start, "slice: `start`"), _int(end, "slice: `end`", optional=True), step)
+        self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         index = [slice(None)] * x.dim()
@@ -88,7 +96,10 @@ class Split(nn.Module):
 
     def __init__(self, sizes: int | list[int], index: int, dim: int = 0):
         super().__init__()
-        self.sizes = list(sizes) if isinstance(sizes, (list, tuple)) else sizes
+        self.sizes = [_int(n, "split: each of `sizes`") for n in sizes] if isinstance(sizes, (list, tuple)) else \
+            _int(sizes, "split: `sizes`")
+        if any(n < 1 for n in (self.sizes if isinstance(self.sizes, list) else [self.sizes])):
+            raise ValueError(f"split: `sizes: {sizes}` must be positive")
         self.index, self.dim = index, dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,8 +117,8 @@ class Roll(nn.Module):
 
     def __init__(self, shifts: int | list[int], dims: int | list[int]):
         super().__init__()
-        self.shifts = tuple(shifts) if isinstance(shifts, (list, tuple)) else (shifts,)
-        self.dims = tuple(dims) if isinstance(dims, (list, tuple)) else (dims,)
+        self.shifts = tuple(_int(n, "roll: `shifts`") for n in (shifts if isinstance(shifts, (list, tuple)) else [shifts]))
+        self.dims = tuple(_int(d, "roll: `dims`") for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
         if len(self.shifts) != len(self.dims):
             raise ValueError(f"roll: {len(self.shifts)} shifts for {len(self.dims)} dims; give one shift per axis")
 

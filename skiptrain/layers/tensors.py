@@ -21,7 +21,7 @@ INITS = ("zeros", "ones", "normal", "trunc_normal")
 
 
 def _axis(dim: int, rank: int, name: str) -> int:
-    if not -rank <= dim < rank:
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -rank <= dim < rank:
         raise ValueError(f"{name}: `dim: {dim}` is not an axis of a sample with {rank} axes "
                          f"(0 to {rank - 1}, or -1 for the last)")
     return dim % rank

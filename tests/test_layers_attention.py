@@ -94,3 +94,39 @@ def test_swin_transformer_block_key_for_key_and_bit_for_bit(shift):
     model.load_state_dict({f"block.{k}": v for k, v in reference.state_dict().items()}, strict=True)
     x = torch.randn(2, 8, 8, 16)
     assert torch.equal(model(x), reference(x))
+
+
+@pytest.mark.slow  # two ONNX exports and their verification: several seconds
+def test_the_new_layers_export_to_onnx_and_verify(write_yaml, tmp_path):
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from skiptrain import api
+
+    os.environ.setdefault("XDG_CACHE_HOME", str(Path(tempfile.gettempdir()) / "skiptrain-test-cache"))
+    path = write_yaml("""
+        model:
+          input: [8, 8, 16]
+          layers:
+            - {type: roll, shifts: [-2, -2], dims: [0, 1]}
+            - {type: window_partition, window_size: 4}
+            - {id: attn, type: window_attention, window_size: 4, num_heads: 2, shift_size: 2, size: [8, 8]}
+            - {type: window_reverse, window_size: 4, size: [8, 8]}
+            - {type: roll, shifts: [2, 2], dims: [0, 1]}
+            - {id: tv, type: shifted_window_attention, window_size: [4, 4], shift_size: [2, 2], num_heads: 2}
+            - {id: pm, type: patch_merging}
+            - {type: permute, dims: [2, 0, 1]}
+            - {type: conv2d_norm_activation, out_channels: 8, kernel_size: 1}
+            - {type: squeeze_excitation, squeeze_channels: 2}
+            - {id: ls, type: layer_scale}
+            - {type: stochastic_depth, p: 0.1}
+            - {type: flatten, start_dim: 2}
+            - {type: transpose, dims: [0, 1]}
+            - {id: class_token, type: class_token}
+            - {id: pos_embedding, type: position_embedding}
+            - {type: chunk, chunks: 2, index: 1, dim: -1}
+            - {type: select, index: 0}
+        """)
+    result = api.export(path, tmp_path / "model.onnx")  # verified against the PyTorch forward
+    assert result["checks"] and all(check["max_abs"] < 1e-4 for check in result["checks"])

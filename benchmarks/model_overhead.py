@@ -7,14 +7,16 @@ straight-line code) against the same network written by hand in plain PyTorch:
   root) against a hand-written ResNet-20 (benchmarks/handwritten.py) in the style of torchvision's
   ``BasicBlock``, with a 1x1-conv + BN ``downsample`` in the two stride-2 blocks;
 * ResNet-18 for ImageNet (configs/imagenet/resnet18.yaml, skipped if missing) against
-  ``torchvision.models.resnet18(weights=None)``.
+  ``torchvision.models.resnet18(weights=None)``;
+* from the zoo (configs/zoo/), MobileNetV3-Small, ConvNeXt-Tiny and ViT-B/16 against torchvision's
+  own modules, whose state dicts they load as they are.
 
 Both models of a pair get the same weights (the hand-written model's state dict is mapped onto
 skiptrain's names) and are checked to compute the same outputs before anything is timed.
 
 Measurements: forward at batch 1 in eval mode under ``torch.inference_mode()``, and
-forward + backward (cross-entropy loss) in train mode at batch 128 (ResNet-20, 32x32) or
-batch 16 (ResNet-18, 224x224). The two implementations are interleaved: each round times
+forward + backward (cross-entropy loss) in train mode at batch 128 (ResNet-20, 32x32),
+batch 16 (ResNet-18, MobileNetV3-Small, 224x224) or batch 4 (ConvNeXt-Tiny, ViT-B/16). The two implementations are interleaved: each round times
 both, in an order that alternates from round to round, for the same number of iterations; the
 reported time is the median over rounds of the mean time per iteration, and the ratio is the
 median over rounds of skiptrain / hand-written within a round (above 1 means skiptrain is slower).
@@ -53,6 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_EXAMPLES = ROOT.parent / "shared" / "examples"  # beside the checkout, as tests/conftest.py has it
 RESNET20_CONFIG = SHARED_EXAMPLES / "resnet20_cifar10.yaml"
 RESNET18_CONFIG = ROOT / "configs" / "imagenet" / "resnet18.yaml"
+ZOO = ROOT / "configs" / "zoo"
+ZOO_MODELS = ("mobilenet_v3_small", "convnext_tiny", "vit_b_16")  # against torchvision.models.<name>
 RESNET20_PARAMS = 272_474
 
 SEED = 0
@@ -116,6 +120,18 @@ def make_resnet18() -> tuple[nn.Module, nn.Module]:
     built = skiptrain.build_model(RESNET18_CONFIG)
     assert n_params(hand) == n_params(built), (n_params(hand), n_params(built))
     tie_weights(hand, built, resnet18_key, (3, 224, 224))
+    return hand, built
+
+
+def make_zoo(name: str) -> tuple[nn.Module, nn.Module]:
+    """torchvision's model and the zoo config's, with torchvision's (randomized) weights in both."""
+    import skiptrain
+    import torchvision
+
+    hand = getattr(torchvision.models, name)(weights=None)
+    built = skiptrain.build_model(ZOO / f"{name}.yaml")
+    assert n_params(hand) == n_params(built), (n_params(hand), n_params(built))
+    tie_weights(hand, built, lambda key: key, (3, 224, 224))
     return hand, built
 
 
@@ -287,7 +303,7 @@ def format_machine(info: dict) -> str:
 
 # --------------------------------------------------------------------------- entry points
 
-MODELS = ("resnet20", "resnet18")
+MODELS = ("resnet20", "resnet18", *ZOO_MODELS)
 
 
 def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: int | None = None,
@@ -313,14 +329,17 @@ def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: 
 
     if quick:
         cfg = dict(rounds=2, warmup=0, target_s=0.01, max_iters=3)
-        batches = {"resnet20": (1, 8), "resnet18": (1, 1)}
+        batches = {"resnet20": (1, 8), "resnet18": (1, 1), **{name: (1, 1) for name in ZOO_MODELS}}
     else:
         cfg = dict(rounds=11, warmup=3, target_s=2.0, max_iters=500)
-        batches = {"resnet20": (1, 128), "resnet18": (1, 64 if dev.type == "cuda" else 16)}
+        cuda = dev.type == "cuda"
+        batches = {"resnet20": (1, 128), "resnet18": (1, 64 if cuda else 16), "mobilenet_v3_small": (1, 64 if cuda else 16),
+                   "convnext_tiny": (1, 32 if cuda else 4), "vit_b_16": (1, 32 if cuda else 4)}
 
     specs = {
         "resnet20": (make_resnet20, (3, 32, 32), 10),
         "resnet18": (make_resnet18, (3, 224, 224), 1000),
+        **{name: (lambda name=name: make_zoo(name), (3, 224, 224), 1000) for name in ZOO_MODELS},
     }
     rows = []
     try:
@@ -329,6 +348,9 @@ def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: 
                 raise ValueError(f"unknown model {name!r}; choose from {', '.join(specs)}")
             if name == "resnet18" and not RESNET18_CONFIG.is_file():
                 log(f"skipping resnet18: {RESNET18_CONFIG} not found")
+                continue
+            if name in ZOO_MODELS and not (ZOO / f"{name}.yaml").is_file():
+                log(f"skipping {name}: {ZOO / name}.yaml not found")
                 continue
             make, input_shape, num_classes = specs[name]
             torch.manual_seed(SEED)

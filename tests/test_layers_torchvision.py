@@ -42,7 +42,8 @@ def test_conv_norm_activation_takes_layer_types_and_partials():
                              8, 16, 3, 2, norm_layer=lambda c: nn.BatchNorm2d(c, eps=0.001), activation_layer=nn.SiLU))
     assert model.m[1].eps == 0.001 and isinstance(model.m[2], nn.SiLU)
     bare = build_model({"input": [8, 9, 9], "layers": [
-        {"id": "m", "type": "conv2d_norm_activation", "out_channels": 4, "norm_layer": None, "activation_layer": None}]})
+        {"id": "m", "type": "conv2d_norm_activation", "out_channels": 4, "norm_layer": None,
+         "activation_layer": None}]})
     assert len(bare.m) == 1 and bare.m[0].bias is not None  # torchvision: a bias where no norm follows
 
 
@@ -84,7 +85,8 @@ def test_torchvision_permute_is_not_registered_over_skiptrains():
 
 @pytest.mark.parametrize("layer, message", [
     ({"type": "conv2d_norm_activation", "out_channels": 4, "activation_layer": "relux"}, "did you mean `relu`"),
-    ({"type": "conv2d_norm_activation", "out_channels": 4, "activation_layer": "add"}, "must name a layer type that is a module class"),
+    ({"type": "conv2d_norm_activation", "out_channels": 4, "activation_layer": "add"},
+     "must name a layer type that is a module class"),
     ({"type": "conv2d_norm_activation", "out_channels": 4, "norm_layer": {"eps": 0.1}}, "needs a `type:`"),
     ({"type": "conv2d_norm_activation", "out_channels": 4, "norm_layer": 3}, "takes a layer type's name"),
     ({"type": "squeeze_excitation"}, "needs `squeeze_channels`"),

@@ -53,7 +53,8 @@ class WindowAttention(ShiftedWindowAttention):
         if size is not None:
             grid = _window(size, "window_attention (size)")
             if grid[0] % window[0] or grid[1] % window[1]:
-                raise ValueError(f"window_attention: `size: {list(grid)}` is not a multiple of the window {list(window)}")
+                raise ValueError(f"window_attention: `size: {list(grid)}` is not a multiple of the window "
+                                 f"{list(window)}")
             if any(shift[i] and window[i] >= grid[i] for i in range(2)):  # torchvision skips the shift there
                 raise ValueError(f"window_attention: a {list(window)} window covers the {list(grid)} map, which "
                                  "torchvision does not shift; write `shift_size: 0` here, and roll by 0 around it")
@@ -71,8 +72,9 @@ class WindowAttention(ShiftedWindowAttention):
                              f"(window_partition's output), not {list(x.shape[1:])}")
         b, windows, tokens, c = x.shape
         if self.size is not None and windows != (self.size[0] // wh) * (self.size[1] // ww):
-            raise ValueError(f"window_attention: a {list(self.size)} map has {(self.size[0] // wh) * (self.size[1] // ww)}"
-                             f" windows of {[wh, ww]}, the sample has {windows}")
+            count = (self.size[0] // wh) * (self.size[1] // ww)
+            raise ValueError(f"window_attention: a {list(self.size)} map has {count} windows of {[wh, ww]}, "
+                             f"the sample has {windows}")
         x = x.reshape(b * windows, tokens, c)
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias)
         qkv = qkv.reshape(x.size(0), tokens, 3, heads, c // heads).permute(2, 0, 3, 1, 4)

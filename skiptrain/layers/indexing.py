@@ -30,6 +30,10 @@ def _int(value, what: str, optional: bool = False):
     raise ValueError(f"{what} must be an integer{' or null' if optional else ''}, not {value!r}")
 
 
+def _listed(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def _pieces(name: str, pieces: tuple[torch.Tensor, ...], index: int) -> torch.Tensor:
     if isinstance(index, bool) or not isinstance(index, int) or not -len(pieces) <= index < len(pieces):
         raise ValueError(f"{name}: `index: {index}` is not one of the {len(pieces)} pieces "
@@ -117,8 +121,8 @@ class Roll(nn.Module):
 
     def __init__(self, shifts: int | list[int], dims: int | list[int]):
         super().__init__()
-        self.shifts = tuple(_int(n, "roll: `shifts`") for n in (shifts if isinstance(shifts, (list, tuple)) else [shifts]))
-        self.dims = tuple(_int(d, "roll: `dims`") for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
+        self.shifts = tuple(_int(n, "roll: `shifts`") for n in _listed(shifts))
+        self.dims = tuple(_int(d, "roll: `dims`") for d in _listed(dims))
         if len(self.shifts) != len(self.dims):
             raise ValueError(f"roll: {len(self.shifts)} shifts for {len(self.dims)} dims; give one shift per axis")
 

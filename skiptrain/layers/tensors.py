@@ -8,7 +8,8 @@ tensor as ``weight`` (shape inference runs it, and it initializes the tensor); t
 forward applies ``expression`` to the tensor registered on the node's scope.
 
 ``init:`` is ``zeros``, ``ones``, a number (a constant such as ``1.0e-6``), ``normal`` or
-``trunc_normal`` (with ``std:``, truncated at two ``std`` as timm and torchvision do).
+``trunc_normal`` (with ``std:``; truncated to [-2, 2], torch's ``trunc_normal_`` as timm and torchvision
+call it).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _init(tensor: nn.Parameter, init: str | float | int, std: float, name: str) 
         elif value == "normal":
             tensor.normal_(0.0, std)
         elif value == "trunc_normal":
-            nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+            nn.init.trunc_normal_(tensor, std=std)  # torch's bounds -2, 2: torchvision's Swin, timm's ViT
         else:
             tensor.fill_(float(value))
     return tensor

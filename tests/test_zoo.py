@@ -156,3 +156,16 @@ def test_init_lists_the_zoo():
     assert result.exit_code == 0, result.output
     for name in ZOO_NAMES:
         assert name in result.output
+
+
+def test_every_zoo_config_passes_the_json_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    from skiptrain.schema import config_schema
+
+    validator = jsonschema.Draft202012Validator(config_schema())
+    for name in ALL:
+        errors = [f"{list(e.absolute_path)}: {e.message[:200]}"
+                  for e in validator.iter_errors(yaml.safe_load(config(name).read_text()))]
+        assert not errors, (name, errors[:3])

@@ -95,6 +95,13 @@ def test_a_parameter_count_is_torchvisions(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_every_projection_is_one_torchvision_has(name):
+    # nothing added silently: the only projections are the skips named for torchvision's modules
+    names = {p.id.rsplit(".", 1)[-1] for p in skiptrain.check_model(config(name)).projections.values()}
+    assert names <= {"downsample", "proj"}
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_b_state_dict_keys_are_torchvisions(name):
     tv = torchvision_model(name)
     sk = skiptrain.build_model(config(name))

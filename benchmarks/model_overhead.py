@@ -333,7 +333,8 @@ def main(quick: bool, *, models: tuple[str, ...] | list[str] = MODELS, threads: 
     else:
         cfg = dict(rounds=11, warmup=3, target_s=2.0, max_iters=500)
         cuda = dev.type == "cuda"
-        batches = {"resnet20": (1, 128), "resnet18": (1, 64 if cuda else 16), "mobilenet_v3_small": (1, 64 if cuda else 16),
+        batches = {"resnet20": (1, 128), "resnet18": (1, 64 if cuda else 16),
+                   "mobilenet_v3_small": (1, 64 if cuda else 16),
                    "convnext_tiny": (1, 32 if cuda else 4), "vit_b_16": (1, 32 if cuda else 4)}
 
     specs = {

@@ -23,8 +23,8 @@ WHEN = {"anyOf": [{"type": "boolean"}, EXPR], "default": True,
         "description": "the item exists only when this is true: `${stride == 1 and expand_ratio != 1}`"}
 _ID_PATTERN = r"^([A-Za-z_][A-Za-z0-9_-]*|0|[1-9][0-9]*)$"  # a name, or an index such as torchvision's `features.3`
 # an id as written: a name or index, YAML's integer index, or `${...}` computed from block arguments
-ID = {"anyOf": [{"type": "string", "pattern": _ID_PATTERN, "not": {"const": "input"}}, {"type": "integer", "minimum": 0},
-                EXPR]}
+ID = {"anyOf": [{"type": "string", "pattern": _ID_PATTERN, "not": {"const": "input"}},
+                {"type": "integer", "minimum": 0}, EXPR]}
 
 
 def config_schema() -> dict[str, Any]:
@@ -105,7 +105,8 @@ def instance_schema() -> dict[str, Any]:
     props = {"id": ID, "block": {"type": "string"},
              "args": {"type": "object"}, "first_args": {"type": "object", "description": "args of the first copy"},
              "repeat": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 100_000}, EXPR]},
-             "copy_id": {"type": "string", "description": "each copy's id, from ${repeat_index}: denselayer${repeat_index + 1}"},
+             "copy_id": {"type": "string",
+                         "description": "each copy's id, from ${repeat_index}: denselayer${repeat_index + 1}"},
              "input": {"$ref": "#/$defs/ref"}, "projection": _policy(), "when": WHEN}
     return {"type": "object", "required": ["block"], "additionalProperties": False,
             "description": "a block instance", "properties": {key: props[key] for key in INSTANCE_KEYS}}

@@ -298,7 +298,8 @@ class _Expander(BlockCopies):
         loc = where(entry, "copy_id")
         names: list[str] = []
         for k in range(repeat):
-            name = written_id(substitute(entry["copy_id"], {**env, "repeat_index": k, "repeat_count": repeat}, loc), loc)
+            copy_env = {**env, "repeat_index": k, "repeat_count": repeat}
+            name = written_id(substitute(entry["copy_id"], copy_env, loc), loc)
             if name in names:
                 raise ConfigError(f"`copy_id:` gives two copies the id `{name}`", loc,
                                   "use `${repeat_index}` in it, as in `denselayer${repeat_index + 1}`")

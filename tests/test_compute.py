@@ -3,6 +3,7 @@ the JSON keys, the totals and the projections' share, and the memo per distinct 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,31 @@ def test_counting_allocates_no_weights(monkeypatch):
 def test_macs_text():
     assert [compute.macs_text(n) for n in (12, 950_000, 1_820_000, 4_089_184_256)] == \
         ["12", "950.00 K", "1.82 M", "4.09 G"]
+
+
+def _torchvision_macs(name: str, size: int = 224) -> int:
+    import torch
+    import torchvision
+
+    try:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(name, weights=None)
+    except NotImplementedError:  # RegNet's constructor copies a tensor, which meta cannot
+        model = torchvision.models.get_model(name, weights=None).to("meta")
+    return compute.count_module(model, (3, size, size))
+
+
+ZOO = sorted(path.stem for path in (Path(__file__).resolve().parents[1] / "configs" / "zoo").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ["imagenet/resnet18.yaml", "imagenet/resnet50.yaml",
+                                  *[f"zoo/{name}.yaml" for name in ZOO]])
+def test_a_network_has_the_macs_of_torchvisions(path):
+    """The whole count, projections included, is what torch's counter gives torchvision's own module
+    (torchvision's documented GFLOPS: ResNet-50 4.09, ViT-B/16 17.56, Swin-T 4.49)."""
+    plan = check_model(Path(__file__).resolve().parents[1] / "configs" / path)
+    summary = compute.count(plan)
+    size = plan.graph.input_shape[-1]
+    assert summary.macs == _torchvision_macs(Path(path).stem, size)
+    if path == "imagenet/resnet50.yaml":  # the four downsample projections: 1x1 conv + BN
+        assert summary.macs == 4_089_184_256 and summary.projection_macs == 359_661_568

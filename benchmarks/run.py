@@ -83,6 +83,10 @@ def build_page(quick: bool, results: dict, load, plot_rel: str | None, seconds: 
             validate_scaling.format_table(vs), ""]
     if plot_rel:
         out += [f"![validate seconds vs nodes]({plot_rel})", ""]
+    if results.get("validate_configs"):
+        out += ["Named configs and the zoo (`validate_scaling.py --configs`): the fastest of interleaved rounds, "
+                "wall and CPU (user + system) seconds of the child; `import torch` alone is the floor.", "",
+                validate_scaling.format_configs_table(results["validate_configs"]), ""]
 
     out += ["## Startup", "", "`benchmarks/startup.py`: median of 5 runs of each command (after one untimed run).", "",
             startup.format_table(st), ""]
@@ -238,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                                                log=log)
     log("== validate scaling")
     results["validate"] = validate_scaling.main(args.quick, plot=plot, log=log)
+    results["validate_configs"] = validate_scaling.configs_main(1 if args.quick else 3, quick=args.quick, log=log)
     log("== startup")
     results["startup"] = startup.main(args.quick, log=log)
     log("== export latency")

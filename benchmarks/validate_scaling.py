@@ -40,7 +40,7 @@ Where the time goes (issue 14; ``-X importtime``, cProfile and rusage on the 2-c
 * The per-layer CPU check was already run once per distinct (type, arguments, shape), memoized with
   the shape. Its cost was not the kernels but OpenMP's second thread: on a busy 2-core machine,
   waiting for it made each small kernel 10-20x slower (0.3-1.2 s for DenseNet-121's 110 checks; 0.02 s
-  on an idle one). It now runs one sample on one thread: 0.01 s. No check is dropped.
+  on an idle one). It now runs on one thread: 0.01 s. No check is dropped.
 * The meta forwards of distinct shapes: DenseNet-121's 368 nodes infer in 0.15 s once the imports
   are done; counting multiply-adds (``compute.py``) adds 0.02-0.1 s.
 """

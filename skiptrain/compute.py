@@ -46,14 +46,24 @@ class Compute:
 
 
 def count_module(module: nn.Module, in_shape: Shape, dtype: str = "float32") -> int:
-    """Multiply-adds of one forward of ``module`` (on meta) on one sample of shape ``in_shape``."""
+    """Multiply-adds of one forward of ``module`` (on meta) on one sample of shape ``in_shape``.
+
+    A layer that refuses a batch of one (the shape pass ran it on 2 and 3) is counted on a batch
+    of two, halved: every operation the counter sees costs in proportion to the batch."""
     from torch.utils.flop_counter import FlopCounterMode
 
     module.eval()
-    batch = torch.empty((1, *in_shape), device="meta", dtype=getattr(torch, dtype))
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(batch)
-    return counter.get_total_flops() // 2
+    for size in (1, 2):
+        batch = torch.empty((size, *in_shape), device="meta", dtype=getattr(torch, dtype))
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                module(batch)
+        except Exception:
+            if size == 2:
+                raise
+            continue
+        return counter.get_total_flops() // 2 // size
+    raise AssertionError("unreachable")
 
 
 def node_macs(layer: registry.LayerType, args: dict, in_shape: Shape, in_dtype: str) -> int:

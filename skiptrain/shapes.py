@@ -9,7 +9,7 @@ Meta kernels do not check everything that CPU and CUDA kernels check (dtypes, th
 ``dim`` of a softmax, a transposed conv's ``output_padding``), so two rules are added: a
 layer's weights must be non-empty and, unless it is an embedding (which takes ids),
 of the dtype of its input; and a layer whose CPU run is cheap also runs once on a
-sample of zeros on CPU, on one thread (with uninitialized weights), where its kernel checks the rest.
+batch of zeros on CPU, on one thread (with uninitialized weights), where its kernel checks the rest.
 """
 from __future__ import annotations
 
@@ -149,9 +149,9 @@ def _check_weights(module: nn.Module, in_dtype: str, node: Node) -> None:
 def _check_on_cpu(module: nn.Module, batch: torch.Tensor, node: Node) -> None:
     """Run a small layer once on CPU, whose kernel checks what meta's may not (`gelu` on int64).
 
-    One sample (the checks do not depend on the batch) on one thread: a second thread buys nothing
-    for a one-off kernel on small tensors, and on a busy machine waiting for it made the checks of
-    DenseNet-121 cost 0.3-0.9 s instead of 0.03 s (docs/benchmarks.md)."""
+    On one thread: a second thread buys nothing for a one-off kernel on small tensors, and on a
+    busy machine waiting for it made the checks of DenseNet-121 cost 0.3-1.2 s instead of 0.02 s
+    (benchmarks/validate_scaling.py)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -160,7 +160,7 @@ def _check_on_cpu(module: nn.Module, batch: torch.Tensor, node: Node) -> None:
             for buffer in module.buffers():  # an index table (Swin's relative positions) holds garbage: 0 is valid
                 if not buffer.is_floating_point():
                     buffer.zero_()
-            module(torch.zeros((1, *batch.shape[1:]), dtype=batch.dtype))
+            module(torch.zeros(batch.shape, dtype=batch.dtype))
     except Exception as exc:
         dtype = str(batch.dtype).removeprefix("torch.")
         raise ShapeError(f"`{node.type}` `{node.id}` cannot take an input of shape {list(batch.shape[1:])} "

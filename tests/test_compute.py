@@ -171,3 +171,27 @@ def test_a_network_has_the_macs_of_torchvisions(path):
     assert summary.macs == _torchvision_macs(Path(path).stem, size)
     if path == "imagenet/resnet50.yaml":  # the four downsample projections: 1x1 conv + BN
         assert summary.macs == 4_089_184_256 and summary.projection_macs == 359_661_568
+
+
+def test_a_layer_that_refuses_one_sample_is_counted_on_two(write_yaml):
+    """The shape pass runs batches of 2 and 3; a layer that needs more than one sample still gets a count."""
+    import torch
+
+    from skiptrain import registry
+
+    class PairLinear(torch.nn.Linear):
+        def forward(self, x):
+            if x.shape[0] < 2:
+                raise ValueError("needs two samples")
+            return super().forward(x)
+
+    with registry.LAYERS.scoped():
+        registry.register("pair_linear", axis="last")(PairLinear)
+        plan = _plan(write_yaml, """
+            model:
+              name: p
+              input: [5, 8]
+              layers:
+                - {id: fc, type: pair_linear, out_features: 3}
+            """)
+        assert plan_json(plan)["macs"] == 5 * 8 * 3

@@ -158,7 +158,7 @@ def train(
         if run_dir is None:  # every process must write to the same place: fix the name once, here
             raise typer.BadParameter("--nproc needs --run-dir (all processes share one run directory)",
                                      param_hint="--run-dir")
-        from .distributed import check_launch, launch
+        from .distributed import check_launch, launch, relaunch_args
 
         if config is not None:
             with user_errors():  # the common mistakes, caught once here rather than once per process
@@ -185,23 +185,6 @@ def train(
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
-
-
-def relaunch_args(ctx: typer.Context, leave_out: tuple[str, ...] = ()) -> list[str]:
-    """The command's arguments again, from what Click parsed: each option that differs from its default."""
-    args: list[str] = []
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if param.name in leave_out or value is None or (param.multiple and not value) or value == param.default:
-            continue
-        if param.param_type_name == "argument":
-            args[:0] = [str(v) for v in value] if param.multiple else [str(value)]
-        elif getattr(param, "is_flag", False):
-            args.append(param.opts[0] if value else param.secondary_opts[0])
-        else:
-            for item in value if param.multiple else [value]:
-                args += [param.opts[0], str(item.value if isinstance(item, Enum) else item)]
-    return args
 
 
 class Split(str, Enum):
@@ -373,13 +356,13 @@ def schema(
 
 @app.command()
 def init(
-    template: Optional[str] = typer.Argument(None, help="A template name; without one, list the templates.",
+    template: Optional[str] = typer.Argument(None, help="A template or zoo model; without one, list them all.",
                                              show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="The file to write (default TEMPLATE.yaml)."),
-    list_all: bool = typer.Option(False, "--list", help="List the templates and exit."),
+    list_all: bool = typer.Option(False, "--list", help="List the templates and zoo models and exit."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
-    """Start a config from a commented template: quickstart, resnet-cifar, unet, transformer, ..."""
+    """Start a config from a commented template (quickstart, resnet-cifar, unet, ...) or a zoo model (resnet50, vit_b_16, ...)."""
     with user_errors():
         from .starter import describe, template_names, write_template
 

@@ -6,6 +6,8 @@ which calls ``torch.distributed.run``) starts the processes and sets ``RANK``,
 """
 from __future__ import annotations
 
+import enum
+
 import os
 from dataclasses import dataclass
 
@@ -99,3 +101,21 @@ def launch(nproc: int, train_args: list[str]) -> int:
         codes = {f.exitcode for f in failures.values()} if failures else {1}
         return max(codes) if all(c > 0 for c in codes) else 1
     return 0
+
+
+def relaunch_args(ctx, leave_out: tuple[str, ...] = ()) -> list[str]:
+    """The arguments of the command in ``ctx`` again, from what Click parsed (each option that differs from
+    its default): what every process launched by ``--nproc`` runs, so no option can be forgotten."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in leave_out or value is None or (param.multiple and not value) or value == param.default:
+            continue
+        if param.param_type_name == "argument":
+            args[:0] = [str(v) for v in value] if param.multiple else [str(value)]
+        elif getattr(param, "is_flag", False):
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            for item in value if param.multiple else [value]:
+                args += [param.opts[0], str(item.value if isinstance(item, enum.Enum) else item)]
+    return args

@@ -13,6 +13,7 @@ batch of zeros on CPU, on one thread (with uninitialized weights), where its ker
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +178,20 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0][:300]
 
 
+@functools.cache
+def _module_attributes() -> frozenset[str]:
+    return frozenset(dir(nn.Module())) | {"code", "meta"}  # a SkipNet's own attributes too
+
+
+def _check_module_name(node_id: str, loc) -> None:
+    """Each part of an id names a submodule: it must not shadow an attribute (`training`, `forward`)."""
+    for part in node_id.split("."):
+        if part in _module_attributes():
+            raise ConfigError(f"id `{node_id}`: `{part}` is the name of a torch.nn.Module attribute", loc,
+                              f"ids become module names and `{part}` would hide the attribute: rename it "
+                              f"(for example `{part}_layer`)")
+
+
 def infer(graph: Graph) -> ModelPlan:
     """Walk the graph in order: fill inferred arguments, shapes, and plan each projection."""
     values: dict[str, tuple[Shape, str]] = {INPUT: (graph.input_shape, graph.input_dtype)}
@@ -187,6 +202,7 @@ def infer(graph: Graph) -> ModelPlan:
     warnings: list[str] = []
     dropped: set[int] = set()
     for node in graph.order:
+        _check_module_name(node.id, node.loc)
         layer = registry.get(node.type, node.arg_locs.get("type", node.loc))
         in_shape, in_dtype = values[node.inputs[0]]
         # arguments that read shapes (`${in_channels // 2}`) were left as expressions by spec: resolve them now
@@ -207,6 +223,7 @@ def infer(graph: Graph) -> ModelPlan:
             proj = projection.plan(skip, merge, source, shape, axis, axis_kind,
                                    skip.name or _projection_id(node.id, taken))
             if proj is not None:
+                _check_module_name(proj.id, skip.loc)
                 if proj.params and source_dtype != "float32":
                     raise ShapeError(f"skip `{skip.source}` -> `{skip.target}` needs a projection "
                                      f"({proj.description}) whose float32 weights cannot take the {source_dtype} "

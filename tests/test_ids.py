@@ -181,3 +181,20 @@ def test_after_a_left_out_layer_with_its_own_input_the_chain_reads_the_previous_
     graph = skiptrain.check_model(path).graph
     assert graph.nodes["u.act"].inputs == ["u.out"]
     assert graph.unused() == []
+
+
+@pytest.mark.parametrize("layer_id, skip_id", [("training", None), ("forward", None), ("stage.eval", None),
+                                               ("code", None), ("conv", "parameters")])
+def test_an_id_that_would_hide_a_module_attribute_is_a_located_error(write_yaml, layer_id, skip_id):
+    """Ids become submodule names: `training` or `forward` used to crash the build with a KeyError."""
+    *scope, leaf = layer_id.split(".")
+    layers = f"- {{id: {leaf}, type: conv2d, out_channels: 8, kernel_size: 1}}"
+    skip = f"\n      skips: [{{from: input, to: {leaf}, id: {skip_id}}}]" if skip_id else ""
+    body = (f"  blocks:\n    b:\n      layers:\n        {layers}{skip}\n  layers:\n    - {{id: {scope[0]}, block: b}}"
+            if scope else f"  layers:\n    {layers}" + (f"\n  skips: [{{from: input, to: {leaf}, id: {skip_id}}}]"
+                                                        if skip_id else ""))
+    path = write_yaml(f"model:\n  input: [4, 8, 8]\n{body}\n")
+    with pytest.raises(ConfigError, match="torch.nn.Module attribute") as info:
+        skiptrain.check_model(path)
+    assert info.value.location is not None and info.value.location.line is not None
+    assert "rename it" in info.value.hint

@@ -21,9 +21,13 @@ from .errors import ConfigError
 from .typed import check
 
 ADAMW_WEIGHT_DECAY = 0.01
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"  # the devices skiptrain runs on; select_device checks the same
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
-STRICT = ConfigDict(extra="forbid", strict=True)
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # no .nan or .inf anywhere
+Beta = Annotated[float, Field(ge=0, lt=1)]
+SEED_MAX = 2**64 - 1  # the largest seed torch.manual_seed takes
+INT64 = Annotated[int, Field(ge=-2**63, le=2**63 - 1)]  # what a torch integer argument holds
 
 
 class Optimizer(BaseModel):
@@ -36,8 +40,8 @@ class Optimizer(BaseModel):
         None, description=f"decay of weights with two or more dimensions: {ADAMW_WEIGHT_DECAY} for adamw, 0 otherwise")
     momentum: Optional[NonNegative] = Field(None, description="sgd, rmsprop: momentum (0; 0.9 with nesterov)")
     nesterov: Optional[StrictBool] = Field(None, description="sgd: Nesterov momentum")
-    betas: Optional[Annotated[list[NonNegative], Field(min_length=2, max_length=2)]] = Field(
-        None, description="adam, adamw: the two moment decay rates, [0.9, 0.999]")
+    betas: Optional[Annotated[list[Beta], Field(min_length=2, max_length=2)]] = Field(
+        None, description="adam, adamw: the two moment decay rates, each in [0, 1): [0.9, 0.999]")
     eps: Optional[Positive] = Field(None, description="adam, adamw, rmsprop: added to the denominator")
     alpha: Optional[NonNegative] = Field(None, description="rmsprop: smoothing constant (0.99)")
     decay_norm_and_bias: Optional[StrictBool] = Field(
@@ -76,7 +80,7 @@ class Loss(BaseModel):
         "auto", description="auto: cross-entropy for classification and segmentation, mse for regression")
     label_smoothing: Optional[Annotated[float, Field(ge=0, le=1)]] = Field(
         None, description="cross_entropy: label smoothing (0)")
-    ignore_index: Optional[int] = Field(None, description="cross_entropy: a target value that is ignored (-100)")
+    ignore_index: Optional[INT64] = Field(None, description="cross_entropy: a target value that is ignored (-100)")
 
 
 def _section(model: type[BaseModel], description: str) -> Any:
@@ -126,7 +130,7 @@ class TrainSettings(BaseModel):
     loss: _section(Loss, "auto, cross_entropy or mse, or a mapping: {name: cross_entropy, label_smoothing: 0.1}")
     task: Annotated[Optional[str], AfterValidator(_registered_task)] = Field(
         None, json_schema_extra=_task_schema, description="the task; null: the dataset's own")
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$",
+    device: str = Field("auto", pattern=DEVICE_PATTERN,
                         examples=["auto", "cpu", "cuda", "cuda:1", "mps"],
                         description="auto takes CUDA, then MPS, then the CPU; or cpu, cuda, cuda:1, mps. "
                                     "--device overrides it")
@@ -140,7 +144,8 @@ class TrainSettings(BaseModel):
     channels_last: Union[Literal["auto"], StrictBool] = Field(
         "auto", description="the channels-last memory format: true, false, or auto (on CUDA for 2-D images)")
     grad_clip: Optional[Positive] = Field(None, description="clip the gradient norm to this value; null: no clipping")
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="seeds the weights, and the data unless data.seed is set")
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = Field(
+        0, description="seeds the weights, and the data unless data.seed is set (0 to 2**64 - 1)")
     deterministic: StrictBool = Field(
         False, description="PyTorch's deterministic algorithms: a resumed run ends bit for bit as an uninterrupted one")
     out_dir: str = Field("runs", min_length=1,

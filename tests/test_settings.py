@@ -168,3 +168,97 @@ def test_schema_sections_list_exactly_the_declared_keys():
     assert train["properties"]["channels_last"]["anyOf"] == [{"const": "auto", "type": "string"}, {"type": "boolean"}]
     assert train["properties"]["optimizer"]["default"] == parse_settings({}).optimizer
     assert "$ref" not in str(data) + str(train) and "'title'" not in str(data) + str(train)
+
+
+# -- issue 15: no value that validate accepts crashes train --------------------------------------------------
+FINITE_CASES = [  # (section, the key's lines, the key, what the message says)
+    ("train", "optimizer:\n    name: adamw\n    lr: .nan", "lr", "`train.optimizer.lr` must be a number >= 0"),
+    ("train", "optimizer:\n    name: adamw\n    lr: .inf", "lr", "`train.optimizer.lr` must be a number >= 0"),
+    ("train", "optimizer:\n    name: adam\n    betas: 0.9", "betas", "`train.optimizer.betas` must be"),
+    ("train", "optimizer:\n    name: adam\n    betas: [0.9, 1.0]", "betas",
+     "`train.optimizer.betas[1]` must be a number >= 0 and < 1"),
+    ("train", "optimizer:\n    name: adam\n    eps: -1", "eps", "`train.optimizer.eps` must be a number > 0"),
+    ("train", "scheduler:\n    name: cosine\n    warmup_epochs: .inf", "warmup_epochs",
+     "`train.scheduler.warmup_epochs` must be a number >= 0"),
+    ("train", "seed: 1e20", "seed", "`train.seed` must be an integer"),
+    ("train", "seed: 18446744073709551616", "seed", "`train.seed` must be an integer >= 0 and <= "),
+    ("train", "grad_clip: .inf", "grad_clip", "`train.grad_clip` must be a number > 0"),
+    ("train", "loss:\n    name: cross_entropy\n    label_smoothing: 1.5", "label_smoothing",
+     "`train.loss.label_smoothing` must be a number >= 0 and <= 1"),
+    ("train", "loss:\n    name: cross_entropy\n    ignore_index: 100000000000000000000", "ignore_index",
+     "`train.loss.ignore_index` must be an integer >= "),
+    ("data", "normalize:\n    mean: 0.5\n    std: .nan", "std", "`normalize.std` must be"),
+    ("data", "normalize:\n    mean: .inf\n    std: 0.5", "mean", "`normalize.mean` must be"),
+    ("data", "seed: 18446744073709551616", "seed", "`seed` must be an integer >= 0 and <= "),
+    ("data", "num_classes: 100000000000000000000", "num_classes", "`num_classes` must be an integer >= 1 and <= "),
+]
+
+
+def finite_case_config(section: str, lines: str) -> str:
+    data = "data:\n  dataset: synthetic\n  num_samples: 16\n" + "".join(
+        f"  {key}\n" for key in ("num_classes: 4", "batch_size: 8") if not lines.startswith(key.split(":")[0]))
+    train = "train:\n  epochs: 1\n  device: cpu\n"
+    if section == "data":
+        data += f"  {lines}\n"
+    else:
+        train += f"  {lines}\n"
+    return TINY_RESIDUAL_MODEL + data + train
+
+
+@pytest.mark.parametrize("section, lines, key, expected", FINITE_CASES, ids=[c[1].split("\n")[-1].strip() + f" ({c[0]})"
+                                                                               for c in FINITE_CASES])
+def test_validate_refuses_what_train_would_crash_on(write_yaml, section, lines, key, expected):
+    text = finite_case_config(section, lines)
+    result = invoke("validate", write_yaml(text))
+    assert result.exit_code == 1, result.output
+    line, column = located(text, key)
+    kind = "config error" if section == "train" else "data error"
+    assert f"config.yaml:{line}:" in result.stderr and f": {kind}: {expected}" in result.stderr, result.stderr
+    if "[" not in lines.split(f"{key}:")[-1]:  # a list's item is located at the item
+        assert f"config.yaml:{line}:{column}: {kind}" in result.stderr
+    assert "hint: " in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("section, lines, key, expected", [FINITE_CASES[0], FINITE_CASES[5], FINITE_CASES[11]])
+def test_train_refuses_the_same_values_before_training(write_yaml, tmp_path, section, lines, key, expected):
+    run_dir = tmp_path / "run"
+    result = invoke("train", write_yaml(finite_case_config(section, lines)), "--run-dir", run_dir)
+    assert result.exit_code == 1, result.output
+    assert expected in result.stderr and "Traceback" not in result.output
+    assert not run_dir.exists(), "train created its run directory before checking the settings"
+
+
+def float_fields(model) -> list[tuple[str, bool]]:
+    """The fields of ``model`` that take a number with a fraction, and whether they take a list of them."""
+    return [(name, "list[" in str(field.annotation)) for name, field in model.model_fields.items()
+            if "float" in str(field.annotation)]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_no_declared_number_takes_nan_or_inf(bad):
+    from skiptrain.data.options import Normalization
+    from skiptrain.settings import Loss, Optimizer, Scheduler
+
+    checked = 0
+    for model, section in [(Optimizer, "optimizer"), (Scheduler, "scheduler"), (Loss, "loss"), (TrainSettings, None)]:
+        for name, many in float_fields(model):
+            value = [bad, bad] if many else bad
+            with pytest.raises(ConfigError):
+                parse_settings({section: {name: value}} if section else {name: value})
+            checked += 1
+    for name, many in float_fields(DataOptions):
+        with pytest.raises(DataError):
+            parse_options({"dataset": "digits", name: bad})
+        checked += 1
+    for name, _ in float_fields(Normalization):
+        with pytest.raises(DataError):
+            parse_options({"dataset": "digits", "normalize": {"mean": 0.5, "std": 0.5, name: bad}})
+        checked += 1
+    assert checked >= 15  # every optimizer, scheduler and loss number, grad_clip, val_fraction, mean and std
+
+
+def test_the_largest_seeds_are_taken_and_a_null_ignore_index_is_the_default():
+    top = 2**64 - 1
+    assert parse_settings({"seed": top}).seed == top and parse_options({"dataset": "digits", "seed": top}).seed == top
+    assert parse_settings({"loss": {"name": "cross_entropy", "ignore_index": None}}).loss == {"name": "cross_entropy"}
+    assert parse_settings({"optimizer": {"name": "adam", "betas": [0, 0.999]}}).optimizer["betas"] == [0, 0.999]

@@ -19,8 +19,8 @@ from ..errors import DataError, Location
 from ..typed import check
 from .augment import AUGMENTATIONS, Step, parse_augment
 
-STRICT = ConfigDict(extra="forbid", strict=True)
-Count = Annotated[int, Field(ge=1)]
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # no .nan or .inf anywhere
+Count = Annotated[int, Field(ge=1, le=2**63 - 1)]  # a count torch can hold (int64)
 Numbers = Union[float, Annotated[list[float], Field(min_length=1)]]
 Positive = Annotated[float, Field(gt=0)]
 PositiveNumbers = Union[Positive, Annotated[list[Positive], Field(min_length=1)]]
@@ -112,8 +112,9 @@ class DataOptions(BaseModel):
     num_samples: Optional[Count] = Field(None, description="synthetic, shapes: how many samples; null: the dataset's")
     num_classes: Optional[Count] = Field(None,
                                          description="synthetic, segfolder: how many classes; null: the dataset's")
-    seed: Optional[Annotated[int, Field(ge=0)]] = Field(
-        None, description="the seed of the validation split, the shuffle and the augmentation; null: train.seed")
+    seed: Optional[Annotated[int, Field(ge=0, le=2**64 - 1)]] = Field(
+        None, description="the seed of the validation split, the shuffle and the augmentation (0 to 2**64 - 1); "
+                          "null: train.seed")
     _source: Any = PrivateAttr(None)  # the mapping it came from, for error locations
 
     def where(self, key: str) -> Location | None:

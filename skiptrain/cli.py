@@ -205,6 +205,7 @@ def eval_command(
         from rich.table import Table
 
         from .api import evaluate
+        from .report import literal_row
         from .tasks import TASKS
 
         result = evaluate(source, split.value, which, device, confusion_png=True)
@@ -217,7 +218,7 @@ def eval_command(
             table = Table("class", task.per_class[1], title=f"{split.value} split, epoch {result['epoch']}",
                           title_justify="left")
             for name, value in zip(names, result[task.per_class[0]]):
-                table.add_row(str(name), f"{value:.4f}")
+                table.add_row(*literal_row([name, f"{value:.4f}"]))
             out.print(table)
         for key in task.shown:
             if key in result:
@@ -280,6 +281,7 @@ def predict(
         from rich.table import Table
 
         from .api import predict as run_predict
+        from .report import literal_row
         from .tasks import answers_table
 
         results = run_predict(source, inputs, top=top, output_dir=output_dir)
@@ -290,7 +292,7 @@ def predict(
         table = Table(*columns, title_justify="left")
         for group in groups:
             for i, row in enumerate(group, 1):
-                table.add_row(*row, end_section=i == len(group))
+                table.add_row(*literal_row(row), end_section=i == len(group))
         out.print(table)
 
 

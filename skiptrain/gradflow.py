@@ -24,10 +24,11 @@ def gradflow(config: Config, *, steps: int = 0, device: str = "cpu") -> dict[str
 
     from .training.assemble import assemble
     from .training.optim import build_optimizer
+    from .training.setup import select_device
     from .settings import parse_settings
 
     settings = parse_settings(config.train)
-    built = assemble(config, settings, torch.device(device), deterministic=False)
+    built = assemble(config, settings, select_device(device), deterministic=False)
     plan, data, model, loss_fn = built.plan, built.data, built.model, built.loss_fn
     model.train()
     layers = [(index, node) for index, node in enumerate(plan.graph.order) if node.meta.get("params")]

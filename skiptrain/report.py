@@ -16,6 +16,11 @@ def shape_text(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+def literal_row(cells) -> list[Text]:
+    """A table row shown as written: class names, file names and ids are never read as rich markup."""
+    return [Text(str(cell)) for cell in cells]
+
+
 def plan_json(plan: ModelPlan) -> dict[str, Any]:
     graph = plan.graph
     compute = count(plan)
@@ -68,7 +73,7 @@ def share(params: int, total: int) -> str:
 def node_table(plan: ModelPlan) -> Table:
     graph = plan.graph
     count(plan)
-    table = Table(title=f"{graph.name}: input {shape_text(graph.input_shape)} {graph.input_dtype}",
+    table = Table(title=Text(f"{graph.name}: input {shape_text(graph.input_shape)} {graph.input_dtype}"),
                   title_justify="left")
     for column, justify in (("id", "left"), ("type", "left"), ("output shape", "left"),
                             ("params", "right"), ("MACs", "right"), ("skips in", "left")):
@@ -78,7 +83,7 @@ def node_table(plan: ModelPlan) -> Table:
         for skip in graph.skips_into(node.id):
             proj = plan.projection_for(skip)
             merges.append(skip_text(plan, skip) + (f" via {proj.id}" if proj else ""))
-        table.add_row(node.id, node.type, shape_text(node.meta["shape"]), f"{node.meta['params']:,}",
+        table.add_row(Text(node.id), Text(node.type), shape_text(node.meta["shape"]), f"{node.meta['params']:,}",
                       f"{node.meta['macs']:,}", Text("\n".join(merges), style="cyan"))
     return table
 
@@ -90,7 +95,7 @@ def projection_table(plan: ModelPlan) -> Table:
     for column in ("projection", "skip", "kind", "shape", *numbers):
         table.add_column(column, justify="right" if column in numbers else "left")
     for p in plan.projections.values():
-        table.add_row(p.id, f"{p.skip.source} -> {p.skip.target}", p.description,
+        table.add_row(Text(p.id), Text(f"{p.skip.source} -> {p.skip.target}"), Text(p.description),
                       f"{shape_text(p.in_shape)} -> {shape_text(p.out_shape)}", f"{p.params:,}",
                       share(p.params, plan.params), f"{p.skip.meta['macs']:,}", share(p.skip.meta["macs"], total))
     return table
@@ -130,31 +135,42 @@ def _merge_label(skip) -> str:
     return ", ".join([skip.merge, *extra])
 
 
+def _dot_text(text: str) -> str:
+    """Text for inside a DOT double-quoted string: a quote or backslash of the user's is escaped."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _mermaid_text(text: str) -> str:
+    """Text for inside a Mermaid quoted label: a quote becomes the entity `#quot;`."""
+    return text.replace('"', "#quot;")
+
+
 def _safe(node_id: str) -> str:
     return "n_" + "".join(c if c.isalnum() else "_" for c in node_id)
 
 
 def mermaid(plan: ModelPlan) -> str:
     graph = plan.graph
-    lines = ["flowchart TD", f'  {_safe(INPUT)}(["{_label(plan, INPUT)}"])']
-    lines += [f'  {_safe(n.id)}["{_label(plan, n.id)}"]' for n in graph.order]
+    lines = ["flowchart TD", f'  {_safe(INPUT)}(["{_mermaid_text(_label(plan, INPUT))}"])']
+    lines += [f'  {_safe(n.id)}["{_mermaid_text(_label(plan, n.id))}"]' for n in graph.order]
     lines += [f"  {_safe(src)} --> {_safe(n.id)}" for n in graph.order for src in n.inputs]
     for skip in graph.skips:
         proj = plan.projection_for(skip)
         label = _merge_label(skip) + (f": {proj.description}, {proj.params:,} params" if proj else "")
-        lines.append(f'  {_safe(skip.source)} -. "{label}" .-> {_safe(skip.target)}')
+        lines.append(f'  {_safe(skip.source)} -. "{_mermaid_text(label)}" .-> {_safe(skip.target)}')
     return "\n".join(lines) + "\n"
 
 
 def dot(plan: ModelPlan) -> str:
     graph = plan.graph
-    lines = [f'digraph "{graph.name}" {{', "  rankdir=TB;", "  node [shape=box, fontname=Helvetica];",
-             f'  {_safe(INPUT)} [label="{_label(plan, INPUT)}", shape=oval];']
-    lines += [f'  {_safe(n.id)} [label="{_label(plan, n.id)}"];' for n in graph.order]
+    lines = [f'digraph "{_dot_text(graph.name)}" {{', "  rankdir=TB;", "  node [shape=box, fontname=Helvetica];",
+             f'  {_safe(INPUT)} [label="{_dot_text(_label(plan, INPUT))}", shape=oval];']
+    lines += [f'  {_safe(n.id)} [label="{_dot_text(_label(plan, n.id))}"];' for n in graph.order]
     lines += [f"  {_safe(src)} -> {_safe(n.id)};" for n in graph.order for src in n.inputs]
     for skip in graph.skips:
         proj = plan.projection_for(skip)
-        label = _merge_label(skip) + (f"\\n{proj.description}\\n{proj.params:,} params" if proj else "")
+        label = "\\n".join(_dot_text(part) for part in
+                            [_merge_label(skip), *([proj.description, f"{proj.params:,} params"] if proj else [])])
         color = "red" if proj else "blue"
         lines.append(f'  {_safe(skip.source)} -> {_safe(skip.target)} '
                      f'[style=dashed, color={color}, label="{label}", constraint=false];')

@@ -101,6 +101,10 @@ class _Expander(BlockCopies):
         if isinstance(name, (dict, list)) or not str(name).isprintable():
             raise ConfigError("`name:` must be one line of printable text", where(model, "name"),
                               "for example `name: resnet20`")
+        if any(sep in str(name) for sep in "/\\") or str(name) in (".", ".."):
+            raise ConfigError(f"`name: {name}` is a path: a run directory is named `<name>-<time>` inside `out_dir`",
+                              where(model, "name"), "use a plain name such as `resnet20`; "
+                                                    "to put runs elsewhere, set `train.out_dir` or pass --run-dir")
         shape = input_shape(model)
         dtype = model.get("input_dtype", "float32")
         if dtype not in DTYPES:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from torch import nn
 
 from ..config import Config
 from ..errors import SkiptrainError
+from ..settings import DEVICE_PATTERN
 from ..tasks import get_task
 
 
@@ -21,10 +23,9 @@ def select_device(name: str) -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SkiptrainError(f"unknown device `{name}`", None, "use auto, cpu, cuda, cuda:1 or mps") from None
+    if not isinstance(name, str) or not re.fullmatch(DEVICE_PATTERN, name):  # meta, xla, cuda:x ... never reach torch
+        raise SkiptrainError(f"unknown device `{name}`", None, "use auto, cpu, cuda, cuda:1 or mps")
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SkiptrainError(f"device `{name}` asked for, but this machine has no CUDA GPU", None,
                              "use --device cpu (or device: auto)")

@@ -59,10 +59,12 @@ def no_cycle_collection() -> Iterator[None]:
             gc.enable()
 
 
-def _emit(text: str, output: Optional[Path]) -> None:
-    """Write a command's text to ``--output`` (saying so on stderr) or to stdout."""
-    if output:
-        output.write_text(text)
+def _emit(text: str, output: Optional[Path], inputs: tuple = ()) -> None:
+    """Write a command's text to ``--output`` (checked, atomically; saying so on stderr) or to stdout."""
+    if output is not None:
+        from .outputs import check_output, write_text
+
+        write_text(check_output(output, inputs), text)
         err.print(f"wrote {output}", markup=False)
     else:
         sys.stdout.write(text)
@@ -132,8 +134,12 @@ def graph(
         from .api import check_model
         from .report import dot, mermaid
 
+        if output is not None:  # before any work: never the config itself, a folder or a missing folder
+            from .outputs import check_output
+
+            check_output(output, [config])
         plan = check_model(config, overrides)
-        _emit(mermaid(plan) if fmt == GraphFormat.mermaid else dot(plan), output)
+        _emit(mermaid(plan) if fmt == GraphFormat.mermaid else dot(plan), output, (config,))
 
 
 @app.command()

@@ -27,6 +27,7 @@ import torch
 
 from . import __version__
 from .errors import CheckpointError, SkiptrainError
+from .outputs import atomic_output, check_output
 
 ATOL, RTOL = 1e-4, 1e-3  # fp32 tolerance of the verification
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -118,29 +119,42 @@ def _decode(value: str) -> Any:
 
 def export_onnx(source: str | Path | Source, output: str | Path, opset: int | None = None,
                 batch: str | int = "dynamic", verify: bool = True) -> dict[str, Any]:
-    """Export ``source`` to ``output``; verify it unless ``verify=False``. Returns a report dict."""
+    """Export ``source`` to ``output``; verify it unless ``verify=False``. Returns a report dict.
+
+    ``output`` is checked before any work (``outputs.check_output``: not a folder, its folder
+    exists and is writable, not the source itself); the file is written beside it under a
+    temporary name and renamed over ``output`` only once export and verification succeed.
+    """
+    output = check_output(output, [] if isinstance(source, Source) else [source])
     src = source if isinstance(source, Source) else load_source(source)
-    model, output = src.model.eval(), Path(output)
+    if src.path:
+        check_output(output, [src.path])
+    model = src.model.eval()
     dynamic = batch == "dynamic"
     if not dynamic and (not str(batch).isdigit() or int(batch) < 1):
         raise ExportError(f"--batch must be `dynamic` or a positive integer, not {batch!r}")
     batch = "dynamic" if dynamic else int(batch)
-    output.parent.mkdir(parents=True, exist_ok=True)
     example = random_input(model, 2 if dynamic else batch)
     props = metadata(src, batch)
     started = time.perf_counter()
-    exporter, fallback = _export(model, example, output, opset, dynamic, props, src.plan)
-    report: dict[str, Any] = {
-        "output": str(output), "source": src.path, "name": model.meta["skiptrain"]["name"],
-        "exporter": exporter, "fallback_reason": fallback, "seconds": time.perf_counter() - started,
-        "opset": _opset(output), "batch": batch, "metadata": props, "size_bytes": _size(output),
-        "atol": ATOL, "rtol": RTOL, "checks": None, "latency_ms": None, "latency_batch": None,
-    }
-    if verify:
-        sizes = (1, 3) if dynamic else (batch,)
-        report["checks"] = verify_onnx(model, output, sizes)
-        report["latency_batch"] = 1 if dynamic else batch
-        report["latency_ms"] = latency(model, output, report["latency_batch"])
+    with atomic_output(output) as temp:
+        try:
+            exporter, fallback = _export(model, example, temp, opset, dynamic, props, src.plan)
+            report: dict[str, Any] = {
+                "output": str(output), "source": src.path, "name": model.meta["skiptrain"]["name"],
+                "exporter": exporter, "fallback_reason": fallback, "seconds": time.perf_counter() - started,
+                "opset": _opset(temp), "batch": batch, "metadata": props, "size_bytes": _size(temp),
+                "atol": ATOL, "rtol": RTOL, "checks": None, "latency_ms": None, "latency_batch": None,
+            }
+            if verify:
+                sizes = (1, 3) if dynamic else (batch,)
+                report["checks"] = verify_onnx(model, temp, sizes)
+                report["latency_batch"] = 1 if dynamic else batch
+                report["latency_ms"] = latency(model, temp, report["latency_batch"])
+        except SkiptrainError as exc:  # name the file the user asked for, not the temporary one
+            exc.message = exc.message.replace(str(temp), str(output))
+            exc.args = (exc.message,)
+            raise
     return report
 
 

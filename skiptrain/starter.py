@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import ConfigError, choices_hint
+from .outputs import check_output, write_text
 
 ORDER = ("quickstart", "resnet-cifar", "resnet-imagenet", "plain", "unet", "transformer", "mlp")
 
@@ -53,11 +54,5 @@ def describe(name: str) -> str:
 def write_template(name: str, output: str | Path | None = None, force: bool = False) -> Path:
     """Write a template to ``output`` (default ``<name>.yaml``); an existing file needs ``force``."""
     text = template_text(name)
-    path = Path(output) if output is not None else Path(f"{name}.yaml")
-    if path.exists() and not force:
-        raise ConfigError(f"{path} already exists", None, "pass --force to overwrite it, "
-                          "or choose another file with --output")
-    if path.is_dir():
-        raise ConfigError(f"{path} is a folder", None, "give a file name with --output")
-    path.write_text(text, encoding="utf-8")
-    return path
+    path = check_output(Path(output) if output is not None else Path(f"{name}.yaml"), overwrite=force)
+    return write_text(path, text)  # atomically: a temporary file beside it, fsync, os.replace

@@ -118,6 +118,7 @@ def props(path: Path) -> dict[str, str]:
 def test_export_verifies_and_runs_in_onnxruntime(tmp_path, text):
     config = write(tmp_path / "net.yaml", text)
     output = tmp_path / "out" / "net.onnx"
+    output.parent.mkdir()  # an output's folder must exist (tests/test_outputs.py)
     result = invoke("export", config, "--output", output)
     assert result.exit_code == 0, result.output
     for words in ("dynamo exporter", "onnx.checker: ok", "batch 1", "batch 3", "max abs diff", "file size",

@@ -11,6 +11,7 @@ changed. A *checkpoint source* is a run directory or a ``.pt`` file.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Union
@@ -121,6 +122,10 @@ def train(source: Source | None = None, overrides: Iterable[str] = (), *, resume
     config = load(state.config if source is None else source, overrides)
     if epochs is not None:
         config.train["epochs"] = epochs
+    if run_dir is not None and os.environ.get("RANK", "0") == "0":  # refuse a folder skiptrain may not
+        from .training.rundir import target  # write into before building anything (rank 0 writes it)
+
+        target(".", "run", run_dir, force, None if state is None else state.path)
     return run_training(config, state=state, run_dir=None if run_dir is None else str(run_dir), device=device,
                         quiet=quiet, force=force, limit_batches=limit_batches)
 

@@ -12,7 +12,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -169,12 +168,10 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
         run.epoch, run.step, run.best = state.epoch, state.step, state.best
         run.batch, run.partial = state.batch, tuple(state.partial)
     if world.is_main:
+        run.run_dir = RunDir.open(settings.out_dir, plan.graph.name, run_dir, force,
+                                  resumed_from=None if state is None else state.path)
         if state is not None:
-            run.run_dir = RunDir(run_dir or str(Path(state.path).parent.parent))
-            run.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
             run.run_dir.truncate_history(run.epoch)
-        else:
-            run.run_dir = RunDir.create(settings.out_dir, plan.graph.name, run_dir, force)
         run.run_dir.write_config(config.to_dict())
         run.tensorboard = tensorboard.open_writer(run)
         run.report.info(f"run directory: {run.run_dir.path}")

@@ -1,8 +1,27 @@
-"""A run directory: the resolved config, one metrics line per epoch, checkpoints, summary, curves."""
+"""A run directory: the resolved config, one metrics line per epoch, checkpoints, summary, curves.
+
+skiptrain writes only into a run directory it created, or one that holds one of its runs:
+every run directory gets a marker file (``.skiptrain-run``: the run's name and a random id)
+when it is created. Which folder a run may write into is decided here, in ``RunDir.open``, and
+nowhere else:
+
+- a new run goes into a folder that does not exist yet, or exists and is empty;
+- an existing folder that is not a run (no marker) is refused, even with ``--force``;
+- a folder holding another run is refused unless ``--force``, which replaces that run whole
+  (checkpoints including ``previous.pt``, metrics, summary, curves) before anything is written;
+- ``--resume`` continues into the run directory its checkpoint belongs to (the marker two
+  levels above it); a checkpoint that is not inside a run directory continues into a NEW run
+  directory under ``train.out_dir`` (or the ``--run-dir`` given), never into the folders around it.
+
+Folders written by older versions (``config.yaml`` beside ``checkpoints/last.pt``, no marker)
+count as runs, and get their marker when next written to.
+"""
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +29,92 @@ from typing import Any
 import yaml
 
 from ..errors import SkiptrainError
+
+MARKER = ".skiptrain-run"
+
+
+class RunDirError(SkiptrainError):
+    """A run directory skiptrain may not write into."""
+
+
+def run_id(path: Path) -> str | None:
+    """The id of the run held in ``path`` ("legacy" for an older run without a marker), or None."""
+    marker = path / MARKER
+    try:
+        if marker.is_file():
+            text = marker.read_text(encoding="utf-8", errors="replace")[:4096]
+            try:
+                value = json.loads(text).get("id")
+            except (ValueError, AttributeError):
+                value = None
+            return str(value) if value else "unreadable"
+        if (path / "config.yaml").is_file() and (path / "checkpoints" / "last.pt").is_file():
+            return "legacy"
+    except OSError:
+        return None
+    return None
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return not any(path.iterdir())
+    except OSError:
+        return False
+
+
+def _checked(run_dir: str | os.PathLike) -> Path:
+    if not str(run_dir).strip():
+        raise RunDirError("--run-dir is empty", None,
+                          "name a new folder, e.g. --run-dir runs/my-run (or leave --run-dir out)")
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"--run-dir {path} is a file, not a folder", None,
+                          "name a new folder, or leave --run-dir out")
+    return path
+
+
+def _fresh(out_dir: str, name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(out_dir) / f"{name}-{stamp}"
+    k = 1
+    while path.exists():
+        k += 1
+        path = Path(out_dir) / f"{name}-{stamp}-{k}"
+    return path
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def target(out_dir: str, name: str, run_dir: str | os.PathLike | None, force: bool = False,
+           resumed_from: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """Where a run may write and how: ``(path, "new" | "continue" | "replace")``; writes nothing.
+    Raises RunDirError where skiptrain may not write (see the module's docstring)."""
+    own = Path(resumed_from).parent.parent if resumed_from is not None else None
+    own_id = run_id(own) if own is not None and Path(resumed_from).parent.name == "checkpoints" else None
+    if run_dir is None:
+        if own_id is not None:  # continue the checkpoint's own run
+            return own, "continue"
+        return _fresh(out_dir, name), "new"
+    path = _checked(run_dir)
+    if not path.exists() or _is_empty(path):
+        return path, "new"
+    if run_id(path) is None:
+        raise RunDirError(f"--run-dir {path} is a folder with files that is not a skiptrain run", None,
+                          "skiptrain never writes into folders it did not create (not even with "
+                          "--force): name a new or empty folder, or leave --run-dir out")
+    if own is not None and own_id is not None and _same(own, path):
+        return path, "continue"
+    if not force:
+        what = "another run" if resumed_from is not None else "a run"
+        resume = "" if resumed_from is not None else f"continue it with --resume {path}, "
+        raise RunDirError(f"--run-dir {path} already holds {what}", None,
+                          f"{resume}pick another --run-dir, or pass --force to replace that run whole")
+    return path, "replace"
 
 
 class RunDir:
@@ -20,24 +125,54 @@ class RunDir:
 
     @classmethod
     def create(cls, out_dir: str, name: str, run_dir: str | None, force: bool = False) -> "RunDir":
-        if run_dir is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            path = Path(out_dir) / f"{name}-{stamp}"
-            k = 1
-            while path.exists():
-                k += 1
-                path = Path(out_dir) / f"{name}-{stamp}-{k}"
-        else:
-            path = Path(run_dir)
-            if (path / "checkpoints").exists() and not force:
-                raise SkiptrainError(f"{path} already holds a run", None,
-                                     f"continue it with --resume {path}, pick another --run-dir, "
-                                     "or pass --force to overwrite it")
+        """A new run (see the module's docstring for where it may go)."""
+        return cls.open(out_dir, name, run_dir, force)
+
+    @classmethod
+    def open(cls, out_dir: str, name: str, run_dir: str | os.PathLike | None, force: bool = False,
+             resumed_from: str | os.PathLike | None = None) -> "RunDir":
+        """The run directory a run writes into: new, or (``resumed_from``: a checkpoint file) the one
+        that checkpoint belongs to. Raises RunDirError, having written nothing, where it may not write."""
+        path, action = target(out_dir, name, run_dir, force, resumed_from)
+        if action == "continue":
+            return cls._continue(path, name)
+        if action == "replace":
+            cls._clear(path)
+        return cls._new(path, name)
+
+    @classmethod
+    def _new(cls, path: Path, name: str) -> "RunDir":
         run = cls(path)
         run.checkpoints.mkdir(parents=True, exist_ok=True)
-        if run.metrics_path.exists():
-            run.metrics_path.unlink()
+        run._write_marker(name)
         return run
+
+    @classmethod
+    def _continue(cls, path: Path, name: str) -> "RunDir":
+        run = cls(path)
+        if not (path / MARKER).is_file():  # an older run: mark it now
+            run._write_marker(name)
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        return run
+
+    @staticmethod
+    def _clear(path: Path) -> None:
+        """Remove everything in a run directory, the marker last (a kill midway leaves a run)."""
+        for entry in path.iterdir():
+            if entry.name == MARKER:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        (path / MARKER).unlink(missing_ok=True)
+
+    def _write_marker(self, name: str) -> None:
+        marker = self.path / MARKER
+        tmp = marker.with_name(MARKER + ".tmp")
+        tmp.write_text(json.dumps({"name": name, "id": secrets.token_hex(8),
+                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+        os.replace(tmp, marker)
 
     def write_config(self, config: dict) -> None:
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

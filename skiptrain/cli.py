@@ -153,7 +153,7 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 or mps."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue from a run directory or checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
-    force: bool = typer.Option(False, "--force", help="Overwrite a --run-dir that already holds a run."),
+    force: bool = typer.Option(False, "--force", help="Replace a --run-dir that holds another run (its files are removed first)."),
     limit_batches: Optional[int] = typer.Option(None, "--limit-batches", min=1,
                                                 help="At most this many batches per split and epoch (a smoke test)."),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1,

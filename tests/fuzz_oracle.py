@@ -19,6 +19,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 import skiptrain
+from skiptrain import registry
 from skiptrain.errors import SkiptrainError
 
 _COMMON = dict(deadline=None, database=None, print_blob=True,
@@ -90,6 +91,13 @@ def _example_input(plan) -> torch.Tensor:
     return torch.zeros(shape, dtype=dtype)  # ids that went through arithmetic: 0 is always valid
 
 
+_TENSOR_FORWARD = {  # torchvision's own code for each learnable tensor (ViT, ConvNeXt), not skiptrain's
+    "ClassToken": lambda t, x: torch.cat([t.expand(x.shape[0], -1, -1), x], dim=1),
+    "PositionEmbedding": lambda t, x: x + t,
+    "LayerScale": lambda t, x: t * x,
+}
+
+
 def reference_forward(model: torch.nn.Module, plan, x: torch.Tensor) -> torch.Tensor:
     """The plan, interpreted node by node with the model's own modules, every input cloned."""
     from skiptrain.projection import feature_axis
@@ -100,6 +108,9 @@ def reference_forward(model: torch.nn.Module, plan, x: torch.Tensor) -> torch.Te
         value = values[node.inputs[0]]
         if node.id in modules:
             value = modules[node.id](value.clone())
+        elif registry.get(node.type).tensor:  # a learnable tensor at the node's id, applied as torchvision does
+            tensor = model.get_parameter(node.id)
+            value = _TENSOR_FORWARD[registry.get(node.type).factory.__name__](tensor, value.clone())
         for skip in plan.graph.skips_into(node.id):
             source = values[skip.source]
             proj = plan.projection_for(skip)
@@ -149,4 +160,21 @@ def check(source) -> str:
         assert torch.allclose(out, expected, rtol=1e-4, atol=1e-5, equal_nan=True), \
             "the generated forward computes other values than the graph describes"
         STATS["built"] += 1
+        _count_features(plan)
         return "built"
+
+
+NEW_TYPES = {"select", "slice", "chunk", "split", "roll", "window_partition", "window_reverse", "class_token",
+             "position_embedding", "layer_scale", "stochastic_depth", "squeeze_excitation", "conv2d_norm_activation",
+             "mlp", "window_attention", "channelshuffle", "drop_block2d", "frozen_batch_norm2d"}
+
+
+def _count_features(plan) -> None:
+    """How many built models exercised the newer parts of the language (the stats line shows them)."""
+    skips = plan.graph.skips
+    types = {registry.get(n.type).name for n in plan.graph.order}
+    STATS["built_with_broadcast"] += any(s.meta.get("broadcast") for s in skips)
+    STATS["built_with_from_first"] += any(s.order == "from_first" for s in skips)
+    STATS["built_with_named_projection"] += any(s.name and plan.projection_for(s) is not None for s in skips)
+    STATS["built_with_new_layer_types"] += bool(types & NEW_TYPES)
+    STATS["built_with_learnable_tensor"] += any(registry.get(t).tensor for t in types)

@@ -5,10 +5,15 @@ Three sources of configs:
 * the example configs (``../shared/examples``, ``configs/``), mutated a few times each: a key deleted
   at any depth, a value replaced by one of another type (None, bool, huge and negative ints,
   floats, unicode text, lists, mappings), a random input shape or dtype, random skips between
-  existing ids or random strings, new merges, projections and axes, layers duplicated or
-  dropped, repeats and multipliers changed, and ``${...}`` expressions, nasty ones included;
-* small graphs generated from scratch from a curated list of layer types, with random
-  arguments, a random block with ``${...}`` arguments, and random skips;
+  existing ids or random strings, new merges, projections, axes, concat orders and projection
+  ids, layers duplicated or dropped, repeats and multipliers changed, ``when:`` on layers,
+  instances and skips, ``copy_id:`` on instances, and ``${...}`` expressions (comparisons,
+  and/or/not, ``a if c else b``, floats, functions, shape names, counters), nasty ones included;
+* small graphs generated from scratch from a curated list of layer types (indexing, learnable
+  tensors and torchvision's blocks included), with random arguments, left-out layers,
+  squeeze-excite gates merged by broadcasting, Swin's windowed attention sized by reading
+  shapes, a random block with ``${...}`` arguments (counters, shapes, conditions, ``copy_id``),
+  and random skips (``order``, ``id``, ``when``);
 * YAML text: an example file edited as text (lines dropped or doubled, YAML oddities such as
   tags, anchors, huge numbers and deep nesting spliced in), loaded from disk and run through
   ``skiptrain validate`` as well.
@@ -16,8 +21,8 @@ Three sources of configs:
 The property: checking a config either raises skiptrain's own error (a ``SkiptrainError``) or
 returns a plan, and every plan builds into a module whose forward pass on a batch of 2 returns
 exactly the shape (and dtype) the plan reported, and the values that a plain node-by-node
-interpretation of the plan computes with the same modules (so the generated forward's in-place
-adds and early frees are checked too). Any other exception, or a config that takes longer than
+interpretation of the plan computes with the same modules and torchvision's own arithmetic for
+learnable tensors (so the generated forward's in-place adds, broadcasts and early frees are checked too). Any other exception, or a config that takes longer than
 ``HANG_SECONDS``, fails the test.
 
 Profiles, chosen by the environment variable ``SKIPTRAIN_FUZZ_PROFILE``:
@@ -27,7 +32,9 @@ Profiles, chosen by the environment variable ``SKIPTRAIN_FUZZ_PROFILE``:
   figures in ``docs/reliability.md``.
 
 ``SKIPTRAIN_FUZZ_EXAMPLES`` overrides the number of examples per test, and
-``SKIPTRAIN_FUZZ_STATS`` names a JSON file that receives the counts when the module finishes.
+``SKIPTRAIN_FUZZ_STATS`` names a JSON file that receives the counts when the module finishes (with
+``built_with_*``: how many built models had a broadcast, a from-first concat, a named projection, a
+new layer type, a learnable tensor).
 
 The test functions are here; the profiles and the oracle are in ``fuzz_oracle.py``, the mutations
 of the examples in ``fuzz_mutations.py``, the graphs from scratch and YAML text in ``fuzz_scratch.py``.

@@ -41,6 +41,8 @@ _ALLOWED = ("integers, decimals, true/false, 'text', argument names, + - * / // 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
     """torchvision's ``_make_divisible``: the nearest multiple of ``divisor``, at least ``min_value``
     (default ``divisor``), never more than 10% below ``value`` (MobileNet and EfficientNet widths)."""
+    if type(divisor) is not int or divisor < 1:
+        raise ValueError(f"make_divisible's divisor must be a positive integer, not {divisor!r}")
     min_value = divisor if min_value is None else min_value
     new = max(min_value, int(value + divisor / 2) // divisor * divisor)
     return new + divisor if new < 0.9 * value else new
@@ -266,12 +268,17 @@ class _Walker:
             raise self.error(f"gives `{name}` {len(node.args)} arguments",
                              f"`{name}` takes {least}" + (f" to {most}" if most > least else ""))
         args = [self.eval(a) for a in node.args]
-        if name in ("min", "max") and len(args) == 1 and isinstance(args[0], tuple):
+        if name in ("min", "max") and len(args) == 1:
+            if not isinstance(args[0], (tuple, list)) or not args[0]:
+                raise self.error(f"gives `{name}` one number", f"`{name}` takes two or more numbers, or a shape "
+                                                               "such as `in_shape`")
             args = list(args[0])  # max(in_shape)
+            if len(args) == 1:  # the shape of a rank-1 sample
+                return self.checked(self.number(args[0]))
         try:
             return self.checked(function(*(self.number(a) for a in args)))
-        except (OverflowError, ValueError):  # int(inf), float overflow
-            raise self.error(f"cannot compute `{name}` of {args}") from None
+        except (OverflowError, ValueError, ZeroDivisionError) as exc:  # int(inf), float overflow, a bad divisor
+            raise self.error(f"cannot compute `{name}` of {args}", str(exc) or None) from None
 
     def checked(self, value: Any) -> Any:
         if type(value) is int and abs(value) > _LIMIT:

@@ -75,9 +75,8 @@ _ATOMS = ["0", "1", "2", "3", "16", "-1", "channels", "stride", "c", "planes", "
           "(1 if block_index == 0 else 2)", "(in_channels // 2 if in_channels > 2 else 1)"]
 _OPS = [" + ", " - ", " * ", " // ", " / ", " ** ", " % ", " ", "", " == ", " != ", " < ", " <= ", " > ",
         " >= ", " and ", " or ", " if True else ", " if c > 1 else ", " in ", " is ", " & "]
-# Left out, skiptrain bugs found by this fuzzer (a traceback, not a located error; report of 2026-12-01):
-# `${make_divisible(0, 0)}` (any divisor 0: ZeroDivisionError in expr.make_divisible) and `${max(1)}` /
-# `${min(in_shape)}` (one argument: TypeError, "'int' object is not iterable").
+# Found by this fuzzer and fixed (tests/test_expr.py): a zero or fractional make_divisible divisor, and
+# min/max of one number, were tracebacks.
 NASTY = [
     "${}", "${", "}", "$${c}", "${${c}}", "${c", "${c}}", "x${c}y${stride}z", "${c}${c}", "${ channels }",
     "${__import__('os').system('true')}", "${().__class__.__mro__}", "${open('/etc/passwd')}", "${lambda: 1}",
@@ -87,7 +86,8 @@ NASTY = [
     "${" + "-" * 3000 + "1}", "${" + " + ".join(["1"] * 3000) + "}", "${" + "9" * 5000 + "}",
     "${" + "-" * 100_000 + "1}",
     "${1 < 2 < 3}", "${1 < 'a'}", "${1.0 / 0}", "${1 % 0}", "${1e308 * 10}", "${round(1e300)}", "${int(1e300)}",
-    "${make_divisible(8, -1)}", "${make_divisible(v=8)}", "${floor(-0.0)}",
+    "${make_divisible(8, -1)}", "${make_divisible(v=8)}", "${floor(-0.0)}", "${make_divisible(0, 0)}",
+    "${make_divisible(8, 2.5)}", "${max(1)}", "${min(2.5)}", "${max(in_shape)}",
     "${max(1, 'a')}", "${abs(True)}", "${not 1}", "${1 and 2}", "${True and 1}", "${1 if 2 else 3}",
     "${1 if True}", "${in_shape[1:]}", "${in_shape[True]}", "${shape()}", "${shape(input, 2)}",
     "${channels('no.such.id')}", "${shape('input')[0] * 2}", "${block_count - block_count}",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+import skiptrain
 from skiptrain.errors import ConfigError
 from skiptrain.expr import evaluate, substitute
 
@@ -102,3 +103,18 @@ def test_hostile_expressions_are_config_errors(text):
 def test_a_result_too_large_from_a_huge_argument_is_a_config_error():
     with pytest.raises(ConfigError, match="too large"):
         evaluate("width * 2", {"width": 10 ** 400}, None)
+
+
+@pytest.mark.parametrize("text, hint", [("make_divisible(8, 0)", "positive integer"),
+                                        ("make_divisible(8, 2.5)", "positive integer"),
+                                        ("max(1)", "two or more numbers"), ("min(2.5)", "two or more numbers")])
+def test_a_function_given_what_it_cannot_take_is_a_config_error(text, hint):
+    """Found by the fuzzer: these were a ZeroDivisionError and a TypeError."""
+    with pytest.raises(ConfigError) as info:
+        skiptrain.check_model({"input": [4], "layers": [{"type": "linear", "out_features": "${" + text + "}"}]})
+    assert hint in info.value.hint
+
+
+def test_max_of_a_rank_1_shape_is_its_one_size():
+    plan = skiptrain.check_model({"input": [4], "layers": [{"type": "linear", "out_features": "${max(in_shape)}"}]})
+    assert plan.output_shape == (4,)

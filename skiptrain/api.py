@@ -133,7 +133,8 @@ def train(source: Source | None = None, overrides: Iterable[str] = (), *, resume
 def evaluate(source: str | Path, split: str = "test", which: str = "last", device: str = "auto",
              confusion_png: bool = False) -> dict[str, Any]:
     """Rebuild a checkpoint's model and data (same config, same seed) and measure one split; with
-    ``confusion_png``, also plot the confusion matrix to RUN_DIR/confusion_SPLIT.png (`confusion_png`)."""
+    ``confusion_png``, also plot the confusion matrix to RUN_DIR/confusion_SPLIT.png (`confusion_png`) when
+    the checkpoint is a run's; nothing is written beside a checkpoint that is not in a run directory."""
     from . import tasks
     from .data import load_data
     from .errors import DataError
@@ -155,10 +156,11 @@ def evaluate(source: str | Path, split: str = "test", which: str = "last", devic
         result["accuracy"] = result["acc"]  # the documented name; `acc` matches metrics.jsonl's val_acc
     result.update(split=split, checkpoint=restored.state.path, epoch=restored.state.epoch, task=task,
                   class_names=data.class_names)
-    if confusion_png and result.get("confusion"):
+    run_dir = Path(restored.state.path).parent.parent
+    if confusion_png and result.get("confusion") and _is_run(run_dir):  # never beside a loose checkpoint
         from .evaluate import plot_confusion
 
-        image = Path(restored.state.path).parent.parent / f"confusion_{split}.png"
+        image = run_dir / f"confusion_{split}.png"
         names = data.class_names or [str(i) for i in range(len(result["confusion"]))]
         plot_confusion(result["confusion"], names, image)
         result["confusion_png"] = str(image)
@@ -198,6 +200,12 @@ def compare(sources: Iterable[Source], overrides: Iterable[str] = (), **options:
     from .compare import compare as run_compare
 
     return run_compare(list(sources), overrides, **options)
+
+
+def _is_run(path: Path) -> bool:
+    from .training.rundir import run_id
+
+    return run_id(path) is not None
 
 
 def _warn(text: str) -> None:

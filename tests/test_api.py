@@ -81,3 +81,19 @@ def test_nproc_relaunches_with_every_option_the_user_gave(tmp_path, monkeypatch,
     assert pairs["--run-dir"] == str(tmp_path / "r") and pairs["--epochs"] == "3" and pairs["--device"] == "cpu"
     assert pairs["--limit-batches"] == "2" and "--quiet" in args and "--force" not in args
     assert [args[i + 1] for i, a in enumerate(args) if a == "--set"] == ["train.seed=1", "data.batch_size=16"]
+
+
+def test_eval_of_a_loose_checkpoint_writes_nothing_around_it(tmp_path):
+    """Issue 15: `eval X.pt` wrote confusion_test.png into the checkpoint's grandparent folder."""
+    run = tmp_path / "run"
+    skiptrain.train(copy.deepcopy(TINY), run_dir=run, quiet=True, epochs=1)
+    loose = tmp_path / "elsewhere" / "models" / "best_model.pt"
+    loose.parent.mkdir(parents=True)
+    loose.write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = invoke("eval", loose, "--json")
+    assert result.exit_code == 0, result.output
+    assert "confusion_png" not in json.loads(result.output)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    in_run = json.loads(invoke("eval", run, "--json").output)
+    assert in_run["confusion_png"] == str(run / "confusion_test.png") and (run / "confusion_test.png").is_file()

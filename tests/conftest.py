@@ -59,6 +59,20 @@ def invoke(*args, **options):
     return result
 
 
+def straight_and_resumed(config: Path, tmp_path: Path) -> tuple[dict, dict, Path]:
+    """Train ``config`` for 2 epochs straight, and for 1 epoch then resumed to 2 (the schedule must be
+    the 2-epoch one): both final model state dicts, and the resumed run's directory."""
+    import torch
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert invoke("train", config, "--run-dir", straight, "-q").exit_code == 0
+    assert invoke("train", config, "--run-dir", split, "--epochs", "1", "-q").exit_code == 0
+    result = invoke("train", "--resume", split, "--epochs", "2", "-q")
+    assert result.exit_code == 0, result.output
+    return (torch.load(straight / "checkpoints/last.pt", weights_only=True)["model"],
+            torch.load(split / "checkpoints/last.pt", weights_only=True)["model"], split)
+
+
 @pytest.fixture
 def tiny_residual(write_yaml) -> Path:
     """TINY_RESIDUAL written to tmp_path/tiny_residual.yaml."""

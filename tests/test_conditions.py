@@ -322,7 +322,7 @@ train: {epochs: 2, optimizer: {name: sgd, lr: 0.05}, device: cpu, deterministic:
 @pytest.mark.parametrize("layer, extra", [("dropout", ""), ("stochastic_depth", ", mode: row")])
 def test_exact_resume_with_a_drop_rate_rising_over_the_blocks(write_yaml, tmp_path, layer, extra):
     from skiptrain import registry
-    from .conftest import invoke
+    from .conftest import straight_and_resumed
 
     if layer not in registry.names():
         pytest.skip(f"`{layer}` is not a registered layer type here")
@@ -330,13 +330,7 @@ def test_exact_resume_with_a_drop_rate_rising_over_the_blocks(write_yaml, tmp_pa
     plan = skiptrain.check_model(config)
     rates = [node.meta["args"]["p"] for node in plan.graph.order if node.id.endswith("drop")]
     assert rates == pytest.approx([0.0, 0.2, 0.4, 0.6])
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert invoke("train", config, "--run-dir", straight, "-q").exit_code == 0
-    assert invoke("train", config, "--run-dir", split, "--epochs", "1", "-q").exit_code == 0
-    result = invoke("train", "--resume", split, "--epochs", "2", "-q")
-    assert result.exit_code == 0, result.output
-    a = torch.load(straight / "checkpoints/last.pt", weights_only=True)["model"]
-    b = torch.load(split / "checkpoints/last.pt", weights_only=True)["model"]
+    a, b, _ = straight_and_resumed(config, tmp_path)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key

@@ -12,7 +12,7 @@ from skiptrain import build_model
 from skiptrain.api import check_model
 from skiptrain.errors import ConfigError
 
-from .conftest import TINY_RESIDUAL, invoke
+from .conftest import TINY_RESIDUAL, invoke, straight_and_resumed
 
 VIT_BITS = {
     "input": [3, 32, 32],
@@ -175,13 +175,7 @@ def test_exact_resume_with_stochastic_depth_and_a_layer_scale(write_yaml, tmp_pa
     config = write_yaml(TINY_RESIDUAL.replace("- {type: dropout, p: 0.1}", "- {type: stochastic_depth, p: 0.5}\n"
                                               "    - {id: ls, type: layer_scale, init: 0.5}"))
     assert "stochastic_depth" in config.read_text() and "dropout" not in config.read_text()
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert invoke("train", config, "--run-dir", straight, "-q").exit_code == 0
-    assert invoke("train", config, "--run-dir", split, "--epochs", "1", "-q").exit_code == 0
-    result = invoke("train", "--resume", split, "--epochs", "2", "-q")
-    assert result.exit_code == 0, result.output
-    a = torch.load(straight / "checkpoints/last.pt", weights_only=True)["model"]
-    b = torch.load(split / "checkpoints/last.pt", weights_only=True)["model"]
+    a, b, _ = straight_and_resumed(config, tmp_path)
     assert "ls" in a and not torch.equal(a["ls"], torch.full_like(a["ls"], 0.5))  # trained, under its own key
     for key in a:
         assert torch.equal(a[key], b[key]), key

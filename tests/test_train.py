@@ -9,7 +9,7 @@ import torch
 
 from skiptrain.training.optim import build_optimizer, lr_factor
 
-from .conftest import TINY_RESIDUAL, invoke
+from .conftest import TINY_RESIDUAL, invoke, straight_and_resumed
 
 
 def test_train_writes_a_complete_run_directory(tiny_residual, tmp_path):
@@ -31,14 +31,7 @@ def test_train_writes_a_complete_run_directory(tiny_residual, tmp_path):
 
 def test_resume_continues_exactly(tiny_residual, tmp_path):
     config = tiny_residual
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert invoke("train", config, "--run-dir", straight, "-q").exit_code == 0
-    assert invoke("train", config, "--run-dir", split, "--epochs", "1", "-q").exit_code == 0
-    # the cosine schedule must be the 2-epoch one: resume with the same total epochs
-    result = invoke("train", "--resume", split, "--epochs", "2", "-q")
-    assert result.exit_code == 0, result.output
-    a = torch.load(straight / "checkpoints/last.pt", weights_only=True)["model"]
-    b = torch.load(split / "checkpoints/last.pt", weights_only=True)["model"]
+    a, b, split = straight_and_resumed(config, tmp_path)  # the cosine schedule is the 2-epoch one
     for key in a:
         assert torch.equal(a[key], b[key]), key
     rows = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]

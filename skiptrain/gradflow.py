@@ -20,12 +20,10 @@ def gradflow(config: Config, *, steps: int = 0, device: str = "cpu") -> dict[str
     Steps use the config's optimizer at its base learning rate (no schedule, no clipping).
     ``skiptrain.gradflow`` (the API) takes any source with overrides and calls this.
     """
-    import torch
-
+    from .settings import parse_settings
     from .training.assemble import assemble
     from .training.optim import build_optimizer
     from .training.setup import select_device
-    from .settings import parse_settings
 
     settings = parse_settings(config.train)
     built = assemble(config, settings, select_device(device), deterministic=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .config import LocatedDict, LocatedList, where
+from .config import LocatedDict, where
 from .errors import ConfigError, Location, choices_hint
 from .conditions import BlockCopies, ScopeShapes, mentions, present, skip_condition
 from .expr import substitute

@@ -89,10 +89,12 @@ def restore(source: str | Path, which: str = "last", device=None,
     """The one way to get a model from a run directory or checkpoint (eval, export, predict all use it)."""
     from . import checkpoint
     from .module import build_module
+    from .training.setup import check_weights
 
     state = checkpoint.read(source, which, on_fallback=on_fallback)
     config = load(state.config)
     plan = check_model(config)
+    check_weights(plan, "building the checkpoint's model", device)  # before allocating, with the figure
     model = build_module(plan, device=device)
     state.restore(model)
     model.meta["skiptrain"]["data"] = dict(state.data or {})

@@ -56,6 +56,7 @@ def load_source(source: str | Path) -> Source:
     """A run directory or a checkpoint (trained weights), or a config (random weights, seed 0)."""
     from .api import check_model, restore
     from .module import build_module
+    from .training.setup import check_weights
 
     path = Path(source)
     if not path.exists():
@@ -63,12 +64,25 @@ def load_source(source: str | Path) -> Source:
                               "give a run directory written by `skiptrain train`, a .pt checkpoint or a config YAML")
     if path.is_file() and path.suffix.lower() in CONFIG_SUFFIXES:
         plan = check_model(path)
+        check_weights(plan, "building the model to export")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = build_module(plan)
         return Source(model.eval(), plan, {}, str(path), "config")
     restored = restore(path)
     return Source(restored.model, restored.plan, restored.data, restored.state.path, "checkpoint")
+
+
+def _check_export_fits(plan, batch: int) -> None:
+    """Export holds the weights twice (the model and the file being written) and runs forwards at
+    ``batch``: refuse before the first allocation when that cannot fit, with the figures."""
+    from .training.setup import activation_bytes, check_fits, human_bytes
+
+    weights, activations = plan.params * 4, activation_bytes(plan, batch)
+    check_fits("exporting the model", 2 * weights + activations,
+               f"{human_bytes(weights)} of weights, held twice, and at least {human_bytes(activations)} of "
+               f"activations for a forward at batch {batch}", torch.device("cpu"),
+               "use a smaller model or input shape; --batch 1 --no-verify needs the fewest activations")
 
 
 def random_input(model: torch.nn.Module, batch: int, seed: int = 0) -> torch.Tensor:
@@ -134,6 +148,7 @@ def export_onnx(source: str | Path | Source, output: str | Path, opset: int | No
     if not dynamic and (not str(batch).isdigit() or int(batch) < 1):
         raise ExportError(f"--batch must be `dynamic` or a positive integer, not {batch!r}")
     batch = "dynamic" if dynamic else int(batch)
+    _check_export_fits(src.plan, max(2, 3 if verify else 0) if dynamic else batch)
     example = random_input(model, 2 if dynamic else batch)
     props = metadata(src, batch)
     started = time.perf_counter()

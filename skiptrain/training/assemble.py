@@ -33,7 +33,7 @@ def assemble(config: Config, settings: Any, device: torch.device, *, rank: int =
     from ..data import load_data
 
     plan = check_model(config)
-    check_memory(plan.params, settings.optimizer, device)
+    check_memory(plan.params, settings.optimizer, device, plan)
     data = load_data(config.data, input_shape=plan.graph.input_shape, input_dtype=plan.graph.input_dtype,
                      task=settings.task, device=device, seed=settings.seed, rank=rank, world_size=world_size)
     task = settings.task or data.task

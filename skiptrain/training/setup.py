@@ -1,6 +1,7 @@
 """What a run needs before its first step: device, precision, seeds, loss, and a model that fits the data."""
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -92,11 +93,57 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_memory(params: int, optimizer: dict, device: torch.device) -> None:
-    """Refuse, before allocating anything, a model whose training state cannot fit the device."""
+def check_memory(params: int, optimizer: dict, device: torch.device, plan=None) -> None:
+    """Refuse, before allocating anything, a model whose training state cannot fit the device.
+
+    With ``plan``, a forward's activations at batch 1 count too (``activation_bytes``: a lower bound,
+    so a refusal is never wrong; training keeps more of them for the backward pass)."""
     needed, available = memory_needed(params, optimizer), available_memory(device)
-    if available is not None and needed > available:
+    activations = activation_bytes(plan, 1) if plan is not None else 0
+    if available is not None and needed + activations > available:
+        also = f" and a forward at batch 1 at least {human_bytes(activations)} of activations" if activations else ""
         raise SkiptrainError(f"the model has {params:,} parameters: weights, gradients and {optimizer['name']} state "
-                             f"need {needed / 2**30:.1f} GiB, but {device} has {available / 2**30:.1f} GiB available",
-                             None, "use a smaller model (width_multiplier, fewer blocks), another device, or sgd "
-                                   "(less optimizer state); activations need memory on top of this")
+                             f"need {human_bytes(needed)}{also}, but {device} has {human_bytes(available)} available",
+                             None, "use a smaller model (width_multiplier, fewer blocks) or input, another device, "
+                                   "or sgd without momentum (no optimizer state); larger batches need more activations")
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of a dtype name such as ``float32`` or ``int64``."""
+    return getattr(torch, dtype).itemsize
+
+
+def activation_bytes(plan, batch: int) -> int:
+    """A lower bound on a forward's peak activation memory at ``batch``: the model's input, and each
+    layer's input and output, which are alive together. Read from the plan's meta-device shapes, so it
+    costs no allocation; values kept longer (skips, autograd's saved tensors) only add to it."""
+    from ..graph import INPUT
+
+    graph = plan.graph
+    dtypes = {INPUT: graph.input_dtype, **{node.id: node.meta["dtype"] for node in graph.order}}
+    peak = math.prod(graph.input_shape) * dtype_bytes(graph.input_dtype)
+    for node in graph.order:
+        source = dtypes.get(node.inputs[0], graph.input_dtype)
+        live = (math.prod(node.meta["in_shape"]) * dtype_bytes(source)
+                + math.prod(node.meta["shape"]) * dtype_bytes(node.meta["dtype"]))
+        peak = max(peak, live)
+    return peak * batch
+
+
+def check_fits(what: str, needed: int, detail: str, device: torch.device, hint: str) -> None:
+    """Refuse ``what`` before allocating when ``needed`` bytes exceed what ``device`` has available."""
+    available = available_memory(device)
+    if available is not None and needed > available:
+        raise SkiptrainError(f"{what} needs at least {human_bytes(needed)} ({detail}), but {device} has "
+                             f"{human_bytes(available)} available", None, hint)
+
+
+def check_weights(plan, what: str, device: torch.device | str | None = None) -> None:
+    """Refuse, before any weight is allocated, a model whose fp32 weights cannot fit ``device`` (CPU by default)."""
+    check_fits(what, plan.params * 4, f"{plan.params:,} parameters in fp32", torch.device(device or "cpu"),
+               "use a smaller model (width_multiplier, fewer blocks)")
+
+
+def human_bytes(size: int) -> str:
+    """A memory figure for messages: GiB, or MiB below one GiB (never a bare `0.0 GiB`)."""
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"

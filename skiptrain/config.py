@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import yaml
 
 from .errors import ConfigError, Location, choices_hint
+from .files import read_text
 
 SECTIONS = ("model", "data", "train")
 
@@ -98,8 +99,37 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList
     return result
 
 
+def _construct_omap(loader: _Loader, node: yaml.Node) -> LocatedDict:
+    """``!!omap [{a: 1}, {b: 2}]`` is a mapping (dicts keep their order)."""
+    if isinstance(node, yaml.SequenceNode):
+        if not all(isinstance(child, yaml.MappingNode) and len(child.value) == 1 for child in node.value):
+            raise ConfigError("`!!omap` needs a list of one-key mappings", _node_loc(loader, node),
+                              "write a plain mapping instead")
+        node = yaml.MappingNode(node.tag, [child.value[0] for child in node.value], node.start_mark, node.end_mark)
+    return _construct_mapping(loader, node)
+
+
+def _construct_text(loader: _Loader, node: yaml.ScalarNode) -> str:
+    """``!!timestamp 2024-06-01`` stays the text written: a date object would go into every
+    checkpoint, and ``torch.load(weights_only=True)`` refuses it."""
+    return str(loader.construct_scalar(node))
+
+
+def _refuse_tag(loader: _Loader, node: yaml.Node) -> Any:
+    raise ConfigError(f"YAML tag `{node.tag.replace('tag:yaml.org,2002:', '!!')}` is not supported here",
+                      _node_loc(loader, node), "a config holds mappings, lists, text, numbers, booleans "
+                      "and null only; write the value as a list or as text")
+
+
+# Dates are text: drop YAML 1.1's implicit timestamp rule (``name: 2024-06-01`` is a string).
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rule) for tag, rule in rules if tag != "tag:yaml.org,2002:timestamp"]
+    for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_text)
+for _tag in ("binary", "set", "pairs"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-_Loader.add_constructor("tag:yaml.org,2002:omap", _construct_mapping)
+_Loader.add_constructor("tag:yaml.org,2002:omap", _construct_omap)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 
 
@@ -155,17 +185,9 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
 
 
 def read_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"no such file: {path}", None,
-                          "check the path; configs are YAML files such as configs/quickstart.yaml") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a folder, not a YAML file", None) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}", None) from None
-    return parse_yaml(text, str(path))
+    """Parse a YAML file; a link to a device, a FIFO, a folder, a huge or non-UTF-8 file is a ConfigError."""
+    return parse_yaml(read_text(path, "config", hint="configs are YAML files such as configs/quickstart.yaml"),
+                      str(path))
 
 
 @dataclass
@@ -182,13 +204,33 @@ class Config:
         return {"model": plain(self.model), "data": plain(self.data), "train": plain(self.train)}
 
 
+PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
 def plain(value: Any) -> Any:
-    """Strip location bookkeeping: plain dicts and lists all the way down."""
+    """Strip location bookkeeping: plain dicts and lists all the way down (what checkpoints hold)."""
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value
+
+
+def refuse_objects(value: Any, dotted: str, loc: Location | None = None) -> None:
+    """Only plain values may enter a config: anything else (a date, bytes, a set, an object from a
+    Python caller) would be saved into every checkpoint, which ``weights_only`` loading refuses."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{dotted}.{key}" if dotted else str(key)
+            if not isinstance(key, PLAIN_TYPES):
+                raise ConfigError(f"`{name}`: a key must be text or a number", where(value, key) or loc)
+            refuse_objects(item, name, where(value, key) or loc)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            refuse_objects(item, f"{dotted}.{index}", where(value, index) or loc)
+    elif not isinstance(value, PLAIN_TYPES):
+        raise ConfigError(f"`{dotted}` holds a {type(value).__name__} value", loc,
+                          "a config holds mappings, lists, text, numbers, booleans and null only")
 
 
 def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> Config:
@@ -226,6 +268,7 @@ def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> Con
     if "model" not in root:
         raise ConfigError("the config has no `model:` section", root.loc,
                           "add `model:` with `input:` and `layers:`, or point it at a model file")
+    refuse_objects(root, "", root.loc)
     model = root["model"]
     sections = {}
     for name in SECTIONS:
@@ -246,7 +289,7 @@ def _located(value: Any, label: str) -> Any:
         out.value_locs = {k: where(v) or loc for k, v in out.items()}
         out.key_locs = dict.fromkeys(out, loc)
         return out
-    if isinstance(value, list) and not isinstance(value, LocatedList):
+    if isinstance(value, (list, tuple)) and not isinstance(value, LocatedList):
         out = LocatedList([_located(v, label) for v in value], loc=loc)
         out.item_locs = [loc] * len(out)
         return out

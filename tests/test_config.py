@@ -124,7 +124,7 @@ def test_set_into_an_unknown_section_is_an_error(write_yaml):
 
 @pytest.mark.parametrize("text, message", [
     ("a: " + "9" * 5000, "cannot read the value"),          # int() refuses more than 4300 digits
-    ("a: 2001-13-45", "cannot read the value"),             # a timestamp that is not a date
+    ("a: !!int 2001-13-45", "cannot read the value"),       # (dates are text: tests/test_paths_and_reads.py)
     ("a: !!float abc", "cannot read the value"),
     ("a: " + "[" * 3000 + "]" * 3000, "nested too deeply"),  # the composer recurses
     ("a: 1\nb: x\x1fy", r"U\+001F is not allowed"),          # the reader refuses it before parsing

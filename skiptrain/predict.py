@@ -9,15 +9,16 @@ classification the top classes with probabilities, segmentation a palette PNG pe
 """
 from __future__ import annotations
 
-import json
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, DataError, Location
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 ARRAY_SUFFIXES = (".npy",)
@@ -43,6 +44,8 @@ class Model:
 
 def open_model(source: str | Path) -> Model:
     """An .onnx file (onnxruntime), or a run directory / checkpoint (PyTorch, CPU, eval mode)."""
+    from .predict_onnx import open_onnx
+
     path = Path(source)
     if not path.exists():
         raise CheckpointError(f"no such run directory, checkpoint or .onnx file: {path}", None,
@@ -51,37 +54,30 @@ def open_model(source: str | Path) -> Model:
     if path.is_file() and path.suffix.lower() in CONFIG_SUFFIXES:
         raise CheckpointError(f"{path} is a config: predict needs trained weights", None,
                               "train it first (`skiptrain train`), then give the run directory")
-    if path.is_file() and path.suffix.lower() == ".onnx":
-        return _onnx_model(path)
-    return _torch_model(path)
+    model = open_onnx(path) if path.is_file() and path.suffix.lower() == ".onnx" else _torch_model(path)
+    check_normalisation(model, path)
+    return model
 
 
-def _onnx_model(path: Path) -> Model:
-    from .export import session
-
-    sess = session(path)
-    props = {k: _decode(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()}
-    model_input = sess.get_inputs()[0]
-    dims = list(model_input.shape)
-    input_shape = props.get("input_shape") or [int(d) for d in dims[1:]]
-    output_shape = props.get("output_shape") or [d if isinstance(d, int) else -1 for d in sess.get_outputs()[0].shape[1:]]
-    dtype = props.get("input_dtype") or ("int64" if "int64" in model_input.type else "float32")
-    name = model_input.name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return np.asarray(sess.run(None, {name: x})[0])
-
-    fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
-    return Model(run, list(input_shape), dtype, list(output_shape),
-                 props.get("task") or _guess_task(input_shape, output_shape), props.get("class_names"),
-                 props.get("mean"), props.get("std"), fixed, {"name": props.get("model_name", path.stem)})
-
-
-def _decode(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
+def check_normalisation(model: Model, path: Path) -> None:
+    """``mean`` and ``std`` change every input: both or neither, finite numbers, one or one per channel,
+    ``std`` non-zero. Anything else (``mean: "abc"`` in an .onnx file's metadata) is refused."""
+    if model.mean is None and model.std is None:
+        return
+    channels = model.input_shape[0] if model.input_shape else None  # per channel, or per feature of a 1-D input
+    for key in ("mean", "std"):
+        value = getattr(model, key)
+        values = value if isinstance(value, list) else [value]
+        ok = (values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                             for v in values)
+              and (len(values) == 1 or (channels is not None and len(values) == channels)))
+        if not ok or (key == "std" and any(v == 0 for v in values)):
+            shown = repr(value) if not isinstance(value, list) or len(value) < 9 else f"a list of {len(value)} values"
+            raise CheckpointError(f"{path}: `{key}` is {shown[:80]}, but predict needs "
+                                  f"{'a non-zero' if key == 'std' else 'a finite'} number or one per input channel"
+                                  f"{f' ({channels})' if channels else ''}", None,
+                                  "set both `mean` and `std` in the model's metadata correctly, or remove both "
+                                  "(inputs are then used as they are)")
 
 
 def _torch_model(path: Path) -> Model:
@@ -103,28 +99,31 @@ def _torch_model(path: Path) -> Model:
 
 
 def _guess_task(input_shape, output_shape) -> str:
-    """A model saved without its task (an .onnx file from elsewhere): the task its shapes suggest."""
+    """A model saved without its task: the task its shapes suggest."""
     from .tasks import guess
 
     return guess(input_shape, output_shape).name
 
 
 def collect(inputs: Iterable[str | Path]) -> list[Path]:
-    """The files to predict on: each file given, and the supported files in each folder given."""
+    """The files to predict on: each file given, and the supported files in each folder given.
+
+    Only regular files are read: a device, a pipe or a socket (a `/dev/zero` link named x.npy)
+    is refused by name, given or found in a folder, so no read is unbounded or blocks."""
     files: list[Path] = []
     supported = IMAGE_SUFFIXES + ARRAY_SUFFIXES
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in supported)
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in supported and not p.is_dir())
             if not found:
                 raise DataError(f"{item} holds no images or .npy files", None,
                                 f"supported: {', '.join(supported)}")
-            files.extend(found)
-        elif item.is_file():
+            files.extend(_regular(p) for p in found)
+        elif item.exists():
             if item.suffix.lower() not in supported:
                 raise DataError(f"{item}: unsupported input file type `{item.suffix or item.name}`", None,
                                 f"give images ({', '.join(IMAGE_SUFFIXES)}) or .npy arrays")
-            files.append(item)
+            files.append(_regular(item))
         else:
             raise DataError(f"no such input file or folder: {item}")
     if not files:
@@ -132,51 +131,140 @@ def collect(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def _regular(path: Path) -> Path:
+    """``path`` when it is (a link to) a regular file; a DataError naming what it is otherwise."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                else "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+        raise DataError(f"{path} is {kind}, not a regular file", None, "give image files or .npy files")
+    return path
+
+
+def _open(path: Path):
+    """``path`` opened for reading, checked again on the open descriptor (never blocks on a pipe)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        _regular(path)  # raises, naming what it is
+    return os.fdopen(fd, "rb")
+
+
 def load_samples(path: Path, model: Model) -> np.ndarray:
-    """``[n, *input_shape]`` model inputs from one file, normalised as in training."""
-    shape = tuple(model.input_shape)
+    """``[n, *input_shape]`` model inputs from one file, normalised as in training.
+
+    Sizes the model leaves open (symbolic dims of an .onnx file) are fixed by the first file."""
     if path.suffix.lower() in ARRAY_SUFFIXES:
-        x = _read_array(path, shape)
-        if model.input_dtype != "float32":
+        x = _read_array(path, model)
+        if np.issubdtype(np.dtype(model.input_dtype), np.integer):
             return x.astype(model.input_dtype)
         x = x.astype(np.float32) / 255 if x.dtype == np.uint8 else x.astype(np.float32)
+        _check_finite(path, x)
     else:
-        x = _read_image(path, shape)[None]
-    return _normalise(x, model.mean, model.std)
+        if np.issubdtype(np.dtype(model.input_dtype), np.integer):
+            raise DataError(f"{path} is an image, but the model takes {model.input_dtype} inputs (token ids)",
+                            None, "give .npy arrays of integers")
+        x = _read_image(path, model)[None]
+    return _normalise(x, model.mean, model.std).astype(model.input_dtype, copy=False)
 
 
-def _read_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    try:
-        x = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise DataError(f"{path} is not a readable .npy array ({type(exc).__name__}: {exc})") from None
-    size = math.prod(shape)
-    if tuple(x.shape) == shape:
-        return x[None]
-    if tuple(x.shape[1:]) == shape:
-        return x
-    if x.size == size:
-        return x.reshape(1, *shape)
-    if x.ndim >= 2 and x.size == x.shape[0] * size:
-        return x.reshape(x.shape[0], *shape)
+def _read_array(path: Path, model: Model) -> np.ndarray:
+    """The array in a .npy file, its header checked before any data is read: numbers only (never
+    objects: ``allow_pickle=False``), as many bytes as the header promises, at least one sample."""
+    with _open(path) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            header = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if header is None:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, _, dtype = header(f)
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+            raise DataError(f"{path} is not a .npy array ({str(exc)[:200]})", None,
+                            "save arrays with numpy.save") from None
+        integer = np.issubdtype(np.dtype(model.input_dtype), np.integer)
+        if dtype.kind not in ("iu" if integer else "iuf"):
+            raise DataError(f"{path} holds {_describe_dtype(dtype)}, but the model takes "
+                            f"{'integers (token ids)' if integer else 'numbers (integers or floats)'}", None,
+                            f"save a numeric array, e.g. numpy.save(path, x.astype('{model.input_dtype}'))")
+        size = math.prod(shape) * dtype.itemsize
+        left = os.fstat(f.fileno()).st_size - f.tell()
+        if left < size:
+            raise DataError(f"{path} is truncated: its header promises {list(shape)} {dtype.name} "
+                            f"({size:,} bytes) but {max(left, 0):,} bytes follow", None, "save the array again")
+        if math.prod(shape) == 0:
+            raise DataError(f"{path} holds no samples (shape {list(shape)})", None,
+                            "save at least one sample")
+        f.seek(0)
+        try:
+            x = np.lib.format.read_array(f, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"{path} is not a readable .npy array ({str(exc)[:200]})") from None
+    return _as_samples(path, x, model)
+
+
+def _describe_dtype(dtype: np.dtype) -> str:
+    kinds = {"b": "booleans", "c": "complex numbers", "U": "text", "S": "bytes", "O": "Python objects",
+             "M": "dates", "m": "time spans", "f": "floats"}
+    return "records (a structured dtype)" if dtype.names else kinds.get(dtype.kind, f"`{dtype}` values")
+
+
+def _as_samples(path: Path, x: np.ndarray, model: Model) -> np.ndarray:
+    """``x`` as a batch of samples of the model's shape (one sample, a batch, or the same values flat)."""
+    if None in model.input_shape:  # open sizes: this file's fix them for every later input
+        sample = x.shape if x.ndim == len(model.input_shape) else x.shape[1:]
+        if len(sample) == len(model.input_shape) and all(d in (None, s) for d, s in zip(model.input_shape, sample)):
+            model.input_shape = list(sample)
+    shape = tuple(model.input_shape)
+    if None not in shape:
+        size = math.prod(shape)
+        if tuple(x.shape) == shape:
+            return x[None]
+        if tuple(x.shape[1:]) == shape:
+            return x
+        if x.size == size:
+            return x.reshape(1, *shape)
+        if x.ndim >= 2 and x.size == x.shape[0] * size:
+            return x.reshape(x.shape[0], *shape)
+    shown = ", ".join("?" if d is None else str(d) for d in shape)
     raise DataError(f"{path} holds an array of shape {list(x.shape)}, but the model takes samples of "
-                    f"shape {list(shape)}", None, f"save one sample as {list(shape)} or a batch as [N, {', '.join(map(str, shape))}]")
+                    f"shape [{shown}]", None, f"save one sample as [{shown}] or a batch as [N, {shown}]")
 
 
-def _read_image(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def _check_finite(path: Path, x: np.ndarray) -> None:
+    """NaN or infinite inputs give meaningless answers (and invalid JSON): refused with the sample."""
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise DataError(f"{path} holds NaN or infinite values (sample {first}"
+                        f"{f' and {int((~finite).sum()) - 1} more' if (~finite).sum() > 1 else ''})", None,
+                        "predict takes finite numbers; clean the array first (numpy.nan_to_num)")
+
+
+def _read_image(path: Path, model: Model) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
+    shape = model.input_shape
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise DataError(f"{path} is an image, but the model takes inputs of shape {list(shape)}", None,
                         "images need a model input of [1, H, W] or [3, H, W]; give .npy arrays instead")
-    channels, height, width = shape
+    channels = shape[0]
     try:
-        with Image.open(path) as image:
+        with _open(path) as f, Image.open(f) as image:
+            if None in shape:  # open sizes: the first image's fix them
+                model.input_shape = [channels, shape[1] or image.size[1], shape[2] or image.size[0]]
+            height, width = model.input_shape[1:]
             image = image.convert("L" if channels == 1 else "RGB")
             if image.size != (width, height):
                 image = image.resize((width, height), Image.BILINEAR)
             pixels = np.asarray(image, dtype=np.float32) / 255
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path} is not a readable image ({type(exc).__name__}: {str(exc)[:200]})", None,
                         "give PNG or JPEG files, or .npy arrays") from None
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
@@ -192,7 +280,8 @@ def _normalise(x: np.ndarray, mean, std) -> np.ndarray:
     return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
 
 
-def _forward(model: Model, x: np.ndarray) -> np.ndarray:
+def _forward(model: Model, x: np.ndarray, labels: list[str]) -> np.ndarray:
+    """The model's outputs for every sample, in chunks; a failure or a non-finite output names its inputs."""
     outputs = []
     step = model.fixed_batch or CHUNK
     for start in range(0, len(x), step):
@@ -200,27 +289,80 @@ def _forward(model: Model, x: np.ndarray) -> np.ndarray:
         n = len(chunk)
         if model.fixed_batch and n < model.fixed_batch:  # a fixed-batch export: pad the last chunk
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], model.fixed_batch - n, axis=0)])
-        outputs.append(model.run(chunk)[:n])
-    return np.concatenate(outputs)
+        names = _names(labels[start:start + n])
+        try:
+            out = model.run(chunk)
+        except MemoryError:
+            raise DataError(f"not enough memory for a forward of {len(chunk)} samples ({names})") from None
+        except Exception as exc:  # onnxruntime and torch raise many kinds for inputs a model cannot take
+            raise DataError(f"the model cannot run on {names}: {_first_line(exc)}", None,
+                            "check the inputs' shape, type and values against the model") from None
+        if out.dtype.kind not in "biuf" or out.ndim < 1 or out.shape[0] != len(chunk):
+            raise DataError(f"the model's output for {names} is {out.dtype} of shape {list(out.shape)}; "
+                            f"predict needs numbers with the batch ({len(chunk)}) first")
+        outputs.append(out[:n])
+    result = np.concatenate(outputs)
+    finite = np.isfinite(result.reshape(len(result), -1)).all(axis=1)
+    if not finite.all():
+        raise DataError(f"the model's outputs for {_names([l for l, ok in zip(labels, finite) if not ok])} are NaN "
+                        "or infinite", None, "the inputs are probably far outside the range the model was "
+                                             "trained on (or the weights are not finite)")
+    return result
+
+
+def _names(labels: list[str]) -> str:
+    return ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def check_output_dir(output_dir: Path) -> Path:
+    """``--output-dir``, checked before any work: a folder (or one that can be made) that is writable."""
+    from .outputs import OutputError
+
+    loc = Location("--output-dir")
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise OutputError(f"{existing} is a file, not a folder", loc, "give a folder for the predictions")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"the folder {existing} is not writable", loc, "choose a folder you can write to")
+    return output_dir
 
 
 def predict(source: str | Path, inputs: Iterable[str | Path], top: int = 5,
             output_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """One dict per sample: ``input``, and ``top`` classes, a ``mask`` PNG path or ``output`` values."""
+    if output_dir is not None:
+        check_output_dir(Path(output_dir))
     return predict_model(open_model(source), inputs, top, output_dir)
 
 
 def predict_model(model: Model, inputs: Iterable[str | Path], top: int = 5,
                   output_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """``predict`` on a model already opened: its task turns the outputs into answers."""
+    """``predict`` on a model already opened: its task turns the outputs into answers.
+
+    Every answer is finite (non-finite inputs and outputs are refused), so ``--json`` is valid JSON."""
+    from .outputs import OutputError
     from .tasks import TASKS
 
+    if output_dir is not None:
+        check_output_dir(Path(output_dir))
     files = collect(inputs)
     labels, batches = [], []
     for path in files:
         x = load_samples(path, model)
         batches.append(x)
         labels.extend([str(path)] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))])
-    outputs = _forward(model, np.concatenate(batches))
-    return TASKS.get(model.task).predict(outputs, labels, class_names=model.class_names, top=top,
-                                         output_dir=output_dir)
+    outputs = _forward(model, np.concatenate(batches), labels)
+    try:
+        return TASKS.get(model.task).predict(outputs, labels, class_names=model.class_names, top=top,
+                                             output_dir=output_dir)
+    except OSError as exc:  # a task that writes files (masks) into a folder that refuses them
+        raise OutputError(f"could not write the predictions: {exc.strerror or exc}"
+                          f"{f' ({exc.filename})' if exc.filename else ''}", Location("--output-dir"),
+                          "give a writable --output-dir") from None

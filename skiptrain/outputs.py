@@ -50,12 +50,30 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = (), overwrite:
         if _same_file(out, Path(source)):
             raise OutputError(f"{out} is the command's input {source}; writing it would destroy the input",
                               loc, "give another file name")
+    run_file = _run_file(out)
+    if run_file:
+        raise OutputError(f"{out} is {run_file}; skiptrain never writes over a run's own files", loc,
+                          "give a new file name; writing a new file into a run directory is fine")
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise OutputError(f"{out} already exists", loc, "pass --force to overwrite it, or choose another file")
         if not out.is_file():
             raise OutputError(f"{out} exists and is not a regular file", loc, "give another file name")
     return out
+
+
+def _run_file(out: Path) -> str | None:
+    """What ``out`` is to a run directory (its checkpoint, config, metrics...), or None."""
+    from .training.rundir import RUN_FILES, run_id
+
+    if not (out.exists() or out.is_symlink()):
+        return None
+    parent = out.parent.resolve()
+    if out.name in RUN_FILES and run_id(parent):
+        return f"the run {parent}'s {out.name}"
+    if parent.name == "checkpoints" and run_id(parent.parent):
+        return f"a checkpoint file of the run {parent.parent}"
+    return None
 
 
 def _same_file(a: Path, b: Path) -> bool:

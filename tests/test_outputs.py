@@ -42,8 +42,20 @@ def test_export_over_its_own_checkpoint_is_refused(run, source):
     checkpoint = run / "checkpoints" / "last.pt"
     before = checkpoint.read_bytes()
     result = invoke("export", checkpoint if source == "checkpoint" else run, "-o", checkpoint)
-    refused(result, "is the command's input")
+    refused(result, "is the command's input" if source == "checkpoint" else "run's own files")
     assert checkpoint.read_bytes() == before
+
+
+def test_outputs_never_replace_another_runs_files(run, model_config):
+    """Found by tests/test_fuzz_hostile.py: `export other.yaml -o R/checkpoints/last.pt` replaced a run's
+    checkpoint with an ONNX file. A new file inside a run directory stays allowed."""
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    refused(invoke("export", model_config, "-o", run / "checkpoints" / "last.pt", "--no-verify"), "run's own files")
+    refused(invoke("graph", model_config, "-o", run / "config.yaml"), "run's own files")
+    refused(invoke("graph", model_config, "-o", run / "metrics.jsonl"), "run's own files")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert invoke("graph", model_config, "-o", run / "graph.md").exit_code == 0
+    (run / "graph.md").unlink()
 
 
 def test_export_and_graph_over_the_config_are_refused(model_config):

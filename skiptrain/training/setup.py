@@ -115,18 +115,20 @@ def dtype_bytes(dtype: str) -> int:
 
 def activation_bytes(plan, batch: int) -> int:
     """A lower bound on a forward's peak activation memory at ``batch``: the model's input, and each
-    layer's input and output, which are alive together. Read from the plan's meta-device shapes, so it
-    costs no allocation; values kept longer (skips, autograd's saved tensors) only add to it."""
+    layer's input and output, which are alive together (only the larger of the two for a layer that
+    may run in place). Read from the plan's meta-device shapes, so it costs no allocation; values kept
+    longer (skips, autograd's saved tensors) only add to it, so a refusal from it is never wrong."""
+    from .. import registry
     from ..graph import INPUT
 
     graph = plan.graph
     dtypes = {INPUT: graph.input_dtype, **{node.id: node.meta["dtype"] for node in graph.order}}
     peak = math.prod(graph.input_shape) * dtype_bytes(graph.input_dtype)
     for node in graph.order:
-        source = dtypes.get(node.inputs[0], graph.input_dtype)
-        live = (math.prod(node.meta["in_shape"]) * dtype_bytes(source)
-                + math.prod(node.meta["shape"]) * dtype_bytes(node.meta["dtype"]))
-        peak = max(peak, live)
+        source = math.prod(node.meta["in_shape"]) * dtype_bytes(dtypes.get(node.inputs[0], graph.input_dtype))
+        result = math.prod(node.meta["shape"]) * dtype_bytes(node.meta["dtype"])
+        in_place = registry.get(node.type).may_run_inplace or node.meta.get("args", {}).get("inplace") is True
+        peak = max(peak, max(source, result) if in_place else source + result)
     return peak * batch
 
 

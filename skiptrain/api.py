@@ -141,6 +141,7 @@ def evaluate(source: str | Path, split: str = "test", which: str = "last", devic
     from .data import load_data
     from .errors import DataError
     from .evaluate import evaluate as measure
+    from .settings import parse_settings
     from .training.setup import select_device
 
     dev = select_device(device)
@@ -148,7 +149,8 @@ def evaluate(source: str | Path, split: str = "test", which: str = "last", devic
     meta = restored.model.meta["skiptrain"]
     task = restored.data.get("task") or tasks.guess(meta["input_shape"], meta["output_shape"]).name
     data = load_data(restored.config.data, input_shape=tuple(meta["input_shape"]), input_dtype=meta["input_dtype"],
-                     task=task, device=dev, seed=int(restored.config.train.get("seed", 0)))
+                     task=task, device=dev, seed=int(restored.config.train.get("seed", 0)),
+                     ignore_index=parse_settings(restored.config.train or {}).loss.get("ignore_index"))
     batches = getattr(data, split)
     if batches is None:
         raise DataError(f"`{data.name}` has no {split} split", None,

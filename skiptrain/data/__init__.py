@@ -18,7 +18,7 @@ from ..errors import DataError, choices_hint
 from ..tasks import DEFAULT, TASKS
 from . import builtin, folders, vision  # noqa: F401  (register the datasets)
 from .augment import AUGMENTATIONS, augmentation, check_applicable
-from .batches import SUBSET, Batches, LoaderBatches, Pipeline, Plan, TensorBatches, cpu_generator
+from .batches import SUBSET, Batches, LoaderBatches, Pipeline, Plan, TensorBatches, cpu_generator, located
 from .options import DataOptions, parse_options
 from .prepare import carve, check_fits, normalization, take
 from .registry import DATASETS, Request, Source, dataset, get_dataset
@@ -50,11 +50,14 @@ def dataset_names() -> list[str]:
 
 def load_data(data: dict, *, input_shape: tuple[int, ...], input_dtype: str = "float32",
               task: str | None = DEFAULT, device="cpu", seed: int = 0,
-              rank: int = 0, world_size: int = 1) -> DataBundle:
+              rank: int = 0, world_size: int = 1, ignore_index: int | None = None) -> DataBundle:
     """Build the batches of the ``data:`` section for a model taking ``input_shape`` samples.
 
     ``task`` must match the dataset's (a DataError otherwise); None accepts the dataset's
     own task (shapes: segmentation, synthetic: classification), reported as ``bundle.task``.
+
+    ``ignore_index`` (``train.loss.ignore_index``) is the one target value besides the classes
+    that a segmentation mask may hold.
 
     With ``world_size > 1`` the training batches are this rank's contiguous share of each
     global batch of ``batch_size``; validation and test batches are whole on every rank.
@@ -72,7 +75,8 @@ def load_data(data: dict, *, input_shape: tuple[int, ...], input_dtype: str = "f
                         options.where("batch_size"),
                         f"use a multiple of {world_size}: batch_size is the global batch, each process "
                         f"gets batch_size / {world_size}")
-    source = get_dataset(options.dataset, options.where("dataset"))(Request(options, input_shape, input_dtype, task))
+    source = get_dataset(options.dataset, options.where("dataset"))(Request(options, input_shape, input_dtype, task,
+                                                                                 ignore_index))
     build = _in_memory if source.in_memory else _from_files
     return build(options, source, input_shape, input_dtype == "float32", torch.device(device), rank, world_size)
 
@@ -153,5 +157,5 @@ def _stat_batches(options: DataOptions, source: Source, train):
     chosen = torch.randperm(len(train), generator=cpu_generator(options.seed, SUBSET))[:STATS_SAMPLES]
     subset = torch.utils.data.Subset(train, sorted(chosen.tolist()))
     loader = torch.utils.data.DataLoader(subset, batch_size=64, num_workers=min(options.num_workers, 4))
-    for x, _ in loader:
+    for x, _ in located(loader, lambda batch: range(batch * 64, min(len(subset), batch * 64 + 64))):
         yield x.float() * source.scale

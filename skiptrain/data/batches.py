@@ -8,7 +8,7 @@ rank computes the same global order and takes its contiguous slice of each globa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -176,6 +176,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, plan: Plan):
         self.plan, self.epoch, self.start = plan, 0, 0
+        self._order: tuple[int | None, torch.Tensor | None] = (None, None)  # (epoch, its permutation)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -184,10 +185,42 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         return max(0, len(self.plan) - self.start)
 
     def __iter__(self):
-        order = self.plan.order(self.epoch)
         for batch in range(self.start, len(self.plan)):
-            first, last, _, _ = self.plan.bounds(batch)
-            yield list(range(first, last)) if order is None else order[first:last].tolist()
+            yield self.indices(batch - self.start)
+
+    def indices(self, position: int) -> list[int]:
+        """The samples of the ``position``-th batch this sampler yields (of the epoch set last)."""
+        if self._order[0] != self.epoch:
+            self._order = (self.epoch, self.plan.order(self.epoch))
+        order = self._order[1]
+        first, last, _, _ = self.plan.bounds(self.start + position)
+        return list(range(first, last)) if order is None else order[first:last].tolist()
+
+
+def located(loader: torch.utils.data.DataLoader, indices: Callable[[int], Iterable[int]]) -> Iterator:
+    """``loader``'s batches; when a worker fails, its batch is read again here to raise the original error.
+
+    A DataLoader worker's exception reaches the main process rebuilt from its traceback text, so a
+    DataError naming a bad file would arrive without its location and hint and with a traceback in
+    its message. Reading the samples of the failed batch (``indices(k)`` for the k-th batch) in
+    this process raises the error as the dataset made it; if they read fine, the worker's error stands.
+    """
+    batches = iter(loader)
+    position = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as error:
+            if not loader.num_workers:
+                raise
+            batches, error.__traceback__ = None, None  # its workers stop now, not when a collector finds them
+            for index in indices(position):
+                loader.dataset[index]
+            raise error
+        yield batch
+        position += 1
 
 
 class LoaderBatches(_PlannedBatches):
@@ -207,7 +240,7 @@ class LoaderBatches(_PlannedBatches):
             return
         self.sampler.set_epoch(epoch, start)
         blocking = self.device.type != "cuda"
-        for batch, (x, y) in enumerate(self.loader, start):
+        for batch, (x, y) in enumerate(located(self.loader, self.sampler.indices), start):
             x = x.to(self.device, non_blocking=not blocking)
             y = y.to(self.device, non_blocking=not blocking)
             yield self.pipeline(x, y, self.draw(epoch, range(batch, batch + 1)))

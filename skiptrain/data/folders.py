@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, warn
+from .imagefiles import Place, check_all, check_classes, read_image, read_mask
 from .registry import Request, Source, check_task, dataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -22,58 +23,48 @@ SPLITS = ("train", "val", "test")
 MASK_MODES = {"1", "L", "P", "I", "I;16", "I;16B", "I;16L"}
 
 
-def load_image(path: str, size: tuple[int, int], mode: str) -> torch.Tensor:
+def load_image(path: str, size: tuple[int, int], mode: str, place: Place | None = None) -> torch.Tensor:
     """A uint8 ``[C, H, W]`` tensor: converted to ``mode`` (L or RGB), resized bilinearly."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image = image.convert(mode)
-        if image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.BILINEAR)
-        array = np.asarray(image, dtype=np.uint8)
-    tensor = torch.from_numpy(array.copy())
+    tensor = torch.from_numpy(read_image(path, size, mode, place or Place(str(Path(path).parent))))
     return tensor.unsqueeze(0) if tensor.dim() == 2 else tensor.permute(2, 0, 1).contiguous()
 
 
-def load_mask(path: str, size: tuple[int, int] | None = None) -> torch.Tensor:
+def load_mask(path: str, size: tuple[int, int] | None = None, place: Place | None = None) -> torch.Tensor:
     """An int64 ``[H, W]`` class-index mask (palette indices for P images), resized nearest."""
-    from PIL import Image
-
-    with Image.open(path) as mask:
-        if mask.mode not in MASK_MODES:
-            mask = mask.getchannel(0)
-        if size is not None and mask.size != (size[1], size[0]):
-            mask = mask.resize((size[1], size[0]), Image.NEAREST)
-        array = np.asarray(mask).astype(np.int64)
-    return torch.from_numpy(array)
+    return torch.from_numpy(read_mask(path, size, MASK_MODES, place or Place(str(Path(path).parent))))
 
 
 class ImageFiles(torch.utils.data.Dataset):
     """``(image, class index)`` items from a list of files."""
 
-    def __init__(self, samples: list[tuple[str, int]], size: tuple[int, int], mode: str):
-        self.samples, self.size, self.mode = samples, size, mode
+    def __init__(self, samples: list[tuple[str, int]], size: tuple[int, int], mode: str, place: Place):
+        self.samples, self.size, self.mode, self.place = samples, size, mode, place
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
-        return load_image(path, self.size, self.mode), target
+        return load_image(path, self.size, self.mode, self.place), target
 
 
 class SegmentationFiles(torch.utils.data.Dataset):
-    """``(image, mask)`` items from a list of file pairs."""
+    """``(image, mask)`` items from a list of file pairs; every mask value must be a class or
+    ``ignore_index`` (checked as each mask is read: a value the loss cannot take names its file)."""
 
-    def __init__(self, samples: list[tuple[str, str]], size: tuple[int, int], mode: str):
-        self.samples, self.size, self.mode = samples, size, mode
+    def __init__(self, samples: list[tuple[str, str]], size: tuple[int, int], mode: str, place: Place,
+                 num_classes: int, ignore_index: int | None = None):
+        self.samples, self.size, self.mode, self.place = samples, size, mode, place
+        self.num_classes, self.ignore_index = num_classes, ignore_index
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        image, mask = self.samples[index]
-        return load_image(image, self.size, self.mode), load_mask(mask, self.size)
+        image, mask_path = self.samples[index]
+        mask = read_mask(mask_path, self.size, MASK_MODES, self.place)
+        check_classes(mask, mask_path, self.num_classes, self.ignore_index, self.place)
+        return load_image(image, self.size, self.mode, self.place), torch.from_numpy(mask)
 
 
 def _image_geometry(name: str, request: Request) -> tuple[tuple[int, int], str]:
@@ -94,8 +85,28 @@ def _split_roots(name: str, request: Request) -> dict[str, Path]:
     return {"train": root}
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def _images_in(folder: Path, skipped: list[Path]) -> list[Path]:
+    """The image files under ``folder`` (any depth), sorted; other entries that are not folders
+    (``.DS_Store``, ``Thumbs.db``, notes, broken links) go to ``skipped``."""
+    images = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            images.append(path)
+        elif not path.is_dir():
+            skipped.append(path)
+    return images
+
+
+def _say_skipped(name: str, skipped: list[Path], place: Place) -> None:
+    """One warning for every file that is not an image, with a count and the first few names."""
+    if skipped:
+        shown = ", ".join(place.name(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        warn(f"`{name}`: skipped {len(skipped)} file(s) that are not images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+             f"under {place.root}: {shown}")
+
+
+def _place(request: Request) -> Place:
+    return Place(str(request.options.root), request.options.where("root"))
 
 
 @dataset("imagefolder")
@@ -103,36 +114,43 @@ def imagefolder(request: Request) -> Source:
     """A folder per class (``root/<class>/*.png``), or the same under train/val/test."""
     check_task("imagefolder", "classification", request.task)
     size, mode = _image_geometry("imagefolder", request)
-    roots, loc = _split_roots("imagefolder", request), request.options.where("root")
+    roots, loc, place = _split_roots("imagefolder", request), request.options.where("root"), _place(request)
     classes = sorted(d.name for d in roots["train"].iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"`imagefolder`: no class folders in {roots['train'].resolve()}", loc,
                         "put each class's images in a folder named after it: root/<class>/<image>.png")
     index = {c: i for i, c in enumerate(classes)}
-    splits = {}
+    splits, skipped = {}, []
     for split, folder in roots.items():
         samples = []
         for sub in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
             if sub.name not in index:
                 raise DataError(f"`imagefolder`: {sub.resolve()} is a class that the training split lacks", loc,
                                 f"the classes are those under {roots['train'].resolve()}: {', '.join(classes)}")
-            samples += [(str(p), index[sub.name]) for p in _images_in(sub)]
+            images = _images_in(sub, skipped)
+            if not images and split == "train":
+                raise DataError(f"`imagefolder`: the class folder {place.name(sub)} has no images "
+                                f"({', '.join(sorted(IMAGE_SUFFIXES))})", loc,
+                                "add its images, or remove the folder if it is not a class")
+            samples += [(str(p), index[sub.name]) for p in images]
         if not samples:
             raise DataError(f"`imagefolder`: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under "
                             f"{folder.resolve()}", loc)
-        splits[split] = ImageFiles(samples, size, mode)
+        check_all([path for path, _ in samples], place)
+        splits[split] = ImageFiles(samples, size, mode, place)
+    _say_skipped("imagefolder", skipped, place)
     return Source("classification", splits["train"], splits.get("test"), splits.get("val"),
                   num_classes=len(classes), class_names=classes, scale=1 / 255)
 
 
-def _pairs(folder: Path, loc) -> list[tuple[str, str]]:
+def _pairs(folder: Path, loc, place: Place) -> list[tuple[str, str]]:
     images_dir, masks_dir = folder / "images", folder / "masks"
     for sub in (images_dir, masks_dir):
         if not sub.is_dir():
             raise DataError(f"`segfolder`: the folder {sub.resolve()} does not exist", loc,
                             "segfolder reads root/images/<name>.png|jpg and root/masks/<name>.png")
-    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.suffix.lower() == ".png"}
+    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.suffix.lower() == ".png" and p.is_file()}
     if not images:
         raise DataError(f"`segfolder`: no images in {images_dir.resolve()}", loc)
     for stem, mask in masks.items():
@@ -143,19 +161,28 @@ def _pairs(folder: Path, loc) -> list[tuple[str, str]]:
         if stem not in masks:
             raise DataError(f"`segfolder`: the image {image.resolve()} has no mask {stem}.png in "
                             f"{masks_dir.resolve()}", loc, "add its mask (a PNG of class indices) or remove it")
-    return [(str(images[s]), str(masks[s])) for s in sorted(images)]
+    pairs = [(str(images[s]), str(masks[s])) for s in sorted(images)]
+    check_all([image for image, _ in pairs], place)
+    check_all([mask for _, mask in pairs], place, "mask")
+    return pairs
 
 
-def _count_classes(pairs: list[tuple[str, str]], loc) -> int:
-    """Classes seen in (a seeded subset of up to 1000 of) the training masks."""
+def _count_classes(pairs: list[tuple[str, str]], place: Place, ignore_index: int | None) -> int:
+    """Classes seen in (a seeded subset of up to 1000 of) the training masks, ``ignore_index`` aside."""
     from PIL import Image
 
     with Image.open(pairs[0][1]) as first:
         if first.mode not in MASK_MODES:
-            raise DataError(f"`segfolder`: the mask {pairs[0][1]} is a {first.mode} image, not class indices",
-                            loc, "save masks as single-channel (L or P) PNGs whose pixel values are class indices")
+            raise DataError(f"`segfolder`: the mask {place.name(pairs[0][1])} is a {first.mode} image, not class "
+                            "indices", place.location,
+                            "save masks as single-channel (L or P) PNGs whose pixel values are class indices")
     chosen = np.random.default_rng(0).permutation(len(pairs))[:1000]
-    return int(max(load_mask(pairs[i][1]).max() for i in chosen)) + 1
+    most = -1
+    for i in chosen:
+        mask = load_mask(pairs[i][1], None, place)
+        kept = mask[mask != ignore_index] if ignore_index is not None else mask
+        most = max(most, int(kept.max()) if kept.numel() else -1)
+    return most + 1
 
 
 @dataset("segfolder")
@@ -163,9 +190,10 @@ def segfolder(request: Request) -> Source:
     """Images and class-index masks with matching names (``images/``, ``masks/``)."""
     check_task("segfolder", "segmentation", request.task)
     size, mode = _image_geometry("segfolder", request)
-    roots, loc = _split_roots("segfolder", request), request.options.where("root")
-    pairs = {split: _pairs(folder, loc) for split, folder in roots.items()}
-    num_classes = request.options.num_classes or max(2, _count_classes(pairs["train"], loc))
-    splits = {split: SegmentationFiles(p, size, mode) for split, p in pairs.items()}
+    roots, loc, place = _split_roots("segfolder", request), request.options.where("root"), _place(request)
+    pairs = {split: _pairs(folder, loc, place) for split, folder in roots.items()}
+    num_classes = request.options.num_classes or max(2, _count_classes(pairs["train"], place, request.ignore_index))
+    splits = {split: SegmentationFiles(p, size, mode, place, num_classes, request.ignore_index)
+              for split, p in pairs.items()}
     return Source("segmentation", splits["train"], splits.get("test"), splits.get("val"),
                   num_classes=num_classes, class_names=None, scale=1 / 255)

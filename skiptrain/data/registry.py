@@ -24,6 +24,7 @@ class Request:
     input_shape: tuple[int, ...]  # one sample as the model receives it
     input_dtype: str  # "float32" | "int64"
     task: str | None  # a name in skiptrain.tasks.TASKS; None: the dataset's own task
+    ignore_index: int | None = None  # train.loss.ignore_index: a target value the loss leaves out
 
 
 @dataclass

@@ -200,10 +200,12 @@ class ConfusionMetrics(Metrics):
         from torch.nn import functional as F
 
         output = output.float()
-        self.loss_sum += F.cross_entropy(output, target, reduction="sum") / max(1, target[0].numel())
-        self.samples += target.shape[0]
         k = self.num_classes or output.shape[1]
-        pairs = target.reshape(-1) * k + output.argmax(dim=1).reshape(-1)
+        kept = (target >= 0) & (target < k)  # the rest is train.loss.ignore_index: the data refuses other values
+        self.loss_sum += F.cross_entropy(output, target.masked_fill(~kept, -100), reduction="sum") / max(
+            1, target[0].numel())
+        self.samples += target.shape[0]
+        pairs = (target * k + output.argmax(dim=1))[kept]
         counts = torch.bincount(pairs, minlength=k * k).reshape(k, k)
         self.confusion = counts if self.confusion is None else self.confusion + counts
 

@@ -35,7 +35,8 @@ def assemble(config: Config, settings: Any, device: torch.device, *, rank: int =
     plan = check_model(config)
     check_memory(plan.params, settings.optimizer, device, plan)
     data = load_data(config.data, input_shape=plan.graph.input_shape, input_dtype=plan.graph.input_dtype,
-                     task=settings.task, device=device, seed=settings.seed, rank=rank, world_size=world_size)
+                     task=settings.task, device=device, seed=settings.seed, rank=rank, world_size=world_size,
+                     ignore_index=settings.loss.get("ignore_index"))
     task = settings.task or data.task
     check_fit(config, plan, data, task)
     seed_everything(settings.seed, settings.deterministic if deterministic is None else deterministic)

@@ -309,7 +309,7 @@ def compare_command(
     overrides: List[str] = SetOption,
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="The same train.epochs for every run."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir",
-                                              help="Where the runs and the report go (default runs/compare-<time>)."),
+                                              help="A new or empty folder for the runs and the report (default runs/compare-<time>)."),
     limit_batches: Optional[int] = typer.Option(None, "--limit-batches", min=1,
                                                 help="At most this many batches per split and epoch."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 or mps."),

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 
 from .config import Config, plain, where
 from .errors import ConfigError
+from .outputs import atomic_output, new_folder, write_text
 from .tasks import headlines, reported
 
 
@@ -33,8 +34,7 @@ def compare(configs: Sequence[str | Path], overrides: Iterable[str] = (), *, epo
     overrides = list(overrides)
     loaded = [load(path, overrides) for path in configs]
     check_same_budget(loaded, [str(p) for p in configs], epochs)
-    out = Path(output_dir) if output_dir else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = new_folder(output_dir if output_dir is not None else unique_default())
     runs = []
     for path, config, run_dir in zip(configs, loaded, run_dirs(out, configs)):
         summary = train(config, run_dir=str(run_dir), epochs=epochs, device=device, quiet=quiet, force=True,
@@ -44,9 +44,19 @@ def compare(configs: Sequence[str | Path], overrides: Iterable[str] = (), *, epo
               "seed": loaded[0].train.get("seed", 0), "limit_batches": limit_batches, "metric": metric_of(runs),
               "runs": runs, "report": str(out / "report.md"), "curves": str(out / "curves.png")}
     plot_curves(runs, out / "curves.png")
-    (out / "report.md").write_text(report_markdown(result))
-    (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out / "report.md", report_markdown(result), option=str(out / "report.md"))
+    write_text(out / "compare.json", json.dumps(result, indent=2) + "\n", option=str(out / "compare.json"))
     return result
+
+
+def unique_default() -> Path:
+    """runs/compare-<time>, with -2, -3, ... when a comparison started in the same second."""
+    base = Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    found, n = base, 1
+    while found.exists():
+        n += 1
+        found = base.with_name(f"{base.name}-{n}")
+    return found
 
 
 def check_same_budget(configs: list[Config], names: list[str], epochs: int | None) -> None:
@@ -136,6 +146,7 @@ def plot_curves(runs: list[dict[str, Any]], target: Path) -> Path:
         axes[0][1].set(xlabel="epoch", ylabel=metric.replace("_", " "), title=metric.replace("_", " "))
         axes[0][1].legend()
     fig.tight_layout()
-    fig.savefig(target, dpi=100)
+    with atomic_output(target, option=str(target)) as temp:
+        fig.savefig(temp, dpi=100, format="png")
     plt.close(fig)
     return target

@@ -62,6 +62,31 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = (), overwrite:
     return out
 
 
+def new_folder(path: str | Path, option: str = "--output-dir") -> Path:
+    """A folder for a command's several outputs (``compare``): new, or existing and empty, so an
+    earlier report or run in it is never replaced. Checked before any work; created here."""
+    folder, loc = Path(path), Location(option)
+    if str(path) == "":
+        raise OutputError("an empty folder name", loc, "give a folder name, e.g. comparisons/first")
+    if folder.exists() or folder.is_symlink():
+        if not folder.is_dir():
+            raise OutputError(f"{folder} is not a folder", loc, "give a new folder name")
+        if any(folder.iterdir()):
+            raise OutputError(f"{folder} already holds files (an earlier comparison?); they are never replaced",
+                              loc, "give a new folder name, or remove that folder first")
+    parent = folder.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create {folder}: {parent} is not a writable folder", loc,
+                          "choose a folder you can write to")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {folder}: {exc.strerror or exc}", loc, "choose another folder") from None
+    return folder
+
+
 def _run_file(out: Path) -> str | None:
     """What ``out`` is to a run directory (its checkpoint, config, metrics...), or None."""
     from .training.rundir import RUN_FILES, run_id

@@ -59,6 +59,23 @@ def test_compare_writes_report_json_and_curves(write_yaml, tmp_path):
     assert (out / "small" / "metrics.jsonl").exists() and (out / "wide" / "metrics.jsonl").exists()
     assert "test accuracy" in result.output
 
+    # issue 15: a second comparison into the same folder is refused, and nothing of the first changes
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    again = invoke("compare", small, wide, "--epochs", 2, "--output-dir", out, "--quiet")
+    assert again.exit_code == 1 and "never replaced" in again.stderr and "Traceback" not in again.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_compare_output_dir_that_is_a_file_is_refused_before_training(write_yaml, tmp_path):
+    small = write_yaml(MLP.format(name="small", width=4), "small.yaml")
+    wide = write_yaml(MLP.format(name="wide", width=32), "wide.yaml")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep\n")
+    result = invoke("compare", small, wide, "--epochs", 1, "--output-dir", a_file, "--quiet")
+    assert result.exit_code == 1 and "is not a folder" in result.stderr and "--output-dir" in result.stderr
+    assert a_file.read_text() == "keep\n" and not (tmp_path / "runs").exists()
+
 
 def test_compare_refuses_different_data_or_budget(write_yaml, tmp_path):
     small = write_yaml(MLP.format(name="small", width=4), "small.yaml")

@@ -201,12 +201,25 @@ def _read_array(path: Path, model: Model) -> np.ndarray:
         if math.prod(shape) == 0:
             raise DataError(f"{path} holds no samples (shape {list(shape)})", None,
                             "save at least one sample")
+        _check_room(path, size + math.prod(shape) * 4)  # the array and its float32 copy
         f.seek(0)
         try:
             x = np.lib.format.read_array(f, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise DataError(f"{path} is not a readable .npy array ({str(exc)[:200]})") from None
     return _as_samples(path, x, model)
+
+
+def _check_room(path: Path, needed: int) -> None:
+    """Refuse, before reading, an array whose values and their float32 copy cannot fit in memory."""
+    import torch
+
+    from .training.setup import available_memory, human_bytes
+
+    available = available_memory(torch.device("cpu"))
+    if available is not None and needed > available:
+        raise DataError(f"{path} needs {human_bytes(needed)} of memory to read, but {human_bytes(available)} "
+                        "is available", None, "split the array into smaller files")
 
 
 def _describe_dtype(dtype: np.dtype) -> str:

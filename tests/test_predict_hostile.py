@@ -274,3 +274,12 @@ def test_a_failed_mask_write_is_one_message(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", full)
     refused(seg, tmp_path / "x.npy", "--output-dir", tmp_path / "m", expect="could not write the predictions: No space")
+
+
+def test_an_array_larger_than_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    from skiptrain.training import setup
+
+    model = onnx_file(tmp_path / "m.onnx", linear(), torch.zeros(1, 4))
+    np.save(tmp_path / "x.npy", np.ones((100, 4), np.float32))
+    monkeypatch.setattr(setup, "available_memory", lambda device: 1000)
+    refused(model, tmp_path / "x.npy", expect="x.npy needs 3,200 bytes of memory to read, but 1,000 bytes is available")

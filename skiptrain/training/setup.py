@@ -147,5 +147,7 @@ def check_weights(plan, what: str, device: torch.device | str | None = None) -> 
 
 
 def human_bytes(size: int) -> str:
-    """A memory figure for messages: GiB, or MiB below one GiB (never a bare `0.0 GiB`)."""
-    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+    """A memory figure for messages: GiB, MiB below one GiB, bytes below one MiB (never a bare `0.0 GiB`)."""
+    if size >= 2**30:
+        return f"{size / 2**30:.1f} GiB"
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size:,} bytes"

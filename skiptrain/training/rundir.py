@@ -28,9 +28,14 @@ from typing import Any
 
 import yaml
 
-from ..errors import SkiptrainError
+from ..errors import CheckpointError, Location, SkiptrainError
+from ..files import MiB, read_bytes
+from ..outputs import atomic_output, write_text
 
 MARKER = ".skiptrain-run"
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", MARKER)  # replaced or appended
+CHECKPOINT_FILES = ("last.pt", "previous.pt", "best.pt")
+METRICS_LIMIT = 256 * MiB  # one short line per epoch
 
 
 class RunDirError(SkiptrainError):
@@ -42,10 +47,9 @@ def run_id(path: Path) -> str | None:
     marker = path / MARKER
     try:
         if marker.is_file():
-            text = marker.read_text(encoding="utf-8", errors="replace")[:4096]
             try:
-                value = json.loads(text).get("id")
-            except (ValueError, AttributeError):
+                value = json.loads(read_bytes(marker, "run marker", 64 << 10).decode("utf-8", "replace")).get("id")
+            except (SkiptrainError, ValueError, AttributeError):
                 value = None
             return str(value) if value else "unreadable"
         if (path / "config.yaml").is_file() and (path / "checkpoints" / "last.pt").is_file():
@@ -53,6 +57,50 @@ def run_id(path: Path) -> str | None:
     except OSError:
         return None
     return None
+
+
+def resumable(path: Path) -> list[Path]:
+    """The checkpoints ``--resume path`` continues from, best first: ``last.pt``, then ``previous.pt``
+    (a kill between the two renames of a save leaves only it). Orphan ``*.tmp`` files never count.
+    A run with none of them has nothing to resume: ``train`` and ``--resume`` both say so."""
+    return [f for f in (path / "checkpoints" / "last.pt", path / "checkpoints" / "previous.pt") if f.is_file()]
+
+
+def no_checkpoint(path: Path, which: str = "last") -> CheckpointError:
+    """The one answer to "resume a folder that has no checkpoint", shared by ``--resume`` and ``train``."""
+    if run_id(path) is not None and not resumable(path):
+        return CheckpointError(f"{path} holds a run with nothing to resume: no checkpoints/last.pt or previous.pt "
+                               "(it was stopped before its first save)", Location(str(path)),
+                               f"start it again with `skiptrain train CONFIG --run-dir {path} --force`, "
+                               "or pick another --run-dir")
+    return CheckpointError(f"{path} has no checkpoints/{which}.pt", Location(str(path)),
+                           "give a run directory written by `skiptrain train`, or a .pt file")
+
+
+def _writable(path: Path, option: str) -> None:
+    """Refuse, before anything is built, a run folder that cannot be written: under a file, in a
+    read-only folder, or holding a run file of the wrong kind (a ``metrics.jsonl`` folder)."""
+    loc = Location(option)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunDirError(f"{existing} is a file, not a folder, so {path} cannot be created", loc,
+                          "name a folder that is not inside a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(f"the folder {existing} is not writable", loc,
+                          "fix its permissions or choose a folder you can write to")
+    if existing != path:
+        return
+    for sub in [path / "checkpoints", *(p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        if sub.exists() and not (sub.is_dir() and os.access(sub, os.W_OK | os.X_OK)):
+            raise RunDirError(f"{sub} is {'not writable' if sub.is_dir() else 'a file, not a folder'}", loc,
+                              "fix it (or move it away) and run again; nothing was written")
+    wrong = [path / name for name in RUN_FILES] + [path / "checkpoints" / n for n in CHECKPOINT_FILES]
+    for item in wrong:
+        if (item.exists() or item.is_symlink()) and not item.is_file():
+            raise RunDirError(f"{item} is not a regular file", loc,
+                              "skiptrain writes this file of the run; move what is there away and run again")
 
 
 def _is_empty(path: Path) -> bool:
@@ -98,17 +146,23 @@ def target(out_dir: str, name: str, run_dir: str | os.PathLike | None, force: bo
     own_id = run_id(own) if own is not None and Path(resumed_from).parent.name == "checkpoints" else None
     if run_dir is None:
         if own_id is not None:  # continue the checkpoint's own run
+            _writable(own, "--resume")
             return own, "continue"
+        _writable(Path(out_dir), "train.out_dir")
         return _fresh(out_dir, name), "new"
     path = _checked(run_dir)
     if not path.exists() or _is_empty(path):
+        _writable(path, "--run-dir")
         return path, "new"
     if run_id(path) is None:
         raise RunDirError(f"--run-dir {path} is a folder with files that is not a skiptrain run", None,
                           "skiptrain never writes into folders it did not create (not even with "
                           "--force): name a new or empty folder, or leave --run-dir out")
+    _writable(path, "--run-dir")
     if own is not None and own_id is not None and _same(own, path):
         return path, "continue"
+    if not force and resumed_from is None and not resumable(path):
+        raise RunDirError(no_checkpoint(path).message, Location("--run-dir"), no_checkpoint(path).hint)
     if not force:
         what = "another run" if resumed_from is not None else "a run"
         resume = "" if resumed_from is not None else f"continue it with --resume {path}, "
@@ -168,20 +222,22 @@ class RunDir:
         (path / MARKER).unlink(missing_ok=True)
 
     def _write_marker(self, name: str) -> None:
-        marker = self.path / MARKER
-        tmp = marker.with_name(MARKER + ".tmp")
-        tmp.write_text(json.dumps({"name": name, "id": secrets.token_hex(8),
-                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
-        os.replace(tmp, marker)
+        self._write(MARKER, json.dumps({"name": name, "id": secrets.token_hex(8),
+                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+
+    def _write(self, name: str, text: str) -> None:
+        """Every file of a run but the appended metrics: a temporary beside it, fsync, ``os.replace``."""
+        write_text(self.path / name, text, option=str(self.path / name))
 
     def write_config(self, config: dict) -> None:
-        (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        self._write("config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     def history(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
         rows = []
-        for line in self.metrics_path.read_text().splitlines():
+        data = read_bytes(self.metrics_path, "metrics file", METRICS_LIMIT, RunDirError)
+        for line in data.decode("utf-8", "replace").splitlines():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
@@ -194,9 +250,7 @@ class RunDir:
         self._write_lines(rows)
 
     def _write_lines(self, rows: list[dict]) -> None:
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, self.metrics_path)
+        self._write(self.metrics_path.name, "".join(json.dumps(r) + "\n" for r in rows))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as handle:
@@ -205,7 +259,7 @@ class RunDir:
             os.fsync(handle.fileno())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self._write("summary.json", json.dumps(summary, indent=2) + "\n")
 
     def plot_curves(self) -> Path | None:
         """curves.png: losses and the validation metric against epochs."""
@@ -230,6 +284,9 @@ class RunDir:
             axes[0][1].set(xlabel="epoch", ylabel=metric, title=metric)
         fig.tight_layout()
         target = self.path / "curves.png"
-        fig.savefig(target, dpi=100)
-        plt.close(fig)
+        try:
+            with atomic_output(target, option=str(target)) as temp:
+                fig.savefig(temp, dpi=100)
+        finally:
+            plt.close(fig)
         return target

@@ -78,8 +78,21 @@ class RunsCode:
         return (Path.touch, (self.marker,))
 
 
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that claims ``width`` x ``height`` grey pixels and holds none (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
 def hostile_arrays(tmp_path: Path) -> list[tuple[Path, str]]:
-    """(.npy file, the words its refusal must contain) for a model taking float samples [1, 8, 8]."""
+    """(input file, the words its refusal must contain) for a model taking float samples [1, 8, 8]."""
     cases = []
 
     def save(name: str, array, expect: str, **options):
@@ -108,6 +121,7 @@ def hostile_arrays(tmp_path: Path) -> list[tuple[Path, str]]:
     header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }".ljust(117) + "\n"
     (tmp_path / "huge.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
     cases.append((tmp_path / "huge.npy", "promises [1000000000000] float32 (4,000,000,000,000 bytes) but 0 bytes"))
+    cases.append((png_header(tmp_path / "bomb.png", 200_000, 200_000), "DecompressionBombError"))
     (tmp_path / "folder.npy").mkdir()
     cases.append((tmp_path / "folder.npy", "holds no images or .npy files"))
     (tmp_path / "dev.npy").symlink_to("/dev/zero")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
 
+from . import arguments
 from .errors import ConfigError, Location, did_you_mean, warn
 from .registries import Registry
 
@@ -78,6 +79,7 @@ class LayerType:
                     + "".join(f"; `{a}` is inferred from the input shape" for a in self.inferred))
                 raise ConfigError(f"`{self.name}` has no argument `{key}` (layer `{node_id}`)",
                                   arg_locs.get(key, loc), hint)
+        arguments.check(self.name, self.factory, args, node_id, arg_locs, loc)  # kinds, before torch sees them
         resolved = {**self.defaults, **{k: _tuples(v) for k, v in args.items()}}
         for key in self.inferred:
             try:

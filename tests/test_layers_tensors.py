@@ -146,10 +146,10 @@ def test_initial_values_follow_the_seed():
     ({"type": "layer_scale", "init": "uniform"}, "unknown `init: uniform`"),
     ({"type": "layer_scale", "init": "normal", "std": 0}, "`std: 0` must be a positive number"),
     ({"type": "layer_scale", "dim": 3}, "`dim: 3` is not an axis"),
-    ({"type": "layer_scale", "dim": "channels"}, "`dim: channels` is not an axis"),
+    ({"type": "layer_scale", "dim": "channels"}, "`dim` takes an integer, not text 'channels'"),
     ({"type": "class_token"}, "class_token takes [seq, dim] samples"),
     ({"type": "position_embedding", "input_shape": [3, 4]}, "disagrees with the input shape"),
-    ({"type": "class_token", "std": "wide"}, "`std: wide` must be a positive number"),
+    ({"type": "class_token", "std": "wide"}, "`std` takes a number, not text 'wide'"),
 ])
 def test_misuse_is_a_located_error_with_a_hint(layer, message):
     with pytest.raises(ConfigError) as info:

@@ -88,7 +88,7 @@ def test_torchvision_permute_is_not_registered_over_skiptrains():
     ({"type": "conv2d_norm_activation", "out_channels": 4, "activation_layer": "add"},
      "must name a layer type that is a module class"),
     ({"type": "conv2d_norm_activation", "out_channels": 4, "norm_layer": {"eps": 0.1}}, "needs a `type:`"),
-    ({"type": "conv2d_norm_activation", "out_channels": 4, "norm_layer": 3}, "takes a layer type's name"),
+    ({"type": "conv2d_norm_activation", "out_channels": 4, "norm_layer": 3}, "`norm_layer` takes text, a mapping or null, not the integer 3"),
     ({"type": "squeeze_excitation"}, "needs `squeeze_channels`"),
     ({"type": "squeeze_excitation", "squeeze_channels": 2, "input_channels": 5}, "disagrees with the input shape"),
     ({"type": "stochastic_depth", "p": 0.5, "mode": "rows"}, "mode has to be either 'batch' or 'row'"),

@@ -75,14 +75,18 @@ def load_source(source: str | Path) -> Source:
 
 def _check_export_fits(plan, batch: int) -> None:
     """Export holds the weights twice (the model and the file being written) and runs forwards at
-    ``batch``: refuse before the first allocation when that cannot fit, with the figures."""
-    from .training.setup import activation_bytes, check_fits, human_bytes
+    ``batch``: refuse before the first allocation when that cannot fit, with the figures, located
+    at the layer where the activations peak."""
+    from .training.setup import activation_peak, check_fits, human_bytes
 
-    weights, activations = plan.params * 4, activation_bytes(plan, batch)
+    per_sample, node = activation_peak(plan)
+    weights, activations = plan.params * 4, per_sample * batch
+    at = f" (at `{node.id}`, {node.type}: {list(node.meta['in_shape'])} -> {list(node.meta['shape'])})" if node else ""
     check_fits("exporting the model", 2 * weights + activations,
                f"{human_bytes(weights)} of weights, held twice, and at least {human_bytes(activations)} of "
-               f"activations for a forward at batch {batch}", torch.device("cpu"),
-               "use a smaller model or input shape; --batch 1 --no-verify needs the fewest activations")
+               f"activations for a forward at batch {batch}{at}", torch.device("cpu"),
+               "use a smaller model or input shape; --batch 1 --no-verify needs the fewest activations",
+               node.loc if node is not None and activations > weights else plan.graph.loc)
 
 
 def random_input(model: torch.nn.Module, batch: int, seed: int = 0) -> torch.Tensor:

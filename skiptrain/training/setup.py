@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..errors import SkiptrainError
+from ..errors import Location, SkiptrainError
 from ..settings import DEVICE_PATTERN
 from ..tasks import get_task
 
@@ -104,7 +104,7 @@ def check_memory(params: int, optimizer: dict, device: torch.device, plan=None) 
         also = f" and a forward at batch 1 at least {human_bytes(activations)} of activations" if activations else ""
         raise SkiptrainError(f"the model has {params:,} parameters: weights, gradients and {optimizer['name']} state "
                              f"need {human_bytes(needed)}{also}, but {device} has {human_bytes(available)} available",
-                             None, "use a smaller model (width_multiplier, fewer blocks) or input, another device, "
+                             plan.graph.loc if plan is not None else None, "use a smaller model (width_multiplier, fewer blocks) or input, another device, "
                                    "or sgd without momentum (no optimizer state); larger batches need more activations")
 
 
@@ -114,36 +114,45 @@ def dtype_bytes(dtype: str) -> int:
 
 
 def activation_bytes(plan, batch: int) -> int:
-    """A lower bound on a forward's peak activation memory at ``batch``: the model's input, and each
-    layer's input and output, which are alive together (only the larger of the two for a layer that
-    may run in place). Read from the plan's meta-device shapes, so it costs no allocation; values kept
-    longer (skips, autograd's saved tensors) only add to it, so a refusal from it is never wrong."""
+    """A lower bound on a forward's peak activation memory at ``batch`` (see ``activation_peak``)."""
+    return activation_peak(plan)[0] * batch
+
+
+def activation_peak(plan) -> tuple[int, Any]:
+    """Bytes per sample and the node where they peak (None: the model's input): a lower bound on a
+    forward's activation memory. The model's input, and each layer's input and output, are alive
+    together (only the larger of the two for a layer that may run in place). Read from the plan's
+    meta-device shapes, so it costs no allocation; values kept longer (skips, autograd's saved
+    tensors) only add to it, so a refusal from it is never wrong."""
     from .. import registry
     from ..graph import INPUT
 
     graph = plan.graph
     dtypes = {INPUT: graph.input_dtype, **{node.id: node.meta["dtype"] for node in graph.order}}
-    peak = math.prod(graph.input_shape) * dtype_bytes(graph.input_dtype)
+    peak, where = math.prod(graph.input_shape) * dtype_bytes(graph.input_dtype), None
     for node in graph.order:
         source = math.prod(node.meta["in_shape"]) * dtype_bytes(dtypes.get(node.inputs[0], graph.input_dtype))
         result = math.prod(node.meta["shape"]) * dtype_bytes(node.meta["dtype"])
         in_place = registry.get(node.type).may_run_inplace or node.meta.get("args", {}).get("inplace") is True
-        peak = max(peak, max(source, result) if in_place else source + result)
-    return peak * batch
+        live = max(source, result) if in_place else source + result
+        if live > peak:
+            peak, where = live, node
+    return peak, where
 
 
-def check_fits(what: str, needed: int, detail: str, device: torch.device, hint: str) -> None:
+def check_fits(what: str, needed: int, detail: str, device: torch.device, hint: str,
+               location: Location | None = None) -> None:
     """Refuse ``what`` before allocating when ``needed`` bytes exceed what ``device`` has available."""
     available = available_memory(device)
     if available is not None and needed > available:
         raise SkiptrainError(f"{what} needs at least {human_bytes(needed)} ({detail}), but {device} has "
-                             f"{human_bytes(available)} available", None, hint)
+                             f"{human_bytes(available)} available", location, hint)
 
 
 def check_weights(plan, what: str, device: torch.device | str | None = None) -> None:
     """Refuse, before any weight is allocated, a model whose fp32 weights cannot fit ``device`` (CPU by default)."""
     check_fits(what, plan.params * 4, f"{plan.params:,} parameters in fp32", torch.device(device or "cpu"),
-               "use a smaller model (width_multiplier, fewer blocks)")
+               "use a smaller model (width_multiplier, fewer blocks)", plan.graph.loc)
 
 
 def human_bytes(size: int) -> str:

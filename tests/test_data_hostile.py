@@ -214,6 +214,15 @@ def test_stray_files_are_skipped_and_counted(write_yaml, tmp_path):
     assert "cat/.DS_Store" in result.output
 
 
+def test_stray_files_beside_segmentation_images_and_masks_are_counted(tmp_path):
+    root = seg_folder(tmp_path / "seg")
+    (root / "images" / ".DS_Store").write_bytes(b"\x00")
+    (root / "masks" / "s1.jpg").write_bytes(b"\x00")  # masks are PNGs only
+    with pytest.warns(UserWarning, match=r"`segfolder`: skipped 2 file\(s\).*images/.DS_Store, masks/s1.jpg"):
+        load_data({"dataset": "segfolder", "root": str(root), "num_workers": 0}, input_shape=(1, 8, 8),
+                  task="segmentation")
+
+
 def test_a_symlink_loop_is_skipped_not_followed(tmp_path):
     root = image_folder(tmp_path / "images")
     (root / "cat" / "again").symlink_to(root / "cat", target_is_directory=True)  # a folder loop

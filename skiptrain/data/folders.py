@@ -151,6 +151,8 @@ def _pairs(folder: Path, loc, place: Place) -> list[tuple[str, str]]:
                             "segfolder reads root/images/<name>.png|jpg and root/masks/<name>.png")
     images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
     masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.suffix.lower() == ".png" and p.is_file()}
+    kept = set(images.values()) | set(masks.values())
+    _say_skipped("segfolder", [p for d in (images_dir, masks_dir) for p in sorted(d.iterdir()) if p not in kept], place)
     if not images:
         raise DataError(f"`segfolder`: no images in {images_dir.resolve()}", loc)
     for stem, mask in masks.items():

@@ -84,9 +84,19 @@ class Restored:
         return dict(self.state.data or {})
 
 
+def _warn(text: str) -> None:
+    from .errors import warn
+
+    warn(text)
+
+
 def restore(source: str | Path, which: str = "last", device=None,
-            on_fallback: Callable[[str], None] | None = None) -> Restored:
-    """The one way to get a model from a run directory or checkpoint (eval, export, predict all use it)."""
+            on_fallback: Callable[[str], None] | None = _warn) -> Restored:
+    """The one way to get a model from a run directory or checkpoint (eval, export, predict all use it).
+
+    A broken last checkpoint of a run falls back to the previous one with a ``SkiptrainWarning``
+    (``on_fallback``); ``on_fallback=None`` refuses instead (``export``: never ship older weights quietly).
+    Structure and weights are checked against the checkpoint's own config before anything is loaded."""
     from . import checkpoint
     from .module import build_module
     from .training.setup import check_weights
@@ -102,7 +112,8 @@ def restore(source: str | Path, which: str = "last", device=None,
 
 
 def load_checkpoint(source: str | Path, which: str = "last", device=None):
-    """``(model, config)`` from a checkpoint or run directory: the model in eval mode."""
+    """``(model, config)`` from a checkpoint or run directory: the model in eval mode (a fallback to the
+    previous checkpoint is a ``SkiptrainWarning``)."""
     restored = restore(source, which, device)
     return restored.model, restored.config
 
@@ -124,6 +135,10 @@ def train(source: Source | None = None, overrides: Iterable[str] = (), *, resume
     config = load(state.config if source is None else source, overrides)
     if epochs is not None:
         config.train["epochs"] = epochs
+    if state is not None:  # the same model on the same data, or nothing is written
+        from .checkpoint_checks import refuse_changes
+
+        refuse_changes(state.path, state.config, config.to_dict())
     if run_dir is not None and os.environ.get("RANK", "0") == "0":  # refuse a folder skiptrain may not
         from .training.rundir import target  # write into before building anything (rank 0 writes it)
 
@@ -210,9 +225,3 @@ def _is_run(path: Path) -> bool:
     from .training.rundir import run_id
 
     return run_id(path) is not None
-
-
-def _warn(text: str) -> None:
-    from .errors import warn
-
-    warn(text)

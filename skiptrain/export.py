@@ -69,7 +69,7 @@ def load_source(source: str | Path) -> Source:
             torch.manual_seed(0)
             model = build_module(plan)
         return Source(model.eval(), plan, {}, str(path), "config")
-    restored = restore(path)
+    restored = restore(path, on_fallback=None)  # a broken last.pt is refused: never export older weights quietly
     return Source(restored.model, restored.plan, restored.data, restored.state.path, "checkpoint")
 
 

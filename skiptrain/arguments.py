@@ -165,14 +165,17 @@ _PLURAL = {"int": "integers", "float": "numbers", "bool": "booleans", "str": "te
 _ORDER = ("int", "float", "bool", "str", "dict", "none")
 
 
+def _ordered(scalars: frozenset[str]) -> list[str]:
+    """The scalar kinds in a fixed order; "int" goes without saying where any number is taken."""
+    return [s for s in _ORDER if s in scalars and not (s == "int" and "float" in scalars)]
+
+
 def describe(kind: Kind) -> str:
     """``an integer or a list of 2 integers``: what a kind takes, as the message says it."""
-    scalars = [s for s in _ORDER if s in kind.scalars and not (s == "int" and "float" in kind.scalars)]
     parts = [(f"one of {', '.join(f'`{c}`' for c in kind.choices)}" if s == "str" and kind.choices
-              else _SINGULAR[s]) for s in scalars if s != "none"]
+              else _SINGULAR[s]) for s in _ordered(kind.scalars) if s != "none"]
     if kind.items is not None:
-        of = "values" if kind.items.anything else " or ".join(
-            _PLURAL[s] for s in _ORDER if s in kind.items.scalars and not (s == "int" and "float" in kind.items.scalars))
+        of = "values" if kind.items.anything else " or ".join(_PLURAL[s] for s in _ordered(kind.items.scalars))
         parts.append(f"a list of {f'{kind.length} ' if kind.length else ''}{of}")
     if "none" in kind.scalars:
         parts.append("null")

@@ -58,6 +58,8 @@ def _reason(exc: BaseException) -> str:
         return f"it declares {size}more than PIL's limit of {pixel_limit():,} pixels (Image.MAX_IMAGE_PIXELS)"
     if isinstance(exc, UnidentifiedImageError):
         return "it is not an image PIL can read (empty, or not an image format)"
+    if isinstance(exc, OSError) and exc.errno is not None:  # the file system's, not the format's
+        return f"it cannot be read ({exc.strerror})"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"it cannot be decoded ({type(exc).__name__}{': ' + text if text else ''})"
 

@@ -5,7 +5,10 @@
 Either may instead hold ``root/train``, ``root/val``, ``root/test`` in that layout; the
 splits present are used (val is carved from train when there is no ``val``).
 Workers decode and resize each sample to the model input's H, W; the rest of the
-pipeline (augment, normalise) runs on the batch on the device.
+pipeline (augment, normalise) runs on the batch on the device. Every file is opened
+through ``imagefiles.py``: its header is checked when the folder is scanned, and a file
+that cannot be used stops the run with a DataError naming it (a run never trains on
+silently fewer images); files that are not images are skipped with a counted warning.
 """
 from __future__ import annotations
 

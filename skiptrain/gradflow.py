@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import Config
+from .outputs import atomic_output
 
 
 def gradflow(config: Config, *, steps: int = 0, device: str = "cpu") -> dict[str, Any]:
@@ -100,6 +101,7 @@ def plot_gradflow(results: Sequence[tuple[str, dict[str, Any]]], target: str | P
     fig.tight_layout()
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=100)
+    with atomic_output(target) as temp:  # a failed or killed save leaves the previous plot
+        fig.savefig(temp, dpi=100, format="png")
     plt.close(fig)
     return target

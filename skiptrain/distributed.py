@@ -71,7 +71,26 @@ def check_launch(config, processes: int, device: str | None) -> None:
         raise DataError(f"batch_size {batch} does not split evenly over {processes} processes",
                         where(config.data, "batch_size"),
                         f"use a multiple of {processes}: batch_size is the global batch")
-    check_gpus(processes, device or str(config.train.get("device", TrainSettings.model_fields["device"].default)))
+    device = device or str(config.train.get("device", TrainSettings.model_fields["device"].default))
+    check_gpus(processes, device)
+    check_sync_bn(config.train, processes, device)
+
+
+def check_sync_bn(train, processes: int, device: str) -> None:
+    """``train.sync_bn`` needs CUDA: gloo has no SyncBatchNorm, and every CPU process would fail alike
+    in its first forward. Refused before launching (``--nproc``) or joining (torchrun); one process
+    has nothing to synchronise, so there it changes nothing."""
+    if processes <= 1 or not (isinstance(train, dict) and train.get("sync_bn") is True):
+        return
+    from .config import where
+    from .errors import ConfigError
+    from .training.setup import select_device
+
+    if select_device(device).type != "cuda":
+        raise ConfigError(f"train.sync_bn needs CUDA GPUs, but these {processes} processes train on the "
+                          f"{select_device(device).type} (gloo has no SyncBatchNorm)", where(train, "sync_bn"),
+                          "set sync_bn: false (on the CPU, batch-norm statistics are per process, over "
+                          "batch_size / processes samples), or train on CUDA GPUs")
 
 
 def leave(world: World) -> None:

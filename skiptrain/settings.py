@@ -154,7 +154,8 @@ class TrainSettings(BaseModel):
     checkpoint_every_steps: Optional[Epochs] = Field(
         None, description="also save every N optimizer steps, inside long epochs; null: only at epoch ends")
     sync_bn: StrictBool = Field(
-        False, description="with several processes, batch-norm statistics over the global batch")
+        False, description="with several processes on CUDA GPUs, batch-norm statistics over the global batch "
+                           "(refused on the CPU, where gloo has none; one process has nothing to synchronise)")
     on_nan: Literal["stop", "skip_batch"] = Field(
         "stop", description="a non-finite loss stops the run (stop) or its batch is skipped (skip_batch)")
     tensorboard: StrictBool = Field(

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -19,17 +19,19 @@ from torch import nn
 
 from .. import __version__, checkpoint, distributed
 from ..config import Config
-from ..errors import SkiptrainError
 from ..evaluate import evaluate
 from ..tasks import TASKS, reported
 from . import tensorboard
-from .nonfinite import NonFiniteWatch
+from .nonfinite import NonFiniteWatch, check_weights
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import Reporter
 from .rundir import RunDir
 from ..settings import TrainSettings, parse_settings
 from .assemble import assemble
 from .setup import select_device, select_precision
+from .stopping import Stopper, TrainingStopped, clear_orphans
+
+__all__ = ["Run", "TrainingStopped", "run_training"]
 
 
 @dataclass
@@ -59,7 +61,8 @@ class Run:
     partial: tuple[float, int] = (0.0, 0)  # this epoch's loss sum and samples so far
     best: dict | None = None
     skipped: int = 0  # batches skipped for a non-finite loss (on_nan: skip_batch)
-    stop: int | None = None  # a signal asked us to stop
+    stopper: Stopper = field(default_factory=Stopper)  # SIGINT/SIGTERM: stop at the next safe point
+    finite_at: int = 0  # the step at which the weights were last seen finite (before each save)
     data_meta: dict = field(default_factory=dict)
     tensorboard: Any = None  # a SummaryWriter on rank 0 when train.tensorboard is on
 
@@ -80,14 +83,18 @@ def run_training(config: Config, *, state: checkpoint.TrainingState | None = Non
     ``limit_batches`` caps the batches of every split per epoch: a smoke test of a config.
     """
     settings = parse_settings(config.train)
+    distributed.check_sync_bn(config.train, int(os.environ.get("WORLD_SIZE", "1")), device or settings.device)
     world = distributed.join(device or settings.device)
     run = None
     try:
         run = start(config, settings, world, device, state, run_dir, quiet, force, limit_batches)
-        with _graceful_stop(run):
+        with run.stopper.installed(not world.enabled):  # under torchrun the agent owns signals
             for epoch in range(run.epoch + 1, settings.epochs + 1):
                 row = train_epoch(run, epoch)
-                save(run, row)
+                with run.stopper.saving():
+                    save(run, row)
+                if run.stopper.signum is not None:  # it came during validation or the save
+                    _stopped(run)
         return finish(run)
     finally:
         if run is not None:
@@ -95,36 +102,6 @@ def run_training(config: Config, *, state: checkpoint.TrainingState | None = Non
             tensorboard.close(run.tensorboard)
         del run
         distributed.leave(world)
-
-
-class TrainingStopped(SkiptrainError):
-    """A signal stopped the run after a checkpoint was written: exit 128 + signal number."""
-
-    kind = "stopped"
-
-    def __init__(self, signum: int, message: str, hint: str):
-        super().__init__(message, None, hint)
-        self.exit_code = 128 + signum
-
-
-@contextlib.contextmanager
-def _graceful_stop(run: "Run"):
-    """SIGINT/SIGTERM: finish the step, checkpoint, exit 130/143; a second signal exits at once."""
-    if run.world.enabled or threading.current_thread() is not threading.main_thread():
-        yield  # under torchrun the agent owns signals: it stops every rank together
-        return
-
-    def request(signum, frame):
-        run.stop = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def start(config: Config, settings: TrainSettings, world: distributed.World, device: str | None,
@@ -167,9 +144,12 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
         state.restore(model, optimizer, scaler)
         run.epoch, run.step, run.best = state.epoch, state.step, state.best
         run.batch, run.partial = state.batch, tuple(state.partial)
+        run.finite_at = run.step
     if world.is_main:
         run.run_dir = RunDir.open(settings.out_dir, plan.graph.name, run_dir, force,
                                   resumed_from=None if state is None else state.path)
+        for orphan in clear_orphans(run.run_dir.checkpoints):
+            run.report.info(f"removed {orphan.name}, a checkpoint write that a kill cut short")
         if state is not None:
             run.run_dir.truncate_history(run.epoch)
         run.run_dir.write_config(config.to_dict())
@@ -217,13 +197,14 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
         if run.report.live and time.perf_counter() - shown > 0.2:  # .item() waits for the GPU: not every step
             shown = time.perf_counter()
             run.report.step(loss.item(), (seen - resumed) / (shown - started), run.batch)
-        if run.stop is not None or (settings.checkpoint_every_steps and run.step % settings.checkpoint_every_steps == 0):
+        if run.stopper.signum is not None or \
+                (settings.checkpoint_every_steps and run.step % settings.checkpoint_every_steps == 0):
             watch.check()  # never checkpoint weights that a non-finite loss already reached
             run.partial = (loss_sum.item(), seen)
             save_checkpoint(run, best=False)
-            if run.stop is not None:
-                _stopped(run, epoch)
-    watch.check()
+            if run.stopper.signum is not None:
+                _stopped(run)
+    watch.end()
     loss_sum, count = distributed.all_sum(run.world, loss_sum, torch.tensor(float(seen), device=run.device))
     seconds = time.perf_counter() - started
     train_loss = (loss_sum / count.clamp(min=1)).item()
@@ -240,17 +221,20 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     return row
 
 
-def _stopped(run: Run, epoch: int) -> None:
-    name = signal.Signals(run.stop).name
+def _stopped(run: Run) -> None:
+    """Called right after a checkpoint was written, when a signal asked to stop."""
+    signum = run.stopper.signum
     where = run.run_dir.path if run.run_dir else "the run directory"
-    raise TrainingStopped(run.stop, f"{name} received: stopped after step {run.step} (epoch {epoch}, batch "
-                                    f"{run.batch}); checkpoint saved", f"resume with: skiptrain train --resume {where}")
+    at = f"epoch {run.epoch + 1}, batch {run.batch}" if run.batch else f"end of epoch {run.epoch}"
+    raise TrainingStopped(signum, f"{signal.Signals(signum).name} received: stopped after step {run.step} ({at}); "
+                                  "checkpoint saved", f"resume with: skiptrain train --resume {where}")
 
 
 def save(run: Run, row: dict[str, Any]) -> None:
     """Metrics first, then checkpoints (atomically): a kill between them repeats the epoch, never skips it."""
     if not run.world.is_main:
         return
+    check_weights(run, run.epoch)  # before the epoch's row too: a refused epoch leaves no trace
     run.run_dir.append_metrics(row)
     tensorboard.log(run.tensorboard, row)
     run.report.end_epoch(row)
@@ -272,16 +256,18 @@ def save_checkpoint(run: Run, best: bool) -> None:
     """last.pt (keeping the one before as previous.pt) or best.pt: everything to continue exactly."""
     if not run.world.is_main:
         return
+    check_weights(run, run.epoch + 1 if run.batch else run.epoch)  # only finite weights are ever saved
     snapshot = checkpoint.TrainingState(
         skiptrain_version=__version__, config=run.config.to_dict(), model=run.model.state_dict(),
         optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
         epoch=run.epoch, step=run.step, batch=run.batch, partial=tuple(run.partial), best=run.best,
         rng=checkpoint.rng_state(), data=run.data_meta, settings=run.settings.model_dump(),
         world_size=run.world.world_size).to_dict()
-    if best:
-        checkpoint.atomic_save(snapshot, run.run_dir.checkpoints / "best.pt")
-    else:
-        checkpoint.atomic_save(snapshot, run.run_dir.checkpoints / "last.pt", keep_previous=True)
+    with run.stopper.saving():  # a second signal waits for the write; the caller stops right after it
+        if best:
+            checkpoint.atomic_save(snapshot, run.run_dir.checkpoints / "best.pt")
+        else:
+            checkpoint.atomic_save(snapshot, run.run_dir.checkpoints / "last.pt", keep_previous=True)
 
 
 def finish(run: Run) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""A non-finite loss, caught without making the GPU wait at every step (train.on_nan)."""
+"""Bad numbers: a non-finite loss, caught without making the GPU wait at every step (train.on_nan), and
+non-finite weights, which are never checkpointed."""
 from __future__ import annotations
 
 import math
@@ -6,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import SkiptrainError
+from ..config import where
+from ..errors import Location, SkiptrainError
 
 if TYPE_CHECKING:
     from .loop import Run
@@ -27,20 +29,36 @@ class NonFiniteWatch:
         self.run, self.epoch, self.loss_sum = run, epoch, loss_sum
         self.good = (run.step, run.batch)  # where the last check found every loss finite
         self.pending = 0
+        self.steps = self.skips = 0  # in this epoch (of this process's run)
 
     def skip(self, loss: torch.Tensor) -> bool:
+        """skip_batch: a non-finite loss from finite weights is the batch's fault, so skip it; from
+        non-finite weights it is the last update's, and every later batch would be skipped too: stop."""
         run = self.run
         if run.settings.on_nan != "skip_batch" or torch.isfinite(loss):
             return False
+        check_weights(run, self.epoch)
         if run.skipped < 100:
             run.skipped += 1
+            self.skips += 1
             return True
         self._raise(loss.item(), run.step + 1, run.step + 1, run.batch + 1)
 
     def stepped(self) -> None:
+        self.steps += 1
         self.pending += 1
         if self.pending >= self.every:
             self.check()
+
+    def end(self) -> None:
+        """The epoch's last check: its losses, and that it trained at all (skipping every batch is no run)."""
+        self.check()
+        if self.skips and not self.steps:
+            raise SkiptrainError(f"every batch of epoch {self.epoch} was skipped ({self.skips} batches with a "
+                                 "non-finite loss): nothing was trained", _lr_location(self.run),
+                                 "the weights are finite, so the data or the model make the loss non-finite: "
+                                 "check the data's values and normalize settings, and the model's layers "
+                                 "(`skiptrain gradflow CONFIG` shows where values blow up)")
 
     def check(self) -> None:
         value, (step, batch) = self.loss_sum.item(), self.good
@@ -56,7 +74,45 @@ class NonFiniteWatch:
                  "warmup_epochs or train.grad_clip")
         where = run.run_dir.checkpoints if run.run_dir else "the run directory"
         steps = f"step {first}" if first >= last else f"a step from {first} to {last}"
-        raise SkiptrainError(f"the loss became {value} at {steps} (epoch {self.epoch}, from batch {batch})", None,
+        raise SkiptrainError(f"the loss became {value} at {steps} (epoch {self.epoch}, from batch {batch})",
+                             _lr_location(run),
                              f"most likely {cause}; the last good checkpoint is in {where}"
                              + ("; `train.on_nan: skip_batch` skips such batches" if run.settings.on_nan == "stop"
                                 else f"; {run.skipped} batches were skipped before this one"))
+
+
+def first_non_finite(model: torch.nn.Module) -> str | None:
+    """The state-dict name of the first parameter or buffer holding a NaN or an infinity, else None.
+    One wait for the GPU when every value is finite (the common case: this runs before each save)."""
+    tensors = [(name, t) for name, t in model.state_dict().items() if t.is_floating_point()]
+    if not tensors:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors])
+    if bool(finite.all()):
+        return None
+    return tensors[int((~finite).nonzero()[0, 0])][0]
+
+
+def check_weights(run: "Run", epoch: int) -> None:
+    """Only finite weights are ever checkpointed: every save calls this first. On finding a NaN or an
+    infinity it stops the run, naming the step and the first bad tensor; the last checkpoint stays good."""
+    name = first_non_finite(run.model)
+    if name is None:
+        run.finite_at = run.step
+        return
+    good, step = run.finite_at, run.step
+    steps = f"at step {step}" if good >= step - 1 else f"between step {good + 1} and step {step}"
+    where_ = run.run_dir.checkpoints if run.run_dir else "the run directory"
+    fp16 = "; under fp16 use precision bf16 or fp32" if run.scaler.is_enabled() else ""
+    raise SkiptrainError(f"an optimizer update made the weights non-finite {steps} (epoch {epoch}): "
+                         f"`{name}` is the first tensor holding NaN or inf", _lr_location(run),
+                         f"lower the learning rate (now {run.optimizer.param_groups[0]['lr']:.3g}), add "
+                         f"scheduler warmup_epochs or set train.grad_clip{fp16}; nothing after step {good} was "
+                         f"saved: the last good checkpoint is in {where_}")
+
+
+def _lr_location(run: "Run") -> Location | None:
+    """Where the learning rate was written, the first suspect of bad numbers."""
+    optimizer = run.config.train.get("optimizer") if isinstance(run.config.train, dict) else None
+    return where(optimizer, "lr") if isinstance(optimizer, dict) and "lr" in optimizer \
+        else where(run.config.train, "optimizer")

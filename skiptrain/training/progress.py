@@ -10,7 +10,7 @@ from rich.table import Table
 
 
 _FIRST = ("epoch", "train_loss", "val_loss")  # then the task's validation metric (val_acc, val_miou, ...)
-_LAST = ("lr", "seconds", "samples_per_s")
+_LAST = ("lr", "seconds", "samples_per_s", "skipped_batches")  # skipped: on_nan skip_batch, so far in the run
 
 
 class Reporter:
@@ -52,9 +52,10 @@ class Reporter:
         """On a terminal, the whole run as one table of epoch metrics."""
         if not (self.live and self.rows):
             return
-        table = Table(*self.rows[0], title="epochs", title_justify="left")
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))  # skipped_batches may come late
+        table = Table(*columns, title="epochs", title_justify="left")
         for row in self.rows:
-            table.add_row(*row.values())
+            table.add_row(*(row.get(key, "") for key in columns))
         self.console.print(table)
 
     def info(self, text: str) -> None:

@@ -59,6 +59,8 @@ class Segmentation(Task):
         import numpy as np
         from PIL import Image
 
+        from ..outputs import atomic_output
+
         output_dir = Path(output_dir) if output_dir else Path("predictions")
         output_dir.mkdir(parents=True, exist_ok=True)
         palette = PALETTE + [128] * (768 - len(PALETTE))
@@ -74,7 +76,8 @@ class Segmentation(Task):
             plane = mask if mask.ndim == 2 else mask.reshape(-1 if mask.ndim > 2 else 1, mask.shape[-1])
             image = Image.frombytes("P", (plane.shape[1], plane.shape[0]), np.ascontiguousarray(plane).tobytes())
             image.putpalette(palette)
-            image.save(output_dir / name)
+            with atomic_output(output_dir / name, option="--output-dir") as temp:  # never half a mask
+                image.save(temp, format="PNG")
             counts = np.bincount(mask.reshape(-1), minlength=logits.shape[0])
             shares = {class_name(class_names, i): float(c) / mask.size for i, c in enumerate(counts) if c}
             answers.append({"input": label, "mask": str(output_dir / name), "pixels": shares})

@@ -7,6 +7,7 @@ fixed order: model, grad scaler, optimizer, schedule position, RNG streams, data
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -171,7 +172,7 @@ def _write_failure(exc: BaseException, writer: _HashingWriter | None, folder: Pa
         full = shutil.disk_usage(folder).free < (1 << 20)  # measured before the partial file is removed
     except OSError:
         full = False
-    return os.strerror(28) if full else f"torch's writer failed ({str(exc).splitlines()[0][:200]})"
+    return os.strerror(errno.ENOSPC) if full else f"torch's writer failed ({str(exc).splitlines()[0][:200]})"
 
 
 def _cannot_write(path: Path, reason: str) -> CheckpointError:
@@ -200,7 +201,7 @@ def _write_temporary(obj: Any, path: Path) -> tuple[Path, str]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """``text`` into a temporary file beside ``path``, fsynced (renamed over ``path`` by the caller)."""
+    """``text`` into ``path`` (a temporary name), fsynced: the caller renames it into place."""
     with open(path, "w") as handle:
         handle.write(text)
         handle.flush()

@@ -13,6 +13,12 @@ nowhere else:
   levels above it); a checkpoint that is not inside a run directory continues into a NEW run
   directory under ``train.out_dir`` (or the ``--run-dir`` given), never into the folders around it.
 
+Before anything is built, ``target`` also refuses a folder that cannot be written (under a file,
+read-only, or holding a run file of the wrong kind, such as a ``metrics.jsonl`` folder), and
+``resumable`` says whether a run has something to resume (``last.pt`` or ``previous.pt``; orphan
+``*.tmp`` files never count): ``train --run-dir`` and ``--resume`` give the same answer. Every file
+of a run except the appended metrics line is written atomically (``outputs.write_text``).
+
 Folders written by older versions (``config.yaml`` beside ``checkpoints/last.pt``, no marker)
 count as runs, and get their marker when next written to.
 """

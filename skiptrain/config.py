@@ -7,7 +7,7 @@ so any later pass can point at the exact line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterable
 
 import yaml
@@ -233,15 +233,16 @@ def refuse_objects(value: Any, dotted: str, loc: Location | None = None) -> None
                           "a config holds mappings, lists, text, numbers, booleans and null only")
 
 
-def load_config(source: str | Path | dict, overrides: Iterable[str] = ()) -> Config:
-    """Load a full config or a model-only file, resolve ``model: path``, apply ``--set``."""
+def load_config(source: str | Path | dict, overrides: Iterable[str] = (), origin: str = "<dict>") -> Config:
+    """Load a full config or a model-only file, resolve ``model: path``, apply ``--set``. A mapping's
+    errors are located at ``origin`` (``the config in runs/x/checkpoints/last.pt``)."""
     if isinstance(source, dict):
-        root, path = _located(source, "<dict>"), None
+        root, path = _located(source, origin), None
     else:
         path = Path(source)
         root = read_yaml(path)
     if root is None:
-        root = LocatedDict(loc=Location(str(path or "<dict>"), 1, 1))
+        root = LocatedDict(loc=Location(str(path or origin), 1, 1))
     if not isinstance(root, dict):
         raise ConfigError("a config must be a mapping with `model:` (and optionally `data:`, `train:`)",
                           where(root) or Location(str(path)))
@@ -293,6 +294,8 @@ def _located(value: Any, label: str) -> Any:
         out = LocatedList([_located(v, label) for v in value], loc=loc)
         out.item_locs = [loc] * len(out)
         return out
+    if isinstance(value, PurePath):  # a Python caller's path is the text of that path
+        return str(value)
     return value
 
 

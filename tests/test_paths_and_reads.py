@@ -138,8 +138,10 @@ def test_explicit_tags_become_plain_values_or_a_located_error(write_yaml, value,
 
 
 def test_a_python_caller_s_date_or_object_is_refused_and_tuples_become_lists():
-    config = load_config({"model": {"name": "tiny", "input": (4,), "layers": [{"type": "relu"}]}})
-    assert config.to_dict()["model"]["input"] == [4] and _only_plain(config.to_dict())
+    config = load_config({"model": {"name": "tiny", "input": (4,), "layers": [{"type": "relu"}]},
+                          "data": {"root": Path("data/x")}})
+    assert config.to_dict()["model"]["input"] == [4] and config.to_dict()["data"]["root"] == "data/x"
+    assert _only_plain(config.to_dict())
     for odd in (datetime.date(2024, 6, 1), b"bytes", {1, 2}, object()):
         with pytest.raises(ConfigError) as caught:
             load_config({"model": {"name": "tiny", "input": [4], "note": odd, "layers": [{"type": "relu"}]}})

@@ -22,7 +22,7 @@ from .spec import expand
 Source = Union[str, Path, dict, Config]
 
 
-def load(source: Source, overrides: Iterable[str] = ()) -> Config:
+def load(source: Source, overrides: Iterable[str] = (), origin: str = "<dict>") -> Config:
     """The config a source describes, overrides applied: always a fresh ``Config`` of the caller's own."""
     if isinstance(source, Config):
         config = copy.deepcopy(source)
@@ -35,7 +35,7 @@ def load(source: Source, overrides: Iterable[str] = ()) -> Config:
         return config
     if isinstance(source, dict) and not isinstance(source, LocatedDict) and "model" not in source:
         source = {"model": source}  # a bare model section
-    return load_config(source, overrides)
+    return load_config(source, overrides, origin)
 
 
 def check_model(source: Source, overrides: Iterable[str] = (), strict: bool = False):
@@ -102,7 +102,7 @@ def restore(source: str | Path, which: str = "last", device=None,
     from .training.setup import check_weights
 
     state = checkpoint.read(source, which, on_fallback=on_fallback)
-    config = load(state.config)
+    config = load(state.config, origin=f"the config in {state.path}")
     plan = check_model(config)
     check_weights(plan, "building the checkpoint's model", device)  # before allocating, with the figure
     model = build_module(plan, device=device)
@@ -132,7 +132,8 @@ def train(source: Source | None = None, overrides: Iterable[str] = (), *, resume
         raise ConfigError("nothing to train: give a config, or resume a run directory", None,
                           "skiptrain train CONFIG, or skiptrain train --resume RUN_DIR")
     state = checkpoint.read(resume, on_fallback=on_warning or _warn) if resume is not None else None
-    config = load(state.config if source is None else source, overrides)
+    config = load(state.config if source is None else source, overrides,
+                  origin=f"the config in {state.path}" if state is not None else "<dict>")
     if epochs is not None:
         config.train["epochs"] = epochs
     if state is not None:  # the same model on the same data, or nothing is written

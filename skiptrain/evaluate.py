@@ -31,7 +31,9 @@ def evaluate(model: nn.Module, batches: Iterable, task: str | Task, num_classes:
     return metrics.summary()
 
 
-def plot_confusion(confusion: list[list[int]], class_names: list[str] | None, path) -> None:
+def plot_confusion(confusion: list[list[int]], class_names: list[str] | None, path) -> bool:
+    """Write the PNG atomically; a folder that cannot take it (a read-only run) is a warning, not a
+    failure of the evaluation: returns whether the file was written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,5 +51,15 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str] | None, pa
                 ax.text(j, i, str(confusion[i][j]), ha="center", va="center", fontsize=7)
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from .errors import SkiptrainError, warn
+    from .outputs import atomic_output
+
+    try:
+        with atomic_output(path, option=str(path)) as temp:
+            fig.savefig(temp, dpi=100)
+        return True
+    except (OSError, SkiptrainError) as exc:
+        warn(f"the confusion matrix was not written: {getattr(exc, 'message', None) or exc}")
+        return False
+    finally:
+        plt.close(fig)

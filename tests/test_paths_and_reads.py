@@ -159,7 +159,7 @@ def test_a_run_named_by_a_date_saves_checkpoints_weights_only_loading_accepts(wr
 
 
 @pytest.mark.slow
-def test_a_run_named_by_a_date_trains_resumes_and_evaluates(write_yaml, tmp_path):
+def test_a_run_named_by_a_date_trains_resumes_evaluates_and_exports(write_yaml, tmp_path):
     import torch
 
     path = write_yaml(TINY_RESIDUAL.replace("name: tiny", "name: 2024-06-01"))
@@ -169,6 +169,8 @@ def test_a_run_named_by_a_date_trains_resumes_and_evaluates(write_yaml, tmp_path
     assert result.exit_code == 0, result.output
     result = invoke("eval", run, "--json")
     assert result.exit_code == 0, result.output
+    result = invoke("export", run, "-o", tmp_path / "dated.onnx")
+    assert result.exit_code == 0 and (tmp_path / "dated.onnx").is_file(), result.output
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["config"]["model"]["name"] == "2024-06-01" and state["epoch"] == 2
 
@@ -255,6 +257,16 @@ def test_a_read_only_run_is_refused_on_resume(run_a):
     before = snapshot(run_a)
     with read_only(run_a):
         refused(invoke("train", "--resume", run_a, "--epochs", "2", "-q"), str(run_a), "not writable")
+    assert snapshot(run_a) == before
+
+
+def test_eval_of_a_read_only_run_reports_and_warns_about_its_confusion_matrix(run_a):
+    before = snapshot(run_a)
+    with read_only(run_a):
+        result = invoke("eval", run_a)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "accuracy" in result.stdout and "confusion matrix was not written" in result.stderr, result.output
+    assert "confusion matrix: " not in result.stdout
     assert snapshot(run_a) == before
 
 

@@ -49,6 +49,8 @@ def assert_refused_at(result, path, line: str, value: str, *words: str) -> None:
     ("conv2d", "out_channels: 0, kernel_size: 3", "0,", ["`out_channels`", "at least 1"]),
     ("conv2d", "out_channels: 8, kernel_size: -1", "-1", ["`kernel_size`", "at least 1"]),
     ("conv2d", "out_channels: 8, kernel_size: [3, 0]", "[3, 0]", ["`kernel_size`", "at least 1"]),
+    ("conv2d", "out_channels: 4, kernel_size: 0, padding: 1", "0,", ["`kernel_size`", "at least 1"]),  # meta took it
+    ("embedding", "num_embeddings: 0, embedding_dim: 2", "0,", ["`num_embeddings`", "at least 1"]),
     ("conv2d", "out_channels: 8, kernel_size: [3, 3, 3]", "[3, 3, 3]", ["`kernel_size`", "a list of 3",
                                                                          "a list of 2 integers"]),
     ("conv2d", "out_channels: 8, kernel_size: [3, x]", "[3, x]", ["`kernel_size`", "'x'"]),

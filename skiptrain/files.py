@@ -4,13 +4,15 @@ A path can be a link to ``/dev/zero``, a FIFO that never delivers a byte, a fold
 gigabytes: ``Path.read_text`` would hang or fill memory on each. ``read_text`` opens without
 blocking, looks at what it opened (``fstat``, so a link is judged by its target), refuses
 anything that is not a regular file, and reads at most ``limit`` bytes. Every refusal is one
-``SkiptrainError`` naming the file, with a hint.
+``SkiptrainError`` naming the file, with a hint. ``open_regular`` is the same check for readers
+of binary files (checkpoints, checksum sidecars, arrays) that read in their own way.
 """
 from __future__ import annotations
 
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import ConfigError, Location, SkiptrainError
 
@@ -27,9 +29,11 @@ def _kind(mode: int) -> str:
     return "something else"
 
 
-def read_bytes(path: str | Path, what: str = "config", limit: int = CONFIG_LIMIT,
-               error: type[SkiptrainError] = ConfigError, hint: str | None = None) -> bytes:
-    """At most ``limit`` bytes of the regular file ``path``; ``error`` (located at the file) otherwise."""
+def open_regular(path: str | Path, what: str = "config", error: type[SkiptrainError] = ConfigError,
+                 hint: str | None = None) -> BinaryIO:
+    """``path`` opened for binary reading when it is a regular file (a link counts as its target);
+    anything else is ``error`` before a byte is read. O_NONBLOCK keeps a FIFO's open from waiting
+    for a writer (it changes nothing for a regular file)."""
     path = Path(path)
     loc = Location(str(path))
     try:
@@ -40,24 +44,29 @@ def read_bytes(path: str | Path, what: str = "config", limit: int = CONFIG_LIMIT
         raise error(f"cannot open the {what} {path}: {exc.strerror or exc}", loc, hint) from None
     try:
         mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise error(f"the {what} {path} is {_kind(mode)}, not a regular file", loc,
-                        hint or f"give the path of a {what} file")
-        chunks, size = [], 0
-        while size <= limit:  # st_size can lie (/proc, a growing file): count what is read
-            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
-            raise error(f"the {what} {path} is larger than {limit // MiB} MiB; a {what} is a small text file",
-                        loc, hint or f"give the path of the {what} itself, not of a data or log file")
-        return b"".join(chunks)
     except OSError as exc:
-        raise error(f"cannot read the {what} {path}: {exc.strerror or exc}", loc, hint) from None
-    finally:
         os.close(fd)
+        raise error(f"cannot read the {what} {path}: {exc.strerror or exc}", loc, hint) from None
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise error(f"the {what} {path} is {_kind(mode)}, not a regular file", loc,
+                    hint or f"give the path of a {what} file")
+    return os.fdopen(fd, "rb")
+
+
+def read_bytes(path: str | Path, what: str = "config", limit: int = CONFIG_LIMIT,
+               error: type[SkiptrainError] = ConfigError, hint: str | None = None) -> bytes:
+    """At most ``limit`` bytes of the regular file ``path``; ``error`` (located at the file) otherwise.
+    The size is counted while reading, since ``st_size`` can lie (``/proc``, a growing file)."""
+    with open_regular(path, what, error, hint) as handle:
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise error(f"cannot read the {what} {path}: {exc.strerror or exc}", Location(str(path)), hint) from None
+    if len(data) > limit:
+        raise error(f"the {what} {path} is larger than {limit // MiB} MiB; a {what} is a small text file",
+                    Location(str(path)), hint or f"give the path of the {what} itself, not of a data or log file")
+    return data
 
 
 def read_text(path: str | Path, what: str = "config", limit: int = CONFIG_LIMIT,

@@ -97,15 +97,31 @@ def kind_of_default(default: Any) -> Kind:
     return ANY
 
 
-@functools.cache
 def kinds(factory: Callable[..., Any]) -> dict[str, Kind]:
-    """Each parameter's kind, from its hint, else its default; a default of None also allows null."""
+    """Each parameter's kind (read once per factory; a plugin's unhashable callable is read each time)."""
+    try:
+        return _cached_kinds(factory)
+    except TypeError:  # unhashable
+        return _kinds(factory)
+
+
+@functools.cache
+def _cached_kinds(factory: Callable[..., Any]) -> dict[str, Kind]:
+    return _kinds(factory)
+
+
+def _kinds(factory: Callable[..., Any]) -> dict[str, Kind]:
+    """From each parameter's hint, else its default; a default of None also allows null."""
     try:
         hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
     except Exception:  # a hint its module cannot resolve: the raw annotations (strings count as none)
         hints = {}
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to read: nothing is ruled out
+        return {}
     result = {}
-    for name, param in inspect.signature(factory).parameters.items():
+    for name, param in parameters.items():
         hint = hints.get(name, param.annotation)
         kind = None if hint is param.empty else kind_of_hint(hint)
         if kind is None:

@@ -171,3 +171,11 @@ def test_the_python_api_raises_a_config_error(write_yaml):
     with pytest.raises(ConfigError, match="kernel_size"):
         skiptrain.check_model({"input": [3, 8, 8], "layers": [
             {"type": "conv2d", "out_channels": 4, "kernel_size": "three"}]})
+
+
+def test_a_set_value_is_located_at_its_set_option(write_yaml):
+    path = write_yaml(CONFIG.format(type="conv2d", args=CONV))
+    result = invoke("validate", path, "--set", "model.layers.0.kernel_size=three")
+    assert result.exit_code == 1, result.output
+    assert "--set model.layers.0.kernel_size=three: config error:" in result.output
+    assert "`kernel_size` takes an integer or a list of 2 integers, not text 'three'" in result.output

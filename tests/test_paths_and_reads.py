@@ -292,6 +292,8 @@ def test_a_run_s_files_are_replaced_not_written_in_place(run_a, tmp_path):
     for name in names:
         os.link(run_a / name, outside / name)
         old[name] = (run_a / name).read_bytes()
+    (run_a / ".summary.json.k1ll3d.tmp").mkdir()  # what a kill during an earlier atomic write leaves
+    (run_a / ".summary.json.k1ll3d.tmp" / "summary.json").write_text("{")
     assert invoke("train", "--resume", run_a, "--epochs", "2", "--limit-batches", "1", "-q").exit_code == 0
     for name in names:
         assert (outside / name).read_bytes() == old[name], name

@@ -109,6 +109,17 @@ def _writable(path: Path, option: str) -> None:
                               "skiptrain writes this file of the run; move what is there away and run again")
 
 
+def _remove_orphans(path: Path) -> None:
+    """Remove what a kill during an atomic write of a run file left (``outputs.atomic_output``'s
+    ``.NAME.*.tmp`` folders); the files themselves are intact, old or new."""
+    for name in RUN_FILES:
+        for orphan in path.glob(f".{name}.*.tmp"):
+            if orphan.is_dir() and not orphan.is_symlink():
+                shutil.rmtree(orphan, ignore_errors=True)
+            else:
+                orphan.unlink(missing_ok=True)
+
+
 def _is_empty(path: Path) -> bool:
     try:
         return not any(path.iterdir())
@@ -210,6 +221,7 @@ class RunDir:
     @classmethod
     def _continue(cls, path: Path, name: str) -> "RunDir":
         run = cls(path)
+        _remove_orphans(path)
         if not (path / MARKER).is_file():  # an older run: mark it now
             run._write_marker(name)
         run.checkpoints.mkdir(parents=True, exist_ok=True)

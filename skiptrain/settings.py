@@ -24,6 +24,9 @@ ADAMW_WEIGHT_DECAY = 0.01
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"  # the devices skiptrain runs on; select_device checks the same
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
+# A learning rate above a million overflows float32 arithmetic in the first update (torch then raises
+# "value cannot be converted to type float without overflow"), so it is refused where it is written.
+LearningRate = Annotated[float, Field(ge=0, le=1e6)]
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # no .nan or .inf anywhere
 Beta = Annotated[float, Field(ge=0, lt=1)]
 SEED_MAX = 2**64 - 1  # the largest seed torch.manual_seed takes
@@ -35,7 +38,7 @@ class Optimizer(BaseModel):
 
     model_config = STRICT
     name: Literal["sgd", "adamw", "adam", "rmsprop"] = Field("adamw", description="the torch optimizer")
-    lr: NonNegative = Field(1e-3, description="the learning rate (before the scheduler's factor)")
+    lr: LearningRate = Field(1e-3, description="the learning rate (before the scheduler's factor), 0 to 1e6")
     weight_decay: Optional[NonNegative] = Field(
         None, description=f"decay of weights with two or more dimensions: {ADAMW_WEIGHT_DECAY} for adamw, 0 otherwise")
     momentum: Optional[NonNegative] = Field(None, description="sgd, rmsprop: momentum (0; 0.9 with nesterov)")
@@ -63,8 +66,9 @@ class Scheduler(BaseModel):
     step_size: Optional[Annotated[int, Field(ge=1)]] = Field(None, description="step: epochs between decays (30)")
     milestones: Optional[list[Annotated[int, Field(ge=0)]]] = Field(
         None, description="multistep: the epochs at which lr decays ([])")
-    gamma: Optional[NonNegative] = Field(None, description="step, multistep: the factor of each decay (0.1)")
-    min_lr: Optional[NonNegative] = Field(None, description="cosine: the final learning rate (0)")
+    gamma: Optional[Annotated[float, Field(ge=0, le=1)]] = Field(
+        None, description="step, multistep: the factor of each decay, 0 to 1 (0.1)")
+    min_lr: Optional[LearningRate] = Field(None, description="cosine: the final learning rate (0)")
     pct_start: Optional[Annotated[float, Field(gt=0, lt=1)]] = Field(
         None, description="onecycle: the part of the run spent rising (0.3)")
     div_factor: Optional[Positive] = Field(None, description="onecycle: starts at lr / div_factor (25)")

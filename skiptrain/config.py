@@ -1,8 +1,11 @@
 """Load a config: safe YAML with the line and column of every value, and ``--set`` overrides.
 
 Only YAML's plain types are built (``yaml.SafeLoader``): a ``!!python/...`` tag is a
-config error, never executed. Mappings and lists remember where each item was written,
-so any later pass can point at the exact line.
+config error, never executed. Dates stay the text written (no implicit timestamps), and a
+config holds plain values only, so the resolved config saved in every checkpoint loads with
+``weights_only=True``. Files are read through ``files.read_text`` (bounded, regular files only).
+Mappings and lists remember where each item was written, so any later pass can point at the
+exact line.
 """
 from __future__ import annotations
 

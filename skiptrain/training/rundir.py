@@ -91,8 +91,8 @@ def _writable(path: Path, option: str) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise RunDirError(f"{existing} is a file, not a folder, so {path} cannot be created", loc,
-                          "name a folder that is not inside a file")
+        inside = "" if existing == path else f", so {path} cannot be created"
+        raise RunDirError(f"{existing} is a file, not a folder{inside}", loc, "name a folder that is not inside a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RunDirError(f"the folder {existing} is not writable", loc,
                           "fix its permissions or choose a folder you can write to")

@@ -4,6 +4,7 @@
     python benchmarks/fuzz.py --examples 300   # fewer examples (the count is shared by the fuzz tests)
     python benchmarks/fuzz.py --seed 1234      # replay a run: hypothesis draws the same configs
     python benchmarks/fuzz.py --no-write       # print the figures, leave docs/reliability.md alone
+    python benchmarks/fuzz.py --suite hostile  # tests/test_fuzz_hostile.py: 1,500 hostile inputs to the CLI
 
 The tests run under pytest with ``SKIPTRAIN_FUZZ_PROFILE=long``; they count every config they
 try (refused with a ``SkiptrainError``, accepted, built and run) into a JSON file named by
@@ -28,7 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
-START, END = "<!-- fuzz:start -->", "<!-- fuzz:end -->"
+SUITES = {"config": ("tests/test_fuzz.py", "<!-- fuzz:start -->", "<!-- fuzz:end -->", "SKIPTRAIN_FUZZ_EXAMPLES"),
+          "hostile": ("tests/test_fuzz_hostile.py", "<!-- hostile:start -->", "<!-- hostile:end -->",
+                      "SKIPTRAIN_HOSTILE_EXAMPLES")}
 
 
 def machine() -> str:
@@ -49,15 +52,16 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}; Python {platform.python_version()}, {versions}")
 
 
-def run(examples: int | None, seed: int) -> tuple[int, dict, float, str]:
-    """pytest on tests/test_fuzz.py with the long profile: (exit status, counts, seconds, output tail)."""
+def run(suite: str, examples: int | None, seed: int) -> tuple[int, dict, float, str]:
+    """pytest on the suite's test file with the long profile: (exit status, counts, seconds, output tail)."""
+    test_file, _, _, examples_variable = SUITES[suite]
     with tempfile.TemporaryDirectory(prefix="skiptrain-fuzz-") as tmp:
         stats_path = Path(tmp) / "stats.json"
         env = {**os.environ, "SKIPTRAIN_FUZZ_PROFILE": "long", "SKIPTRAIN_FUZZ_STATS": str(stats_path),
                "MPLCONFIGDIR": str(Path(tmp) / "mpl")}
         if examples:
-            env["SKIPTRAIN_FUZZ_EXAMPLES"] = str(examples)
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fuzz.py",
+            env[examples_variable] = str(examples)
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file,
                    f"--hypothesis-seed={seed}", "-W", "ignore::UserWarning"]
         print("$", " ".join(command), flush=True)
         started = time.perf_counter()
@@ -78,7 +82,7 @@ def section(stats: dict, status: int, seconds: float, summary: str, seed: int, e
     result = "passed: no config escaped with another exception, hung, or built a model that disagreed " \
              "with `validate`" if status == 0 else f"FAILED ({summary or f'pytest exit status {status}'})"
     return "\n".join([
-        START,
+        SUITES["config"][1],
         "### Fuzzing the config language",
         "",
         "`tests/test_fuzz.py` (hypothesis) mutates the example configs (keys deleted at any depth, values of the",
@@ -107,16 +111,60 @@ def section(stats: dict, status: int, seconds: float, summary: str, seed: int, e
         "",
         f"Run: {datetime.date.today().isoformat()}, {minutes} min {secs:02d} s, profile `long`"
         f"{f', {examples} examples' if examples else ''}, `--hypothesis-seed={seed}`; {machine()}.",
-        END,
+        SUITES["config"][2],
     ])
 
 
-def write(text: str) -> None:
+def hostile_section(stats: dict, status: int, seconds: float, summary: str, seed: int,
+                    examples: int | None) -> str:
+    """The figures of tests/test_fuzz_hostile.py: hostile input through the CLI."""
+    def n(key: str) -> str:
+        return f"{stats.get(key, 0):,}"
+
+    minutes, secs = divmod(round(seconds), 60)
+    commands = ", ".join(f"`{key.split('_', 1)[1]}` {value:,}" for key, value in sorted(stats.items())
+                         if key.startswith("command_"))
+    result = "passed: no traceback, no hang, no code run, and no file changed outside what each command " \
+             "may write" if status == 0 else f"FAILED ({summary or f'pytest exit status {status}'})"
+    return "\n".join([
+        SUITES["hostile"][1],
+        "### Fuzzing hostile and careless input to the CLI",
+        "",
+        "`tests/test_fuzz_hostile.py` copies a workspace (a config, a trained run, a `.npy`, an image folder),",
+        "damages one thing and runs one command: a hostile `--set` value on `validate` or `train`; a checkpoint",
+        "with a valid checksum and wrong contents (top-level values replaced or deleted, weights deleted, added,",
+        "reshaped, retyped or NaN, the stored config changed) or a damaged run directory (files deleted, emptied,",
+        "truncated, garbled, replaced by a folder, a link to `/dev/zero` or a link loop) under `train --resume`,",
+        "`eval`, `export`, `predict` and `train --run-dir [--force]`; output paths (inputs, run files, folders,",
+        "missing folders, links) for `export`, `graph`, `schema` and `init`; `predict` inputs of every dtype",
+        "and shape, raw bytes and devices; image folders with corrupt, empty, truncated, huge-header and stray",
+        "files (0 and 2 workers). The property: exit 0, 1 or 2, a refusal is one message and never a traceback,",
+        "no hang, no code run, and not one file outside what the command may write changed.",
+        "CI runs 150 examples (derandomized); the figures below are from `python benchmarks/fuzz.py --suite hostile`.",
+        "",
+        "| cases | count |",
+        "|---|---:|",
+        f"| tried | {n('tried')} |",
+        f"| refused with one message | {n('refused')} |",
+        f"| accepted | {n('accepted')} |",
+        "",
+        f"Commands: {commands or 'none'}.",
+        "",
+        f"Result: {result}.",
+        "",
+        f"Run: {datetime.date.today().isoformat()}, {minutes} min {secs:02d} s, profile `long`"
+        f"{f', {examples} examples' if examples else ''}, `--hypothesis-seed={seed}`; {machine()}.",
+        SUITES["hostile"][2],
+    ])
+
+
+def write(text: str, suite: str) -> None:
     """Replace the fuzz section of docs/reliability.md (or add it); nothing else on the page changes."""
     page = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Reliability\n"
-    if START in page and END in page and page.index(START) < page.index(END):
-        head, rest = page.split(START, 1)
-        page = head + text + rest.split(END, 1)[1]
+    _, start, end, _ = SUITES[suite]
+    if start in page and end in page and page.index(start) < page.index(end):
+        head, rest = page.split(start, 1)
+        page = head + text + rest.split(end, 1)[1]
     else:
         page = page.rstrip("\n") + "\n\n" + text + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
@@ -131,13 +179,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="examples shared by the fuzz tests (default: the long profile's)")
     parser.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: a random one)")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/reliability.md")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="config",
+                        help="config: the model language (default); hostile: hostile input to the CLI")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 32)
-    status, stats, seconds, summary = run(args.examples, seed)
-    text = section(stats, status, seconds, summary, seed, args.examples)
+    status, stats, seconds, summary = run(args.suite, args.examples, seed)
+    text = (section if args.suite == "config" else hostile_section)(stats, status, seconds, summary, seed,
+                                                                     args.examples)
     print("\n" + text)
     if not args.no_write:
-        write(text)
+        write(text, args.suite)
         print(f"\nwrote {DOC.relative_to(ROOT)}")
     return status
 

@@ -86,3 +86,22 @@ def test_predict_inputs(workspace, what, source, json_flag):
 def test_image_folders(workspace, damage, workers):
     command = ["train", "images.yaml", "--run-dir", "new", "--set", f"data.num_workers={workers}", *hostile.CHEAP]
     hostile.run_case(workspace, damage, command, ["new"], _invoke)
+
+
+def test_the_fuzz_benchmark_writes_each_suites_section_and_nothing_else(tmp_path, monkeypatch):
+    """benchmarks/fuzz.py --suite hostile replaces only its own section of docs/reliability.md."""
+    import importlib.util
+
+    from .conftest import ROOT
+    spec = importlib.util.spec_from_file_location("fuzz_benchmark_under_test", ROOT / "benchmarks" / "fuzz.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = tmp_path / "reliability.md"
+    page.write_text("# R\n\nmine\n\n<!-- fuzz:start -->\nold config figures\n<!-- fuzz:end -->\n\ntail\n")
+    monkeypatch.setattr(module, "DOC", page)
+    stats = {"tried": 12, "refused": 10, "accepted": 2, "command_train": 5, "command_predict": 7}
+    module.write(module.hostile_section(stats, 0, 75.0, "", 7, None), "hostile")
+    module.write(module.hostile_section(stats, 1, 75.0, "1 failed", 8, None), "hostile")  # replaced, not added
+    text = page.read_text()
+    assert text.count("<!-- hostile:start -->") == 1 and "old config figures" in text and "tail" in text
+    assert "| tried | 12 |" in text and "`predict` 7" in text and "FAILED (1 failed)" in text

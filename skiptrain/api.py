@@ -182,8 +182,8 @@ def evaluate(source: str | Path, split: str = "test", which: str = "last", devic
 
         image = run_dir / f"confusion_{split}.png"
         names = data.class_names or [str(i) for i in range(len(result["confusion"]))]
-        plot_confusion(result["confusion"], names, image)
-        result["confusion_png"] = str(image)
+        if plot_confusion(result["confusion"], names, image):  # a read-only run: a warning (evaluate.py)
+            result["confusion_png"] = str(image)
     return result
 
 

@@ -13,7 +13,6 @@ import os
 import pickle
 import random
 import shutil
-import stat
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -240,21 +239,11 @@ def atomic_save(obj: Any, path: Path, keep_previous: bool = False) -> None:
 
 
 def _open_regular(path: Path, what: str = "checkpoint"):
-    """Open ``path`` for reading only if it is a regular file: a FIFO, a device (/dev/zero) or a folder is
-    refused before a byte is read, so nothing hangs or reads without end. O_NONBLOCK keeps a FIFO's open
-    from waiting for a writer; the check is on the opened file itself."""
-    hint = f"a {what} must be a regular file written by `skiptrain train`"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})", None, hint) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
-        raise CheckpointError(f"{path} is not a regular file ({kind})", None, hint)
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+    """``files.open_regular`` with a checkpoint's error: a FIFO, a device (/dev/zero) or a folder is
+    refused before a byte is read, so nothing hangs or reads without end."""
+    from .files import open_regular
+
+    return open_regular(path, what, CheckpointError, f"a {what} must be a regular file written by `skiptrain train`")
 
 
 def _expected_digest(path: Path) -> str | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 
@@ -28,9 +27,11 @@ class Location:
         """The line of the file this location points at, for a caret display."""
         if self.line is None:
             return None
+        from .files import read_bytes  # bounded, regular files only: a location never hangs the error
+
         try:
-            lines = Path(self.file).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError):
+            lines = read_bytes(self.file).decode("utf-8").splitlines()
+        except (SkiptrainError, UnicodeDecodeError):
             return None
         return lines[self.line - 1] if 0 < self.line <= len(lines) else None
 

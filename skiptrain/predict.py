@@ -146,14 +146,9 @@ def _regular(path: Path) -> Path:
 
 def _open(path: Path):
     """``path`` opened for reading, checked again on the open descriptor (never blocks on a pipe)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        _regular(path)  # raises, naming what it is
-    return os.fdopen(fd, "rb")
+    from .files import open_regular
+
+    return open_regular(path, "input", DataError, "give image files or .npy files")
 
 
 def load_samples(path: Path, model: Model) -> np.ndarray:

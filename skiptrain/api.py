@@ -50,6 +50,7 @@ def check_config(source: Source, overrides: Iterable[str] = (), strict: bool = F
     """``check_model``, and the ``data:`` and ``train:`` sections' keys and values too (no data is
     read): a typo there is found by ``skiptrain validate``, not minutes later by ``train``."""
     from .data import parse_options
+    from .data.prepare import check_input
     from .data.registry import get_dataset
     from .settings import parse_settings
 
@@ -58,6 +59,7 @@ def check_config(source: Source, overrides: Iterable[str] = (), strict: bool = F
     if config.data:
         options = parse_options(config.data)
         get_dataset(options.dataset, where(config.data, "dataset"))
+        check_input(options, plan.graph.input_shape, plan.graph.input_dtype)  # normalize: imagenet on 1 channel
     parse_settings(config.train or {})
     return plan
 

@@ -7,6 +7,7 @@ augmentations (``augment.py``) and datasets (``registry.py``) check their own na
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -45,9 +46,27 @@ class Normalization(BaseModel):
         return self
 
 
-def _normalized(value: Any) -> Union[str, tuple[list[float], list[float]]]:
+# Statistics that published weights were trained with, by name: ``normalize: imagenet`` is
+# torchvision's (and timm's default), the values every ImageNet checkpoint expects its inputs in.
+NAMED: dict[str, tuple[list[float], list[float]]] = {
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+}
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """A given ``normalize``: its mean and std, and the name it was given by (None: written out)."""
+
+    mean: list[float]
+    std: list[float]
+    name: str | None = None
+
+
+def _normalized(value: Any) -> Union[str, Statistics]:
     if isinstance(value, Normalization):
-        return value.mean, value.std
+        return Statistics(value.mean, value.std)
+    if value in NAMED:
+        return Statistics(*NAMED[value], name=value)
     return "auto" if value in ("auto", True) else "none"  # none, false, null
 
 
@@ -104,9 +123,11 @@ class DataOptions(BaseModel):
     augment: Annotated[list, BeforeValidator(_augment)] = Field(
         [], json_schema_extra=_augment_schema,
         description="augmentations of the training batches: [{random_crop: {padding: 4}}, horizontal_flip]")
-    normalize: Annotated[Union[Literal["auto", "none"], StrictBool, None, Normalization], AfterValidator(_normalized)] \
+    normalize: Annotated[Union[Literal[("auto", "none", *NAMED)], StrictBool, None, Normalization],
+                         AfterValidator(_normalized)] \
         = Field("auto", description="auto: per-channel mean and std of the training split; none; "
-                                    "or {mean: [...], std: [...]}")
+                                    "imagenet: torchvision's (mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]) "
+                                    "for ImageNet weights, RGB input only; or {mean: [...], std: [...]}")
     num_workers: Annotated[int, Field(ge=0)] = Field(
         2, description="DataLoader worker processes for file datasets, per training process")
     num_samples: Optional[Count] = Field(None, description="synthetic, shapes: how many samples; null: the dataset's")

@@ -90,9 +90,30 @@ def normalization(options: DataOptions, channels: int, chunks) -> tuple[list[flo
         return None, None
     if options.normalize == "auto":
         return channel_stats(chunks())
-    mean, std = options.normalize
-    if len(mean) not in (1, channels):
-        raise DataError(f"`normalize` gives {len(mean)} values per statistic, but the inputs have "
+    return given(options, channels)
+
+
+def given(options: DataOptions, channels: int) -> tuple[list[float], list[float]]:
+    """A given mean and std, checked against the inputs' channels: one value for all, or one per channel.
+    A named set (imagenet) belongs to its weights' input and is never averaged down to fit another."""
+    stats = options.normalize
+    if len(stats.mean) in (1, channels):
+        return stats.mean, stats.std
+    if stats.name is None:
+        raise DataError(f"`normalize` gives {len(stats.mean)} values per statistic, but the inputs have "
                         f"{channels} channel(s)", options.where("normalize"),
                         f"give {channels} values (or one for all channels)")
-    return mean, std
+    mean, std = sum(stats.mean) / len(stats.mean), sum(stats.std) / len(stats.std)
+    raise DataError(f"`normalize: {stats.name}` is for {len(stats.mean)}-channel input, but the inputs have "
+                    f"{channels} channel(s)", options.where("normalize"),
+                    f"weights trained with these statistics take {len(stats.mean)} channels: keep `model.input: "
+                    f"[{len(stats.mean)}, H, W]` (grey images are then repeated to RGB, as the weights expect); "
+                    f"for a {channels}-channel model give its own statistics, e.g. `normalize: "
+                    f"{{mean: {mean:.3f}, std: {std:.3f}}}` (the average of {stats.name}'s)")
+
+
+def check_input(options: DataOptions, input_shape: tuple[int, ...], input_dtype: str = "float32") -> None:
+    """``validate``'s check of a given mean and std against the model's input, before any data is read:
+    an image input ``[C, H, W]`` has C channels (other shapes are known only from the data, at train)."""
+    if input_dtype == "float32" and not isinstance(options.normalize, str) and len(input_shape) == 3:
+        given(options, int(input_shape[0]))

@@ -1,7 +1,10 @@
 """What a training run and a gradient-flow measurement both start from: plan, data, model and loss.
 
 One order for both: plan the model on meta tensors, refuse what cannot fit the device,
-load the data, check that model and data fit the task, seed, then allocate the weights.
+read ``train.init``'s weights (a bad file stops here, before the data is read), load the data,
+check that model and data fit the task, seed, allocate the weights, then load the init weights
+into them by name (``transfer.py``). A resumed run passes ``init=False``: its checkpoint
+restores the weights, so ``train.init`` only ever seeds a new run.
 """
 from __future__ import annotations
 
@@ -11,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import Config, where
 from ..api import check_model
 from ..module import SkipNet, build_module
 from ..shapes import ModelPlan
+from .. import transfer
 from .setup import check_fit, check_memory, make_loss, seed_everything
 
 
@@ -25,15 +29,19 @@ class Assembly:
     task: str
     model: SkipNet
     loss_fn: nn.Module
+    transfer: Any = None  # transfer.Transfer: what train.init loaded, for the report and transfer.json
 
 
 def assemble(config: Config, settings: Any, device: torch.device, *, rank: int = 0, world_size: int = 1,
-             deterministic: bool | None = None) -> Assembly:
+             deterministic: bool | None = None, init: bool = True) -> Assembly:
     """The model (weights on ``device``), its data and its loss, checked against each other."""
     from ..data import load_data
 
     plan = check_model(config)
     check_memory(plan.params, settings.optimizer, device, plan)
+    weights = None
+    if init and settings.init is not None:
+        weights = transfer.read(settings.init.path, where(config.train, "init"))
     data = load_data(config.data, input_shape=plan.graph.input_shape, input_dtype=plan.graph.input_dtype,
                      task=settings.task, device=device, seed=settings.seed, rank=rank, world_size=world_size,
                      ignore_index=settings.loss.get("ignore_index"))
@@ -41,4 +49,5 @@ def assemble(config: Config, settings: Any, device: torch.device, *, rank: int =
     check_fit(config, plan, data, task)
     seed_everything(settings.seed, settings.deterministic if deterministic is None else deterministic)
     model = build_module(plan, device=device)
-    return Assembly(plan, data, task, model, make_loss(task, settings.loss))
+    report = None if weights is None else transfer.load_into(model, weights, settings.init, where(config.train, "init"))
+    return Assembly(plan, data, task, model, make_loss(task, settings.loss), report)

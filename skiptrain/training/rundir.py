@@ -39,7 +39,8 @@ from ..files import MiB, read_bytes
 from ..outputs import atomic_output, write_text
 
 MARKER = ".skiptrain-run"
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", MARKER)  # replaced or appended
+# replaced or appended
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "transfer.json", MARKER)
 CHECKPOINT_FILES = ("last.pt", "previous.pt", "best.pt")
 METRICS_LIMIT = 256 * MiB  # one short line per epoch
 
@@ -249,6 +250,10 @@ class RunDir:
 
     def write_config(self, config: dict) -> None:
         self._write("config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def write_transfer(self, report: dict[str, Any]) -> None:
+        """transfer.json: what ``train.init`` loaded into this run's first weights (written once, by a new run)."""
+        self._write("transfer.json", json.dumps(report, indent=2) + "\n")
 
     def history(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():

@@ -60,7 +60,9 @@ def check_config(source: Source, overrides: Iterable[str] = (), strict: bool = F
         options = parse_options(config.data)
         get_dataset(options.dataset, where(config.data, "dataset"))
         check_input(options, plan.graph.input_shape, plan.graph.input_dtype)  # normalize: imagenet on 1 channel
-    parse_settings(config.train or {})
+    from .id_patterns import check as check_ids  # train.freeze and param_groups name the plan's ids
+
+    check_ids(plan, parse_settings(config.train or {}), config.train or {})
     return plan
 
 

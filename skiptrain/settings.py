@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictBool,
-                      model_validator)
+                      ValidationInfo, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
@@ -87,57 +87,6 @@ class Loss(BaseModel):
     ignore_index: Optional[INT64] = Field(None, description="cross_entropy: a target value that is ignored (-100)")
 
 
-def _compiles(pattern: Optional[str]) -> Optional[str]:
-    import re
-
-    try:
-        re.compile(pattern or "")
-    except re.error as exc:
-        raise ValueError(f"the rename regex {pattern!r} is not a regular expression: {exc}") from None
-    return pattern
-
-
-class RenameRule(BaseModel):
-    """A rename rule of train.init: {strip_prefix: module.} or {regex: ^backbone\\., replace: ''}."""
-
-    model_config = STRICT
-    strip_prefix: Optional[str] = Field(None, min_length=1,
-                                        description="removed from the start of every file key that has it")
-    regex: Annotated[Optional[str], AfterValidator(_compiles)] = Field(
-        None, min_length=1, description="a Python regular expression searched in every file key, e.g. ^backbone\\.")
-    replace: Optional[str] = Field(None, description="with regex: what each match becomes (\\1 for its first "
-                                                     "group); left out or empty: the match is removed")
-
-    @model_validator(mode="after")
-    def _one_rule(self) -> "RenameRule":
-        if (self.strip_prefix is None) == (self.regex is None) or (self.replace is not None and self.regex is None):
-            raise ValueError("a rename rule is {strip_prefix: PREFIX} or {regex: PATTERN, replace: TEXT}, "
-                             "one rule per list item")
-        return self
-
-
-class Init(BaseModel):
-    """train.init as a mapping: where the weights are, how their keys map onto the model's, how strict."""
-
-    model_config = STRICT
-    path: str = Field(min_length=1, description="a .pth/.pt state dict, a .safetensors file, or a skiptrain checkpoint "
-                                                "or run directory (relative to the folder skiptrain runs in)")
-    strict: StrictBool = Field(False, description="true: every tensor of the model must load, and every tensor of "
-                                                  "the file must be used, or training does not start")
-    rename: list[RenameRule] = Field(
-        [], description="rules applied in order to every key of the file before matching by name: "
-                        "[{strip_prefix: module.}, {regex: ^backbone\\., replace: ''}]")
-
-
-def _init_path(value: Any) -> Any:
-    return {"path": value} if isinstance(value, str) else value
-
-
-def _init_schema(schema: dict[str, Any]) -> None:
-    inner = [branch for branch in schema.pop("anyOf") if branch.get("type") != "null"]
-    schema["anyOf"] = [{"type": "string", "minLength": 1}, *inner, {"type": "null"}]
-
-
 def _section(model: type[BaseModel], description: str) -> Any:
     """A sub-section's type: a name or a mapping in, a plain dict of the given keys and defaults out."""
     names = list(model.model_fields["name"].annotation.__args__)
@@ -170,6 +119,19 @@ def _task_schema(schema: dict[str, Any]) -> None:
     schema["enum"] = [*TASKS.names(), None]
 
 
+class ParamGroup(BaseModel):
+    """An item of train.param_groups: the parameters of the layers ``match`` selects, with their own settings."""
+
+    model_config = STRICT
+    match: str = Field(min_length=1, description="a layer id, block instance or glob pattern over ids: head, "
+                                                 "\"layer4.*\"; the first group that matches a parameter takes it")
+    lr: Optional[LearningRate] = Field(None, description="this group's learning rate, scaled by the schedule "
+                                                        "like the base lr (left out: train.optimizer.lr)")
+    weight_decay: Optional[NonNegative] = Field(
+        None, description="this group's weight decay (left out: the optimizer's); biases and norm scales keep "
+                          "none unless decay_norm_and_bias")
+
+
 Epochs = Annotated[int, Field(ge=1)]
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -199,6 +161,17 @@ class TrainSettings(BaseModel):
     channels_last: Union[Literal["auto"], StrictBool] = Field(
         "auto", description="the channels-last memory format: true, false, or auto (on CUDA for 2-D images)")
     grad_clip: Optional[Positive] = Field(None, description="clip the gradient norm to this value; null: no clipping")
+    freeze: list[Annotated[str, Field(min_length=1)]] = Field(
+        [], description="layer ids, block instances or glob patterns (stem, layer1, \"layer2.*\") whose parameters "
+                        "do not train: left out of the optimizer, their BatchNorm statistics frozen too")
+    unfreeze_at_epoch: Optional[Annotated[int, Field(ge=2)]] = Field(
+        None, description="train.freeze's layers train again from the start of this epoch (1-based); null: never")
+    param_groups: list[ParamGroup] = Field(
+        [], description="learning rate and weight decay by layer: [{match: \"head\", lr: 0.01, weight_decay: 0}]; "
+                        "other parameters take train.optimizer's")
+    layer_decay: Optional[Annotated[float, Field(gt=0, le=1)]] = Field(
+        None, description="layer-wise lr decay: the last layer keeps its lr, each earlier one gets this factor once "
+                          "more (a layer: a top-level node, or the nodes of one block instance); null: none")
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = Field(
         0, description="seeds the weights, and the data unless data.seed is set (0 to 2**64 - 1)")
     deterministic: StrictBool = Field(
@@ -215,10 +188,14 @@ class TrainSettings(BaseModel):
         "stop", description="a non-finite loss stops the run (stop) or its batch is skipped (skip_batch)")
     tensorboard: StrictBool = Field(
         False, description="also write RUN_DIR/tensorboard/ (needs the tensorboard package)")
-    init: Annotated[Optional[Init], BeforeValidator(_init_path)] = Field(
-        None, json_schema_extra=_init_schema,
-        description="weights a new run starts from, matched by name (a path, or {path, strict, rename}); "
-                    "--resume restores its run instead; see the transfer report, transfer.json")
+
+    @field_validator("unfreeze_at_epoch")
+    @classmethod
+    def _unfreeze_needs_freeze(cls, value: Optional[int], info: ValidationInfo) -> Optional[int]:
+        if value is not None and not info.data.get("freeze"):
+            raise ValueError("`train.unfreeze_at_epoch` releases `train.freeze`'s layers, and nothing is frozen: "
+                             "add `freeze: [...]` or remove `unfreeze_at_epoch`")
+        return value
 
 
 def parse_settings(train: dict) -> TrainSettings:

@@ -21,9 +21,9 @@ from .. import __version__, checkpoint, distributed
 from ..config import Config
 from ..evaluate import evaluate
 from ..tasks import TASKS, reported
-from . import tensorboard
+from . import freeze, tensorboard
 from .nonfinite import NonFiniteWatch, check_weights
-from .optim import build_optimizer, lr_factor, set_lr
+from .optim import base_lr, build_optimizer, grouping, lr_factor, param_groups, set_lr
 from .progress import Reporter
 from .rundir import RunDir
 from ..settings import TrainSettings, parse_settings
@@ -65,6 +65,8 @@ class Run:
     finite_at: int = 0  # the step at which the weights were last seen finite (before each save)
     data_meta: dict = field(default_factory=dict)
     tensorboard: Any = None  # a SummaryWriter on rank 0 when train.tensorboard is on
+    frozen: freeze.Frozen = field(default_factory=freeze.Frozen)  # train.freeze's part, until unfreeze_at_epoch
+    grouping: Any = None  # optim.Grouping: train.param_groups and layer_decay, for groups added on unfreezing
 
     def batches(self, split, epoch: int):
         return itertools.islice(split.epoch(epoch), self.limit_batches)
@@ -111,7 +113,7 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
     dev = select_device(device or settings.device)
     if world.enabled and dev.type == "cuda":
         dev = torch.device("cuda", world.local_rank)
-    built = assemble(config, settings, dev, rank=world.rank, world_size=world.world_size, init=state is None)
+    built = assemble(config, settings, dev, rank=world.rank, world_size=world.world_size)
     plan, data, task, model = built.plan, built.data, built.task, built.model
     if settings.sync_bn and world.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -120,13 +122,11 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
         and len(plan.graph.input_shape) == 3
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, settings.optimizer)
+    frozen = freeze.apply(model, plan, settings, config.train)  # patterns checked before anything is written
+    groups = grouping(model, plan, settings, config.train)
+    optimizer = build_optimizer(model, settings.optimizer, groups)
     scaler = torch.amp.GradScaler(dev.type, enabled=use_scaler)
-    forward: nn.Module = model
-    if world.enabled:
-        forward = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    if settings.compile:
-        forward = torch.compile(forward, mode=None if settings.compile is True else settings.compile)
+    forward = wrap(model, settings, world, dev)
 
     def autocast():
         return torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
@@ -136,11 +136,13 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
 
     run = Run(config, settings, world, dev, plan, data, task, model, forward, optimizer, scaler,
               built.loss_fn, autocast, prepare, Reporter(quiet, enabled=world.is_main), None,
-              limit_batches)
+              limit_batches, frozen=frozen, grouping=groups)
     run.data_meta = {"dataset": data.name, "task": task, "num_classes": data.num_classes,
                      "class_names": data.class_names, "mean": data.mean, "std": data.std,
                      "input_shape": list(data.input_shape)}
     if state is not None:
+        if frozen.active and freeze.due(settings, state.epoch + (1 if state.batch else 0)):
+            unfreeze(run, state.epoch + 1)  # the checkpoint's optimizer already holds the released groups
         state.restore(model, optimizer, scaler)
         run.epoch, run.step, run.best = state.epoch, state.step, state.best
         run.batch, run.partial = state.batch, tuple(state.partial)
@@ -159,18 +161,40 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
     processes = f" x {world.world_size} processes" if world.enabled else ""
     run.report.info(f"model {plan.graph.name}: {plan.params:,} parameters; data {data.name}: "
                     f"{data.train.num_samples} train samples; device {dev}{processes}; precision {precision}")
-    if built.transfer is not None and world.is_main:  # train.init seeded this new run
-        run.run_dir.write_transfer(built.transfer.to_json())
-        for line in built.transfer.lines():
-            run.report.info(line)
+    if frozen.active:
+        run.report.info(frozen.describe(settings.unfreeze_at_epoch))
     return run
+
+
+def wrap(model: nn.Module, settings: TrainSettings, world: distributed.World, dev: torch.device) -> nn.Module:
+    """What the loop calls: DDP (which registers the parameters that train when it is built) and/or compile."""
+    forward: nn.Module = model
+    if world.enabled:
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if settings.compile:
+        forward = torch.compile(forward, mode=None if settings.compile is True else settings.compile)
+    return forward
+
+
+def unfreeze(run: Run, epoch: int) -> None:
+    """train.unfreeze_at_epoch: the frozen part trains from here on, in optimizer groups added after the
+    others in a fixed order (a resumed run adds the same ones before loading the optimizer's state)."""
+    released = run.frozen.release(run.model)
+    for group in param_groups(released, run.settings.optimizer, run.grouping):
+        run.optimizer.add_param_group(group)
+    if run.forward is not run.model:
+        run.forward = run.model  # the old wrapper goes first: DDP knows only the parameters it was built with
+        run.forward = wrap(run.model, run.settings, run.world, run.device)
+    run.report.info(f"unfrozen: {len(released)} tensors train from epoch {epoch} on")
 
 
 def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     """One pass over the training split (from where a mid-epoch checkpoint left it), then validation."""
     settings, model, optimizer, scaler = run.settings, run.model, run.optimizer, run.scaler
-    base_lr = optimizer.param_groups[0]["base_lr"]
-    model.train()
+    if run.frozen.active and freeze.due(settings, epoch):
+        unfreeze(run, epoch)
+    base = base_lr(settings.optimizer)
+    model.train()  # frozen norms stay in eval mode: freeze.py's hooks
     run.report.start_epoch(epoch, settings.epochs, run.steps_per_epoch)
     started = time.perf_counter()
     loss_sum = torch.tensor(run.partial[0], device=run.device)
@@ -181,7 +205,8 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     watch = NonFiniteWatch(run, epoch, loss_sum)
     shown = 0.0
     for x, y in batches:
-        lr = set_lr(optimizer, lr_factor(run.step, run.steps_per_epoch, settings.epochs, settings.scheduler, base_lr))
+        factor = lr_factor(run.step, run.steps_per_epoch, settings.epochs, settings.scheduler, base)
+        lr = set_lr(optimizer, factor, base)
         with run.autocast():
             loss = run.loss_fn(run.forward(run.prepare(x)), y)
         if watch.skip(loss):

@@ -87,6 +87,57 @@ class Loss(BaseModel):
     ignore_index: Optional[INT64] = Field(None, description="cross_entropy: a target value that is ignored (-100)")
 
 
+def _compiles(pattern: Optional[str]) -> Optional[str]:
+    import re
+
+    try:
+        re.compile(pattern or "")
+    except re.error as exc:
+        raise ValueError(f"the rename regex {pattern!r} is not a regular expression: {exc}") from None
+    return pattern
+
+
+class RenameRule(BaseModel):
+    """A rename rule of train.init: {strip_prefix: module.} or {regex: ^backbone\\., replace: ''}."""
+
+    model_config = STRICT
+    strip_prefix: Optional[str] = Field(None, min_length=1,
+                                        description="removed from the start of every file key that has it")
+    regex: Annotated[Optional[str], AfterValidator(_compiles)] = Field(
+        None, min_length=1, description="a Python regular expression searched in every file key, e.g. ^backbone\\.")
+    replace: Optional[str] = Field(None, description="with regex: what each match becomes (\\1 for its first "
+                                                     "group); left out or empty: the match is removed")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "RenameRule":
+        if (self.strip_prefix is None) == (self.regex is None) or (self.replace is not None and self.regex is None):
+            raise ValueError("a rename rule is {strip_prefix: PREFIX} or {regex: PATTERN, replace: TEXT}, "
+                             "one rule per list item")
+        return self
+
+
+class Init(BaseModel):
+    """train.init as a mapping: where the weights are, how their keys map onto the model's, how strict."""
+
+    model_config = STRICT
+    path: str = Field(min_length=1, description="a .pth/.pt state dict, a .safetensors file, or a skiptrain checkpoint "
+                                                "or run directory (relative to the folder skiptrain runs in)")
+    strict: StrictBool = Field(False, description="true: every tensor of the model must load, and every tensor of "
+                                                  "the file must be used, or training does not start")
+    rename: list[RenameRule] = Field(
+        [], description="rules applied in order to every key of the file before matching by name: "
+                        "[{strip_prefix: module.}, {regex: ^backbone\\., replace: ''}]")
+
+
+def _init_path(value: Any) -> Any:
+    return {"path": value} if isinstance(value, str) else value
+
+
+def _init_schema(schema: dict[str, Any]) -> None:
+    inner = [branch for branch in schema.pop("anyOf") if branch.get("type") != "null"]
+    schema["anyOf"] = [{"type": "string", "minLength": 1}, *inner, {"type": "null"}]
+
+
 def _section(model: type[BaseModel], description: str) -> Any:
     """A sub-section's type: a name or a mapping in, a plain dict of the given keys and defaults out."""
     names = list(model.model_fields["name"].annotation.__args__)
@@ -188,6 +239,10 @@ class TrainSettings(BaseModel):
         "stop", description="a non-finite loss stops the run (stop) or its batch is skipped (skip_batch)")
     tensorboard: StrictBool = Field(
         False, description="also write RUN_DIR/tensorboard/ (needs the tensorboard package)")
+    init: Annotated[Optional[Init], BeforeValidator(_init_path)] = Field(
+        None, json_schema_extra=_init_schema,
+        description="weights a new run starts from, matched by name (a path, or {path, strict, rename}); "
+                    "--resume restores its run instead; see the transfer report, transfer.json")
 
     @field_validator("unfreeze_at_epoch")
     @classmethod

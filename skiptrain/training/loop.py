@@ -113,7 +113,7 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
     dev = select_device(device or settings.device)
     if world.enabled and dev.type == "cuda":
         dev = torch.device("cuda", world.local_rank)
-    built = assemble(config, settings, dev, rank=world.rank, world_size=world.world_size)
+    built = assemble(config, settings, dev, rank=world.rank, world_size=world.world_size, init=state is None)
     plan, data, task, model = built.plan, built.data, built.task, built.model
     if settings.sync_bn and world.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -161,6 +161,10 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
     processes = f" x {world.world_size} processes" if world.enabled else ""
     run.report.info(f"model {plan.graph.name}: {plan.params:,} parameters; data {data.name}: "
                     f"{data.train.num_samples} train samples; device {dev}{processes}; precision {precision}")
+    if built.transfer is not None and world.is_main:  # train.init seeded this new run
+        run.run_dir.write_transfer(built.transfer.to_json())
+        for line in built.transfer.lines():
+            run.report.info(line)
     if frozen.active:
         run.report.info(frozen.describe(settings.unfreeze_at_epoch))
     return run

@@ -167,6 +167,7 @@ def test_a_run_directory_seeds_a_new_run_and_half_precision_weights_are_cast(fro
     assert result.exit_code == 0, result.output
     assert "init: loaded 17/17 tensors (1,492 of 1,492 parameters, 100.0%)" in result.stdout
     assert json.loads((second / "transfer.json").read_text())["form"] == "skiptrain checkpoint"
+    assert read(first / "checkpoints" / "last.pt").form == "skiptrain checkpoint"  # a checkpoint file, too
     half = {k: v.half() if v.is_floating_point() else v for k, v in last_model(first).items()}
     model = skiptrain.build_model(frozen_lr)
     transfer = load_into(model, read(save(half, tmp_path / "half.safetensors")), init_of("half.safetensors"))

@@ -167,6 +167,8 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
             run.report.info(line)
     if frozen.active:
         run.report.info(frozen.describe(settings.unfreeze_at_epoch))
+    if groups is not None:
+        run.report.info(groups.describe())
     return run
 
 

@@ -65,9 +65,19 @@ class Grouping:
     specs: list[Any]
     layer_decay: float
     assigned: dict[str, tuple[int, int]]
+    layers: int = 1
 
     def of(self, name: str) -> tuple[int, int]:
         return self.assigned.get(name, (0, 0))
+
+    def describe(self) -> str:
+        """The report line at the start of a run: how far the layer decay reaches."""
+        count = len(self.specs)
+        groups = f"{count} parameter group{'s' if count != 1 else ''}" if count else "no parameter groups"
+        if self.layer_decay == 1.0:
+            return groups
+        first = self.layer_decay ** (self.layers - 1)
+        return f"{groups}; layer_decay {self.layer_decay:g} over {self.layers} layers: the first at lr x {first:.3g}"
 
 
 def grouping(model: nn.Module, plan: Any, settings: Any, train: Any) -> Grouping | None:
@@ -85,7 +95,8 @@ def grouping(model: nn.Module, plan: Any, settings: Any, train: Any) -> Grouping
         path = id_patterns.owner(name, owned)
         index = next((i + 1 for i, paths in enumerate(chosen) if path in paths), 0)
         assigned[name] = (index, depth.get(owned.get(path, ""), 0) if settings.layer_decay is not None else 0)
-    return Grouping(list(settings.param_groups), settings.layer_decay or 1.0, assigned)
+    layers = max(depth.values(), default=0) + 1
+    return Grouping(list(settings.param_groups), settings.layer_decay or 1.0, assigned, layers)
 
 
 def _layer_distances(plan: Any) -> dict[str, int]:

@@ -78,6 +78,7 @@ def test_unfreeze_at_epoch_2_then_resume_is_bitwise_equal(straight, tmp_path):
     result = invoke("train", "--resume", split, "--epochs", "3")
     assert result.exit_code == 0, result.output
     assert "unfrozen: 4 tensors train from epoch 2 on" in result.output
+    assert "1 parameter group; layer_decay 0.5 over 4 layers: the first at lr x 0.125" in result.output
     resumed = last(split)
     # released from epoch 2: trained, statistics tracked (stem.bias, right before a BatchNorm, gets no gradient)
     for key in ["stem.weight", "batchnorm2d_1.weight", "batchnorm2d_1.bias", *FROZEN_STATS]:
@@ -164,3 +165,14 @@ def test_ids_select_block_instances_and_projections_follow_their_node():
     assert select("layer2.0.downsample", owned) == {"layer2.0.downsample"}
     assert {p.split(".")[0] for p in select("layer[34]", owned)} == {"layer3", "layer4"}
     assert select("fc", owned) == {"fc"}
+
+
+def test_layer_decay_counts_top_level_nodes_and_block_instances():
+    """ResNet-18: conv1, bn1, eight blocks (a block's downsample with it), fc: eleven layers."""
+    import skiptrain
+    from skiptrain.training.optim import _layer_distances
+
+    distance = _layer_distances(skiptrain.check_model(ROOT / "configs/imagenet/resnet18.yaml"))
+    assert (distance["fc"], distance["layer4.1.conv1"], distance["layer4.1.bn2"]) == (0, 1, 1)
+    assert distance["layer4.0.bn2"] == distance["layer4.0.conv1"] == 2  # where layer4.0.downsample merges
+    assert (distance["bn1"], distance["conv1"]) == (9, 10)

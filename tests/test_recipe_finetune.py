@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
-from .test_walkthrough import CLASSES, environment, make_image_folder, option, page_blocks, table_column
+from .test_walkthrough import (CLASSES, environment, heading_anchors, make_image_folder, option, page_blocks,
+                               table_column)
 
 PAGE = ROOT / "docs" / "fine-tuning.md"
 DOWNLOAD = 'torchvision.models.resnet18(weights="DEFAULT")'
@@ -61,6 +62,17 @@ def test_page_marks_every_step():
     for needed in ("normalize: imagenet", "init: resnet18.pth", "freeze:", "unfreeze_at_epoch: 3"):
         assert needed in config, needed
     assert any("out_features=3" in " ".join(argv) for argv in commands)
+
+
+def test_links_resolve():
+    """Every relative link of the page names a file and a heading that exist."""
+    links = re.findall(r"\]\(([^)\s]+)\)", PAGE.read_text(encoding="utf-8"))
+    assert links
+    for link in links:
+        target, _, anchor = link.partition("#")
+        path = (PAGE.parent / target).resolve() if target else PAGE
+        assert path.exists(), f"{link} points to a missing file"
+        assert not anchor or anchor in heading_anchors(path), f"{link} points to a missing heading"
 
 
 def run(argv: list[str], work: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

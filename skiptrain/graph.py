@@ -25,6 +25,7 @@ class Node:
     loc: Location | None = None
     arg_locs: dict[str, Location] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # filled by the shape pass
+    tie: Any = None  # `tie:` as written: parameters shared with another layer (skiptrain/tying.py)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import registry
+from . import registry, tying
 from .graph import INPUT
 from .merges import FROM_FIRST, MERGES
 from .shapes import ModelPlan
@@ -169,6 +169,7 @@ def build_module(plan: ModelPlan, device: str | torch.device | None = None) -> S
                 owned.add(merged)
                 exclusive = True
             values[node.id] = value
+    tying.share(graph, modules)  # `tie:`: one Parameter under both layers
     output = values[graph.output]
     code = "\n".join(["def forward(self, x):", "    m = self._modules", *scope_lines,
                       *_with_frees(body, output), f"    return {output}", ""])

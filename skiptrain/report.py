@@ -10,6 +10,7 @@ from .compute import count, macs_text
 from .graph import INPUT
 from .merges import FROM_FIRST, MERGES
 from .shapes import ModelPlan
+from .tying import as_json as tied_json, describe as tied_text, summary as tied_summary
 
 
 def shape_text(shape) -> str:
@@ -35,7 +36,7 @@ def plan_json(plan: ModelPlan) -> dict[str, Any]:
         "projection_macs": compute.projection_macs,
         "projection_macs_share": compute.projection_share,
         "nodes": [{"id": n.id, "type": n.type, "inputs": n.inputs, "output_shape": list(n.meta["shape"]),
-                   "params": n.meta["params"], "macs": n.meta["macs"]} for n in graph.order],
+                   "params": n.meta["params"], "macs": n.meta["macs"], **tied_json(n)} for n in graph.order],
         "skips": [{"from": s.source, "to": s.target, "merge": s.merge, "projection": s.projection,
                    "order": s.order, "operands": operands(graph, s), "broadcast": s.meta.get("broadcast"),
                    "shape": list(s.meta["shape"]) if "shape" in s.meta else None}
@@ -83,7 +84,8 @@ def node_table(plan: ModelPlan) -> Table:
         for skip in graph.skips_into(node.id):
             proj = plan.projection_for(skip)
             merges.append(skip_text(plan, skip) + (f" via {proj.id}" if proj else ""))
-        table.add_row(Text(node.id), Text(node.type), shape_text(node.meta["shape"]), f"{node.meta['params']:,}",
+        params = f"{node.meta['params']:,}" + (f" ({tied_text(node)})" if "tied" in node.meta else "")
+        table.add_row(Text(node.id), Text(node.type), shape_text(node.meta["shape"]), Text(params),
                       f"{node.meta['macs']:,}", Text("\n".join(merges), style="cyan"))
     return table
 
@@ -113,7 +115,7 @@ def summary_lines(plan: ModelPlan) -> list[str]:
         f"{share(compute.projection_macs, compute.macs)})",
         f"output: `{plan.graph.output}` {shape_text(plan.output_shape)} {plan.output_dtype}",
     ]
-    return lines + [f"warning: {w}" for w in plan.warnings]
+    return lines + tied_summary(plan.graph) + [f"warning: {w}" for w in plan.warnings]
 
 
 def _broadcasts(plan: ModelPlan) -> str:

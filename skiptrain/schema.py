@@ -21,6 +21,9 @@ SCHEMA_ID = "https://skiptrain.dev/skiptrain.schema.json"
 EXPR = {"$ref": "#/$defs/expr"}
 WHEN = {"anyOf": [{"type": "boolean"}, EXPR], "default": True,
         "description": "the item exists only when this is true: `${stride == 1 and expand_ratio != 1}`"}
+TIE = {"description": "share a parameter with another layer: `tie: wte` (this layer's `weight` is `wte.weight`) "
+                      "or `{weight: wte.weight}`",
+       "anyOf": [{"type": "string"}, {"type": "object", "additionalProperties": {"type": "string"}}]}
 _ID_PATTERN = r"^([A-Za-z_][A-Za-z0-9_-]*|0|[1-9][0-9]*)$"  # a name, or an index such as torchvision's `features.3`
 # an id as written: a name or index, YAML's integer index, or `${...}` computed from block arguments
 ID = {"anyOf": [{"type": "string", "pattern": _ID_PATTERN, "not": {"const": "input"}},
@@ -148,7 +151,7 @@ def layer_schema() -> dict[str, Any]:
             "input": {"anyOf": [{"$ref": "#/$defs/ref"}, {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ref"}}]},
             "scale": {"type": "boolean", "default": True,
                       "description": "false: exempt from width_multiplier"},
-            "when": WHEN}
+            "when": WHEN, "tie": TIE}
     return {"type": "object", "required": ["type"], "properties": {key: meta[key] for key in LAYER_META_KEYS},
             "allOf": branches, "unevaluatedProperties": False}
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import expr, projection, registry
+from . import expr, projection, registry, tying
 from .conditions import decide
 from .errors import ConfigError, ShapeError
 from .graph import INPUT, Graph, Node, Skip
@@ -248,6 +248,7 @@ def infer(graph: Graph) -> ModelPlan:
         axes[node.id] = axis_kind
     if dropped:
         projections = _drop_skips(graph, dropped, projections)
+    tying.check(graph)  # `tie:` names a parameter of the same shape; the shared one is counted once
     warnings += [f"`{n}`'s output is never used" for n in graph.unused()]
     out_shape, out_dtype = values[graph.output]
     return ModelPlan(graph, projections, out_shape, out_dtype, warnings)

@@ -16,15 +16,10 @@ from .expr import substitute
 from .graph import INPUT, Graph, Node, Skip
 from .merges import DEFAULT as DEFAULT_MERGE, MERGES, TO_FIRST, skip_order
 from .projection_kinds import NONE, policies
+from .spec_keys import BLOCK_KEYS, INSTANCE_KEYS, LAYER_META_KEYS, MODEL_KEYS, SKIP_KEYS  # noqa: F401
 
 POLICIES = policies()  # auto, those the projection kinds answer to, none
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
-MODEL_KEYS = ("name", "input", "input_dtype", "projection", "blocks", "layers", "skips", "output",
-              "width_multiplier", "depth_multiplier")
-BLOCK_KEYS = ("args", "layers", "skips", "projection", "output")
-INSTANCE_KEYS = ("id", "block", "args", "first_args", "repeat", "copy_id", "input", "projection", "when")
-LAYER_META_KEYS = ("id", "type", "input", "scale", "when")
-SKIP_KEYS = ("from", "to", "merge", "projection", "axis", "id", "order", "when")
 WIDTH_ARGS = ("out_channels", "out_features")
 MAX_NODES = 1_000_000  # nested repeats multiply: refuse a graph that would not fit in memory
 _PREFIX = "."  # key in a scope's local names holding the scope's id prefix (never a valid id)
@@ -242,7 +237,7 @@ class _Expander(BlockCopies):
             raise ConfigError(f"`{layer_type}` takes one input, not {len(inputs)}", where(entry, "input"),
                               f"merge several inputs with a merge layer ({', '.join(f'`type: {m}`' for m in MERGES.names())}), "
                               "or use skips")
-        self.add_node(Node(node_id, layer_type, args, inputs, where(entry), arg_locs))
+        self.add_node(Node(node_id, layer_type, args, inputs, where(entry), arg_locs, tie=entry.get("tie")))
         return node_id
 
     def add_node(self, node: Node) -> None:

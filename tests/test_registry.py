@@ -118,6 +118,8 @@ SAMPLES = {  # types whose sample is not the default one
     "embeddingbag": ([6], {"num_embeddings": 10, "embedding_dim": 4}, "int64"),
     "fold": ([8, 9], {"output_size": [4, 4], "kernel_size": 2}, "float32"),  # 2 channels x 2x2 blocks, 3x3 places
     "self_attention": ([5, 8], {"num_heads": 2}, "float32"),
+    "causal_self_attention": ([5, 8], {"num_heads": 2, "dropout": 0.1}, "float32"),
+    "token_positions": ([5, 8], {}, "float32"),
     "transformer_encoder_layer": ([5, 8], {"nhead": 2, "dim_feedforward": 16}, "float32"),
     "conv3d_norm_activation": ([4, 6, 6, 6], {"out_channels": 6, "kernel_size": 3}, "float32"),
     "drop_block3d": ([4, 6, 6, 6], {"p": 0.5, "block_size": 3}, "float32"),

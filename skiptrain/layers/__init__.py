@@ -4,7 +4,7 @@ The types built on torchvision register on demand (``on_demand``): importing tor
 about a second (it loads its models), which `validate` would pay on every config otherwise.
 ``registry.get`` calls it when a name is not registered yet, ``registry.names`` always.
 """
-from . import indexing, own, tensors, torch_nn  # noqa: F401  (each registers on import)
+from . import causal, indexing, own, tensors, torch_nn  # noqa: F401  (each registers on import)
 
 
 def on_demand() -> None:

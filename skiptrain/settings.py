@@ -11,6 +11,8 @@ plain data, as a checkpoint stores it.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictBool,
@@ -26,7 +28,8 @@ NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 # A learning rate above a million overflows float32 arithmetic in the first update (torch then raises
 # "value cannot be converted to type float without overflow"), so it is refused where it is written.
-LearningRate = Annotated[float, Field(ge=0, le=1e6)]
+LR_MAX = 1e6
+LearningRate = Annotated[float, Field(ge=0, le=LR_MAX)]
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # no .nan or .inf anywhere
 Beta = Annotated[float, Field(ge=0, lt=1)]
 SEED_MAX = 2**64 - 1  # the largest seed torch.manual_seed takes
@@ -66,8 +69,8 @@ class Scheduler(BaseModel):
     step_size: Optional[Annotated[int, Field(ge=1)]] = Field(None, description="step: epochs between decays (30)")
     milestones: Optional[list[Annotated[int, Field(ge=0)]]] = Field(
         None, description="multistep: the epochs at which lr decays ([])")
-    gamma: Optional[Annotated[float, Field(ge=0, le=1)]] = Field(
-        None, description="step, multistep: the factor of each decay, 0 to 1 (0.1)")
+    gamma: Optional[NonNegative] = Field(
+        None, description="step, multistep: the factor of each decay (0.1); the lr it reaches stays <= 1e6")
     min_lr: Optional[LearningRate] = Field(None, description="cosine: the final learning rate (0)")
     pct_start: Optional[Annotated[float, Field(gt=0, lt=1)]] = Field(
         None, description="onecycle: the part of the run spent rising (0.3)")
@@ -243,6 +246,30 @@ class TrainSettings(BaseModel):
         None, json_schema_extra=_init_schema,
         description="weights a new run starts from, matched by name (a path, or {path, strict, rename}); "
                     "--resume restores its run instead; see the transfer report, transfer.json")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _peak_lr_fits(cls, value: Any, info: ValidationInfo) -> Any:
+        """A decay factor above 1 grows the lr each step or milestone: the largest it reaches (at the
+        last epoch) must stay a learning rate, or torch's update overflows float32 mid-run."""
+        optimizer, epochs = info.data.get("optimizer") or {}, info.data.get("epochs") or 1
+        if not isinstance(value, dict) or value.get("name") not in ("step", "multistep"):
+            return value
+        gamma = value.get("gamma", 0.1)
+        if gamma is None or gamma <= 1:
+            return value
+        last = epochs - 1
+        decays = (last // int(value.get("step_size") or 30) if value["name"] == "step"
+                  else sum(last >= m for m in value.get("milestones") or []))
+        try:
+            peak = optimizer.get("lr", 1e-3) * gamma ** decays
+        except OverflowError:
+            peak = math.inf
+        if peak > LR_MAX:
+            raise ValueError(f"`train.scheduler.gamma` {gamma:g} raises the lr {decays} times, to {peak:.3g} by "
+                             f"epoch {epochs}: above {LR_MAX:g}, every update overflows\nhint: a decay factor is "
+                             "below 1 (0.1 divides the lr by 10 at each step or milestone)")
+        return value
 
     @field_validator("unfreeze_at_epoch")
     @classmethod

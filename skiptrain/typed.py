@@ -79,8 +79,9 @@ def convert(exc: ValidationError, model: type[BaseModel], mapping: Any, error: t
         owner = f"{name(path)}" if path else f"{section}:"
         return error(f"`{owner}` has no `{key}:`", where(value), _at(schema, [*path, key]).get("description"))
     loc = where(parents[-1], path[-1]) if path else where(mapping)
-    if kind in ("value_error", "assertion_error"):
-        return error(str(problem["ctx"]["error"]), loc)
+    if kind in ("value_error", "assertion_error"):  # a validator's own words: "message\nhint: hint"
+        message, _, hint = str(problem["ctx"]["error"]).partition("\nhint: ")
+        return error(message, loc, hint or None)
     field = _at(schema, path)
     described = next((d for d in (_at(schema, path[:n]).get("description") for n in range(len(path), 0, -1)) if d),
                      None)  # a list item's, else its list's

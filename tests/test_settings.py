@@ -177,7 +177,8 @@ FINITE_CASES = [  # (section, the key's lines, the key, what the message says)
     ("train", "optimizer:\n    name: adam\n    betas: 0.9", "betas", "`train.optimizer.betas` must be"),
     # an lr or a scheduled lr that overflows float32 in the first update (found by the loop's tests)
     ("train", "optimizer:\n    name: sgd\n    lr: 1.0e+300", "lr", "`train.optimizer.lr` must be a number >= 0 and <= 1e+06"),
-    ("train", "scheduler:\n    name: step\n    gamma: 1.0e+200", "gamma", "`train.scheduler.gamma` must be a number >= 0 and <= 1"),
+    ("train", "scheduler:\n    milestones: [0]\n    name: multistep\n    gamma: 1.0e+200", "milestones",  # the mapping
+     "`train.scheduler.gamma` 1e+200 raises the lr 1 times, to 1e+197 by epoch 1"),
     ("train", "optimizer:\n    name: adam\n    betas: [0.9, 1.0]", "betas",
      "`train.optimizer.betas[1]` must be a number >= 0 and < 1"),
     ("train", "optimizer:\n    name: adam\n    eps: -1", "eps", "`train.optimizer.eps` must be a number > 0"),

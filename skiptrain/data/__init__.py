@@ -10,13 +10,13 @@ augmentation and batching are then the same for every dataset.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..errors import DataError, choices_hint
 from ..tasks import DEFAULT, TASKS
-from . import builtin, folders, vision  # noqa: F401  (register the datasets)
+from . import builtin, folders, text, vision  # noqa: F401  (register the datasets)
 from .augment import AUGMENTATIONS, augmentation, check_applicable
 from .batches import SUBSET, Batches, LoaderBatches, Pipeline, Plan, TensorBatches, cpu_generator, located
 from .options import DataOptions, parse_options
@@ -42,6 +42,8 @@ class DataBundle:
     class_names: list[str] | None
     mean: list[float] | None  # per-channel normalisation applied to inputs (None if none)
     std: list[float] | None
+    meta: dict = field(default_factory=dict)  # the dataset's own facts for the checkpoint (text: its tokenizer)
+    run_files: dict = field(default_factory=dict)  # name -> text, written into the run directory
 
 
 def dataset_names() -> list[str]:
@@ -77,6 +79,9 @@ def load_data(data: dict, *, input_shape: tuple[int, ...], input_dtype: str = "f
                         f"gets batch_size / {world_size}")
     source = get_dataset(options.dataset, options.where("dataset"))(Request(options, input_shape, input_dtype, task,
                                                                                  ignore_index))
+    if source.batches is not None:  # it batches itself (text: windows of a token stream)
+        train, val, test = source.batches(torch.device(device), rank, world_size)
+        return _bundle(options, source, input_shape, train, val, test, None, None)
     build = _in_memory if source.in_memory else _from_files
     return build(options, source, input_shape, input_dtype == "float32", torch.device(device), rank, world_size)
 
@@ -84,7 +89,8 @@ def load_data(data: dict, *, input_shape: tuple[int, ...], input_dtype: str = "f
 def _bundle(options: DataOptions, source: Source, input_shape, train, val, test, mean, std) -> DataBundle:
     return DataBundle(name=options.dataset, task=source.task, train=train, val=val, test=test,
                       input_shape=input_shape, num_classes=source.num_classes,
-                      class_names=source.class_names, mean=mean, std=std)
+                      class_names=source.class_names, mean=mean, std=std, meta=dict(source.meta),
+                      run_files=dict(source.run_files))
 
 
 def _pipelines(options: DataOptions, source: Source, input_shape, float_input: bool, mean, std):

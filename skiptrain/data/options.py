@@ -20,6 +20,8 @@ from ..errors import DataError, Location
 from ..typed import check
 from .augment import AUGMENTATIONS, Step, parse_augment
 
+TOKENIZER_KINDS = ("char", "byte", "bpe")  # the keys of tokenizers.TOKENIZERS (kept equal by a test)
+
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # no .nan or .inf anywhere
 Count = Annotated[int, Field(ge=1, le=2**63 - 1)]  # a count torch can hold (int64)
 Numbers = Union[float, Annotated[list[float], Field(min_length=1)]]
@@ -133,6 +135,18 @@ class DataOptions(BaseModel):
     num_samples: Optional[Count] = Field(None, description="synthetic, shapes: how many samples; null: the dataset's")
     num_classes: Optional[Count] = Field(None,
                                          description="synthetic, segfolder: how many classes; null: the dataset's")
+    tokenizer: Literal[TOKENIZER_KINDS] = Field(
+        "char", description="text: char (one id per character of the text), byte (256 UTF-8 bytes) or bpe "
+                            "(byte-level BPE learned from the training split)")
+    vocab_size: Optional[Annotated[int, Field(ge=257, le=2**20)]] = Field(
+        None, description="text, tokenizer: bpe only: how many ids BPE learns (257 to 1048576); null: 1024")
+    block_size: Optional[Count] = Field(
+        None, description="text: tokens per window (the context length); null: the model's input length")
+    batches_per_epoch: Optional[Count] = Field(
+        None, description="text: random windows batches per epoch; null: about one pass over the training tokens")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description="text: the last part of the text kept for test")
+    eval_batches: Optional[Count] = Field(
+        200, description="text: at most this many batches of fixed windows measure val and test; null: all")
     seed: Optional[Annotated[int, Field(ge=0, le=2**64 - 1)]] = Field(
         None, description="the seed of the validation split, the shuffle and the augmentation (0 to 2**64 - 1); "
                           "null: train.seed")

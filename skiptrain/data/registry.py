@@ -8,7 +8,7 @@ normalisation statistics, augmentation and batching are the same for every datas
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import DataError, Location
@@ -44,6 +44,12 @@ class Source:
     num_classes: int | None = None
     class_names: list[str] | None = None
     scale: float = 1.0
+    # A dataset that makes its own batches (text: random windows): (device, rank, world_size) ->
+    # (train, val, test) Batches; load_data then adds nothing. ``meta`` goes into the checkpoint's
+    # `data`, ``run_files`` (name -> text) into the run directory.
+    batches: Callable[..., tuple[Any, Any, Any]] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    run_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def in_memory(self) -> bool:

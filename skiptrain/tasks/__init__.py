@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .base import (LOSSES, TASKS, ConfusionMetrics, Metrics, Task, answers_table, class_name, get_task, guess,
                    headlines, register, reported)
-from . import classification, regression, segmentation  # noqa: F401,E402  (register on import)
+from . import classification, language_model, regression, segmentation  # noqa: F401,E402  (register on import)
 
 DEFAULT = "classification"  # the task of a run whose config and dataset name none
 

@@ -20,6 +20,7 @@ from torch import nn
 from .. import __version__, checkpoint, distributed
 from ..config import Config
 from ..evaluate import evaluate
+from ..outputs import write_text
 from ..tasks import TASKS, reported
 from . import freeze, tensorboard
 from .nonfinite import NonFiniteWatch, check_weights
@@ -139,7 +140,7 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
               limit_batches, frozen=frozen, grouping=groups)
     run.data_meta = {"dataset": data.name, "task": task, "num_classes": data.num_classes,
                      "class_names": data.class_names, "mean": data.mean, "std": data.std,
-                     "input_shape": list(data.input_shape)}
+                     "input_shape": list(data.input_shape), **data.meta}
     if state is not None:
         if frozen.active and freeze.due(settings, state.epoch + (1 if state.batch else 0)):
             unfreeze(run, state.epoch + 1)  # the checkpoint's optimizer already holds the released groups
@@ -155,6 +156,8 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
         if state is not None:
             run.run_dir.truncate_history(run.epoch)
         run.run_dir.write_config(config.to_dict())
+        for name, text in data.run_files.items():  # the data's own files (text: tokenizer.json), atomically
+            write_text(run.run_dir.path / name, text, option=str(run.run_dir.path / name))
         run.tensorboard = tensorboard.open_writer(run)
         run.report.info(f"run directory: {run.run_dir.path}")
     precision = str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "fp32"

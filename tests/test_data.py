@@ -371,7 +371,8 @@ def test_rank_shards_concatenate_to_the_global_batch(dataset, shape, task):
 
 
 def test_every_registered_dataset_is_tested():
-    tested = {"digits", "mnist1d", "shapes", "synthetic", "cifar10", "mnist", "imagefolder", "segfolder"}
+    tested = {"digits", "mnist1d", "shapes", "synthetic", "cifar10", "mnist", "imagefolder", "segfolder",
+              "text"}  # text: tests/test_data_text.py
     same_code = {"cifar100": "cifar10", "fashion_mnist": "mnist"}  # one torchvision loader, another class
     assert set(dataset_names()) == set(DATASETS) == tested | set(same_code)
 

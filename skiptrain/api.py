@@ -158,7 +158,7 @@ def evaluate(source: str | Path, split: str = "test", which: str = "last", devic
     ``confusion_png``, also plot the confusion matrix to RUN_DIR/confusion_SPLIT.png (`confusion_png`) when
     the checkpoint is a run's; nothing is written beside a checkpoint that is not in a run directory."""
     from . import tasks
-    from .data import load_data
+    from .data import check_same_data, load_data
     from .errors import DataError
     from .evaluate import evaluate as measure
     from .settings import parse_settings
@@ -171,6 +171,7 @@ def evaluate(source: str | Path, split: str = "test", which: str = "last", devic
     data = load_data(restored.config.data, input_shape=tuple(meta["input_shape"]), input_dtype=meta["input_dtype"],
                      task=task, device=dev, seed=int(restored.config.train.get("seed", 0)),
                      ignore_index=parse_settings(restored.config.train or {}).loss.get("ignore_index"))
+    check_same_data(restored.data, data, restored.state.path)
     batches = getattr(data, split)
     if batches is None:
         raise DataError(f"`{data.name}` has no {split} split", None,

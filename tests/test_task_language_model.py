@@ -79,3 +79,14 @@ def test_a_resumed_run_ends_with_the_same_weights(lm_yaml, tmp_path):
     straight, resumed, _ = straight_and_resumed(lm_yaml, tmp_path)
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_run_refuses_text_that_changed_since_its_checkpoint(lm_yaml, tmp_path):
+    run = tmp_path / "run"
+    assert invoke("train", lm_yaml, "--run-dir", run, "--epochs", "1", "-q").exit_code == 0
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(corpus.read_text() + "Zounds!\n")  # a new character: every id after it moves
+    for args in (("train", "--resume", run, "--epochs", "2", "-q"), ("eval", run, "--split", "val")):
+        result = invoke(*args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "was trained on" in result.output and "`tokenizer`" in result.output, result.output

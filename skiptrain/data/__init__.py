@@ -23,7 +23,7 @@ from .options import DataOptions, parse_options
 from .prepare import carve, check_fits, normalization, take
 from .registry import DATASETS, Request, Source, dataset, get_dataset
 
-__all__ = ["DataBundle", "Batches", "load_data", "dataset_names", "dataset", "DATASETS",
+__all__ = ["DataBundle", "Batches", "load_data", "check_same_data", "dataset_names", "dataset", "DATASETS",
            "augmentation", "AUGMENTATIONS", "DataOptions", "Request", "Source"]
 
 INPUT_DTYPES = ("float32", "int64")
@@ -44,6 +44,16 @@ class DataBundle:
     std: list[float] | None
     meta: dict = field(default_factory=dict)  # the dataset's own facts for the checkpoint (text: its tokenizer)
     run_files: dict = field(default_factory=dict)  # name -> text, written into the run directory
+
+
+def check_same_data(stored: dict | None, bundle: DataBundle, checkpoint: str) -> None:
+    """A resumed or evaluated run must read the data its checkpoint was trained on, where the dataset
+    records it (``meta``: text's tokenizer and digest): token ids are positions in that vocabulary."""
+    for key, value in bundle.meta.items():
+        if stored and key in stored and stored[key] != value:
+            raise DataError(f"`{bundle.name}` is not the data {checkpoint} was trained on: its `{key}` changed",
+                            None, "put the files under data.root back as they were, or train a new run on "
+                                  "the new data (train CONFIG --run-dir NEW)")
 
 
 def dataset_names() -> list[str]:

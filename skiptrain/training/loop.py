@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import __version__, checkpoint, distributed
 from ..config import Config
+from ..data import check_same_data
 from ..evaluate import evaluate
 from ..outputs import write_text
 from ..tasks import TASKS, reported
@@ -142,6 +143,7 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
                      "class_names": data.class_names, "mean": data.mean, "std": data.std,
                      "input_shape": list(data.input_shape), **data.meta}
     if state is not None:
+        check_same_data(state.data, data, state.path)  # text: the same tokenizer and text, or nothing resumes
         if frozen.active and freeze.due(settings, state.epoch + (1 if state.batch else 0)):
             unfreeze(run, state.epoch + 1)  # the checkpoint's optimizer already holds the released groups
         state.restore(model, optimizer, scaler)

@@ -90,3 +90,21 @@ def test_a_run_refuses_text_that_changed_since_its_checkpoint(lm_yaml, tmp_path)
         result = invoke(*args)
         assert result.exit_code == 1 and "Traceback" not in result.output, result.output
         assert "was trained on" in result.output and "`tokenizer`" in result.output, result.output
+
+
+@pytest.mark.slow
+def test_two_processes_see_the_windows_of_one(lm_yaml, tmp_path):
+    """torchrun with 2 gloo processes: each takes half of every batch of windows (about 20 s)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        done = subprocess.run([sys.executable, "-m", "skiptrain", "train", str(lm_yaml), "--run-dir", name, "-q",
+                               *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr + done.stdout
+    one, two = (torch.load(tmp_path / name / "checkpoints/last.pt", weights_only=True)["model"]
+                for name in ("one", "two"))
+    assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)  # float sums in another order

@@ -6,7 +6,6 @@ import io
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -152,6 +151,7 @@ def one_error(result, *parts: str) -> None:
 def test_a_missing_root_is_located(write_yaml, tmp_path):
     one_error(run_cli(write_yaml, tmp_path, lm_config(tmp_path / "nope.txt")), "no such file or folder",
               "config.yaml:", "root")
+    one_error(run_cli(write_yaml, tmp_path, lm_config(Path("/dev/zero"))), "is a device, not a regular file")
 
 
 def test_an_empty_file_is_named(write_yaml, tmp_path):

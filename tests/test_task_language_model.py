@@ -49,6 +49,11 @@ def test_train_eval_and_the_stored_tokenizer(lm_yaml, tmp_path):
     tokenizer = tokenizer_from(state["data"])
     assert tokenizer.decode(tokenizer.encode("Speak, speak.")) == "Speak, speak."
     assert tokenizer_from(run / "tokenizer.json").to_dict() == tokenizer.to_dict()
+    from skiptrain.api import restore
+
+    restored = restore(run)  # what `sample` starts from: the Restored, or its model's meta
+    assert tokenizer_from(restored).to_dict() == tokenizer_from(restored.model.meta["skiptrain"]).to_dict() \
+        == tokenizer.to_dict()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best"]["metric"] == "val_ppl"
 

@@ -85,8 +85,11 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def changed_outside(before: dict, after: dict, allowed: list[str]) -> list[str]:
-    """What changed outside ``allowed``; ``new:PATH`` allows PATH only when it did not exist before."""
-    allowed = [a.removeprefix("new:") for a in allowed if not a.startswith("new:") or a[4:] not in before]
+    """What changed outside ``allowed``; ``new:PATH`` allows PATH only when it did not exist before, or
+    was an empty folder (a new run may go into an empty folder)."""
+    def fresh(path: str) -> bool:
+        return path not in before or (before[path] == "dir" and not any(k.startswith(path + "/") for k in before))
+    allowed = [a.removeprefix("new:") for a in allowed if not a.startswith("new:") or fresh(a[4:])]
 
     def inside(rel: str) -> bool:
         return any(rel == a or rel.startswith(a.rstrip("/") + "/") for a in allowed)
@@ -288,10 +291,12 @@ def output_case(name: str, target: str):
         (case / "link-to-config").symlink_to("tiny.yaml")
     command = OUTPUT_COMMANDS[name]
     own_inputs = {"export": {command[1], "run"}, "graph": {"tiny.yaml", "link-to-config"}, "schema": set(),
-                  "init": set(OUTPUT_PATHS)}[command[0]]  # init replaces a file only with --force
+                  "init": set()}[command[0]]
     folders = {"run", "images", "out", ".", "", "run/checkpoints/last.pt", "run/config.yaml"}  # a run's files
     writable = target not in own_inputs and target.split("/")[0] not in own_inputs and target not in folders
     allowed = [target, f"{target}.data"] if writable else []
+    if command[0] == "init":  # init writes only a new file (it replaces one only with --force)
+        allowed = [f"new:{target}"] if writable else []
     return damage, [*command, target], allowed
 
 

@@ -147,3 +147,12 @@ def test_an_older_run_without_a_marker_is_still_a_run(run_a, tiny_residual):
     assert snapshot(run_a) == before
     assert invoke("train", "--resume", run_a, *SMALL).exit_code == 0
     assert (run_a / MARKER).is_file()
+
+
+@pytest.mark.parametrize("link", ["loop", "dangling"])
+def test_a_run_dir_that_is_a_broken_link_is_refused(tiny_residual, tmp_path, link):
+    """Found by tests/test_fuzz_hostile.py: a link loop as --run-dir ended in an ELOOP traceback."""
+    path = tmp_path / "r"
+    path.symlink_to("r" if link == "loop" else "nowhere")
+    refused(invoke("train", tiny_residual, "--run-dir", path, *SMALL), "leads to no folder")
+    assert path.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["r", "tiny_residual.yaml"]

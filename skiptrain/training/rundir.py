@@ -133,6 +133,9 @@ def _checked(run_dir: str | os.PathLike) -> Path:
         raise RunDirError("--run-dir is empty", None,
                           "name a new folder, e.g. --run-dir runs/my-run (or leave --run-dir out)")
     path = Path(run_dir)
+    if path.is_symlink() and not path.exists():  # exists() follows the link: a loop or a dangling link
+        raise RunDirError(f"--run-dir {path} is a link that leads to no folder (dangling, or a loop)", None,
+                          "name a new folder, or point the link at an existing folder")
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--run-dir {path} is a file, not a folder", None,
                           "name a new folder, or leave --run-dir out")

@@ -53,13 +53,22 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(f"causal_self_attention takes [seq, dim] samples, not {list(x.shape[1:])}")
-        b, t, c = x.shape
-        heads = self.num_heads
-        q, k, v = self.c_attn(x).split(c, dim=2)
-        q, k, v = (z.view(b, t, heads, c // heads).transpose(1, 2) for z in (q, k, v))  # [b, heads, t, c/heads]
+        q, k, v = self.split_heads(x)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=True)
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, c)))
+        return self.merge_heads(y)
+
+    # The two halves around the attention itself, so a key/value cache can keep k and v between calls.
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[b, t, dim]`` -> queries, keys, values, each ``[b, heads, t, dim / heads]``."""
+        b, t, c = x.shape
+        q, k, v = self.c_attn(x).split(c, dim=2)
+        return tuple(z.view(b, t, self.num_heads, c // self.num_heads).transpose(1, 2) for z in (q, k, v))
+
+    def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
+        """``[b, heads, t, dim / heads]`` -> ``[b, t, dim]`` through ``c_proj`` (and its dropout)."""
+        b, heads, t, d = y.shape
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, heads * d)))
 
 
 @register("token_positions", axis="last", fresh_output=True)

@@ -24,11 +24,13 @@ from .graph import Graph, Node
 HINT = "write `tie: <id>` (this layer's `weight` becomes that layer's `weight`) or `tie: {weight: <id>.weight}`"
 
 
-def declared(node: Node) -> dict[str, str]:
-    """``tie:`` as {this layer's parameter: ``<id>.<parameter>``}; a malformed one is a located error."""
+def declared(graph: Graph, node: Node) -> dict[str, str]:
+    """``tie:`` as {this layer's parameter: ``<id>.<parameter>``}; a malformed one is a located error.
+
+    The short form names a layer (``tie: wte``) or one of its parameters (``tie: wte.weight``)."""
     tie, loc = node.tie, node.arg_locs.get("tie", node.loc)
     if isinstance(tie, str) and tie:
-        return {"weight": f"{tie}.weight"}
+        return {"weight": f"{tie}.weight" if tie in graph.nodes else tie}
     if isinstance(tie, dict) and tie and all(isinstance(k, str) and isinstance(v, str) and v
                                              for k, v in tie.items()):
         return dict(tie)
@@ -54,7 +56,7 @@ def _target(graph: Graph, path: str, loc: Location | None) -> tuple[str, str]:
         node_id = ".".join(parts[:cut])
         if node_id in graph.nodes:
             return node_id, ".".join(parts[cut:])
-    head = path.rsplit(".", 1)[0] if "." in path else path
+    head = path.rsplit(".", 1)[0] if "." in path else path  # `wte.weight` names `wte`; `wte` alone, itself
     raise ConfigError(f"`tie:` names `{path}`, and `{head}` is not a layer", loc,
                       choices_hint(head, graph.nodes, "layers") + "; " + HINT)
 
@@ -64,7 +66,7 @@ def check(graph: Graph) -> None:
 
     Writes ``meta["tied"]`` ({parameter: ``<id>.<parameter>``}) on the declaring node and takes the tied
     parameters out of its ``meta["params"]``."""
-    ties = {node.id: declared(node) for node in graph.order if node.tie is not None}
+    ties = {node.id: declared(graph, node) for node in graph.order if node.tie is not None}
     for node_id, pairs in ties.items():
         node = graph.nodes[node_id]
         loc = node.arg_locs.get("tie", node.loc)

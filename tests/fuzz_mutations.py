@@ -35,7 +35,9 @@ LAYER_TYPES = ["conv1d", "conv2d", "Conv2d", "linear", "relu", "gelu", "batchnor
                "select", "slice", "chunk", "split", "roll", "window_partition", "window_reverse", "class_token",
                "position_embedding", "pos_embedding", "layer_scale", "stochastic_depth", "drop_path",
                "squeeze_excitation", "conv2d_norm_activation", "mlp", "window_attention", "channel_shuffle",
-               "patch_merging", "shifted_window_attention", "frozen_batch_norm2d", "drop_block2d"]
+               "patch_merging", "shifted_window_attention", "frozen_batch_norm2d", "drop_block2d",
+               # a decoder's pieces (issue 17)
+               "causal_self_attention", "token_positions"]
 ARG_NAMES = ["out_channels", "out_features", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
              "p", "num_heads", "dim", "dims", "shape", "start_dim", "end_dim", "axis", "input", "id", "scale",
              "output_size", "scale_factor", "eps", "momentum", "affine", "num_groups", "in_channels",
@@ -43,9 +45,11 @@ ARG_NAMES = ["out_channels", "out_features", "kernel_size", "stride", "padding",
              "block", "repeat", "args", "first_args", "projection", "merge", "from", "to", "🦜", "",
              "when", "order", "copy_id", "index", "chunks", "sizes", "start", "end", "step", "shifts",
              "window_size", "size", "shift_size", "init", "std", "hidden_channels", "squeeze_channels",
-             "activation_layer", "norm_layer", "scale_activation", "mode", "input_channels", "input_shape"]
+             "activation_layer", "norm_layer", "scale_activation", "mode", "input_channels", "input_shape",
+             "tie", "num_positions", "proj_dropout", "embedding_dim", "num_embeddings"]
 HUGE = [0, -1, -(2 ** 31), 2 ** 31, 2 ** 62, 2 ** 63, 2 ** 64, 10 ** 30, -(10 ** 30), 10 ** 400]
-NAMES = ["", " ", "input", "input.x", "a.b", ".", "..", "stem", "stage1.0", "stage1.9.bn2", "head", "bn",
+NAMES = ["", " ", "input", "input.x", "a.b", ".", "..", "stem", "stage1.0", "stage1.9.bn2", "head", "bn", "wte",
+         "wte.weight", "h.0.attn.c_attn.weight",
          "relu_1", "conv2d_1", "🔥", "ñandú", "日本", "\x00", "a" * 300, "${channels}", "None", "null"]
 
 scalars = st.one_of(

@@ -54,8 +54,9 @@ def test_the_shared_tensor_starts_as_the_head_initializes_it():
     assert weight.abs().max() <= bound and weight.std() < 0.5
 
 
-def test_the_long_form_names_the_parameters():
-    model = build_model(tied_model(tie={"weight": "wte.weight"}))
+@pytest.mark.parametrize("tie", [{"weight": "wte.weight"}, "wte.weight"], ids=["long", "parameter"])
+def test_the_parameters_may_be_named(tie):
+    model = build_model(tied_model(tie=tie))
     assert model.lm_head.weight is model.wte.weight
 
 
@@ -105,14 +106,15 @@ def test_validate_shows_the_tie_and_counts_it_once(tmp_path):
 
 
 @pytest.mark.parametrize("tie, words", [
-    ("wtf", "`tie:` names `wtf.weight`, and `wtf` is not a layer"),
+    ("wtf", "`tie:` names `wtf`, and `wtf` is not a layer"),
+    ("wte.wieght", "`wte` (`embedding`) has no parameter `wieght`"),
     ("mix", "`lm_head.weight` has shape [100, 16] and `mix.weight` has [16, 16]"),
     ("lm_head", "`lm_head` is tied to itself"),
     ({"bias": "wte.weight"}, "has no parameter `bias` to tie"),
     ({"weight": "wte.bias"}, "`wte` (`embedding`) has no parameter `bias`"),
     (["wte"], "names no layer"),
     ("", "names no layer"),
-], ids=["unknown", "shape", "self", "own-parameter", "their-parameter", "list", "empty"])
+], ids=["unknown", "typo", "shape", "self", "own-parameter", "their-parameter", "list", "empty"])
 def test_a_wrong_tie_is_one_located_message(tmp_path, tie, words):
     config = _write(tmp_path / "tied.yaml", {"model": tied_model(tie=tie)})
     result = invoke("validate", config)

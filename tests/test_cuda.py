@@ -102,7 +102,9 @@ def test_gpu_run_evaluates_and_exports(write_yaml, tmp_path):
 
 
 def test_non_finite_loss_is_caught_on_gpu(write_yaml, tmp_path):
-    config = CONFIG.replace("lr: 0.05", "lr: 1.0e+30") + "  precision: fp32\n"
+    # every activation before the head set to 1e38: the head's sums overflow, the loss is not finite
+    config = CONFIG.replace("    - {id: head,", "    - {type: threshold, threshold: 1.0e+30, value: 1.0e+38}\n    - {id: head,") \
+        + "  precision: fp32\n"
     result = train(write_yaml, tmp_path / "r", "-q", config=config)
     assert result.exit_code == 1
     assert "the loss became" in result.stderr and "step" in result.stderr

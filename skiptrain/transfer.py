@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import tying
 from .errors import Location, SkiptrainError, warn
 
 SHOWN = 4  # tensors named per reason in the printed line; transfer.json lists them all
@@ -251,9 +252,10 @@ def _entry(key: str, reason: str, file_key: str | None, got: torch.Tensor | None
 
 def match(model: nn.Module, weights: Weights, init: Any, loc: Location) -> tuple[Transfer, dict[str, torch.Tensor]]:
     """The report, and the file's tensors to load under the model's names."""
-    own = model.state_dict()
+    aliases = tying.aliases(model)  # a tied tensor's second name: it loads, counts and is reported once
+    own = {key: value for key, value in model.state_dict().items() if key not in aliases}
     params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    names = rename(list(weights.tensors), init.rename, loc)
+    names = tying.through_first_name(rename(list(weights.tensors), init.rename, loc), aliases)
     chosen: dict[str, torch.Tensor] = {}
     skipped: list[dict] = []
     cast: dict[str, int] = {}
@@ -268,7 +270,7 @@ def match(model: nn.Module, weights: Weights, init: Any, loc: Location) -> tuple
             cast[pair] = cast.get(pair, 0) + 1
         chosen[key] = got
     skipped += [_entry(new, "missing from the model", old, weights.tensors[old], None)
-                for new, old in names.items() if new not in own]
+                for new, old in names.items() if new not in own and new not in aliases]
     counted = [key for key in own if key in params]
     transfer = Transfer(weights.source, weights.form, init.strict,
                         [rule.model_dump(exclude_none=True) for rule in init.rename], len(chosen), len(own),

@@ -124,3 +124,25 @@ def summary(graph: Graph) -> list[str]:
     """One `validate` line per tie: the totals above count each shared tensor once."""
     return [f"tied: `{node.id}.{name}` is `{path}` (one parameter, counted once)"
             for node in graph.order for name, path in node.meta.get("tied", {}).items()]
+
+
+def aliases(model: nn.Module) -> dict[str, str]:
+    """{second name: first name} of each tensor that two layers share: the state dict holds it twice."""
+    first: dict[int, str] = {}
+    found = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if id(parameter) in first:
+            found[name] = first[id(parameter)]
+        else:
+            first[id(parameter)] = name
+    return found
+
+
+def through_first_name(names: dict[str, str], aliases: dict[str, str]) -> dict[str, str]:
+    """A weights file's {model key: file key}, with a tied tensor found under its first name even when the file
+    holds it under the second only (safetensors keeps one name of a shared tensor)."""
+    names = dict(names)
+    for second, first in aliases.items():
+        if second in names and first not in names:
+            names[first] = names[second]
+    return names

@@ -152,3 +152,23 @@ def test_a_tied_model_trains_resumes_exactly_and_saves_both_keys(tmp_path):
     assert len(checkpoint["optimizer"]["state"]) == 3  # wte (shared), mix weight and bias: the head is not twice
     result = invoke("eval", run)
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("kept", ["wte.weight", "lm_head.weight"])
+def test_train_init_loads_a_tied_tensor_under_either_name(tmp_path, kept):
+    """A file of a tied model may hold the shared tensor once (safetensors keeps one name): it loads, strictly."""
+    torch.manual_seed(1)
+    source = build_model(tied_model()).state_dict()
+    dropped = ({"wte.weight", "lm_head.weight"} - {kept}).pop()
+    torch.save({k: v for k, v in source.items() if k != dropped}, tmp_path / "weights.pt")
+    config = _write(tmp_path / "init.yaml", {
+        "model": tied_model(),
+        "data": {"dataset": "synthetic", "num_samples": 48, "num_classes": VOCAB, "batch_size": 16},
+        "train": {"epochs": 1, "device": "cpu", "optimizer": {"name": "sgd", "lr": 0.0},
+                  "init": {"path": str(tmp_path / "weights.pt"), "strict": True}},
+    })
+    result = invoke("train", config, "--run-dir", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "loaded 3/3 tensors" in result.output and "not loaded" not in result.output
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["model"]
+    assert torch.equal(state["wte.weight"], source[kept]) and torch.equal(state["lm_head.weight"], source[kept])

@@ -208,6 +208,16 @@ def predict(source: str | Path, inputs: Iterable[str | Path], top: int = 5,
     return run_predict(source, inputs, top=top, output_dir=output_dir)
 
 
+def sample(source: str | Path, prompt: str = "", tokens: int = 300, temperature: float = 0.8, top_k: int | None = 40,
+           seed: int = 1, device: str = "cpu", which: str = "last", cache: bool = True,
+           on_text: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Text from a language-model run (nanoGPT's sampling, seeded, with a key/value cache): ``text`` is the
+    prompt and what followed, each piece also handed to ``on_text`` as it is decoded (see generation.py)."""
+    from .generation import sample as generate_text
+
+    return generate_text(source, prompt, tokens, temperature, top_k, seed, device, which, cache, on_text)
+
+
 def gradflow(source: Source, overrides: Iterable[str] = (), *, steps: int = 0, device: str = "cpu",
              plot: str | Path | None = None) -> dict[str, Any]:
     """Per-layer gradient norms at initialisation (and after ``steps`` training steps); with ``plot``,

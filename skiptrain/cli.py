@@ -1,8 +1,7 @@
 """The `skiptrain` command: a thin Typer shell over the Python API.
 
-Each command parses options, calls the API and prints; a ``SkiptrainError`` becomes
-one message with its location and hint on stderr and exit code 1; usage errors exit 2.
-torch is imported inside the commands, so ``--help`` stays fast.
+Each command parses options, calls the API and prints; a ``SkiptrainError`` becomes one message with its location and
+hint on stderr and exit code 1; usage errors exit 2. torch is imported inside the commands, so ``--help`` stays fast.
 """
 from __future__ import annotations
 
@@ -46,10 +45,9 @@ def user_errors() -> Iterator[None]:
 
 @contextmanager
 def no_cycle_collection() -> Iterator[None]:
-    """Pause Python's cycle collector for a short command. Importing torch and the meta kernels'
-    torch._dynamo and sympy makes some 300,000 objects, and each full collection walks all of them:
-    0.6 s of a 2-3 s `validate` (docs/benchmarks.md). Reference counting still frees everything
-    that is not in a cycle; the collector's state is restored after, so in-process callers are unaffected."""
+    """Pause Python's cycle collector for a short command. Importing torch and the meta kernels' torch._dynamo and sympy
+    makes some 300,000 objects, and each full collection walks all of them: 0.6 s of a 2-3 s `validate` (docs/benchmarks.md).
+    Reference counting still frees everything not in a cycle; the collector's state is restored after, for in-process callers."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -259,11 +257,11 @@ def export(
             err.print(f"warning: the dynamo exporter failed ({report['fallback_reason']}); "
                       "used the TorchScript-based exporter instead", markup=False)
         out.print(f"exported {report['name']} to {report['output']} ({report['exporter']} exporter, "
-                  f"opset {report['opset']}, batch {report['batch']}) in {report['seconds']:.1f} s", markup=False)
+                  f"opset {report['opset']}, batch {report['batch']}{', sequence 1..%s' % report['context'] if report.get('context') else ''}) in {report['seconds']:.1f} s", markup=False)
         if report["checks"] is not None:
             out.print("onnx.checker: ok", markup=False)
             for check in report["checks"]:
-                out.print(f"onnxruntime vs PyTorch, batch {check['batch']}, `{check['output']}`: max abs diff "
+                out.print(f"onnxruntime vs PyTorch, batch {check['batch']}{', %s tokens' % check['length'] if check.get('length') else ''}, `{check['output']}`: max abs diff "
                           f"{check['max_abs']:.2e}, max rel diff {check['max_rel']:.2e} "
                           f"(tolerance atol {report['atol']:g} + rtol {report['rtol']:g})", markup=False)
         out.print(f"file size: {_megabytes(report['size_bytes'])}", markup=False)
@@ -389,11 +387,13 @@ def init(
         out.print(f"wrote {path}; check it with: skiptrain validate {path}", markup=False)
 
 
+from . import cli_sample  # noqa: E402,F401  (registers `sample` on `app`, listed after `init`)
+
+
 def main() -> None:
     try:
         app()
     finally:
-        # The process ends here: move every object into the collector's permanent generation, so the
-        # interpreter's shutdown does not walk torch's 300,000 objects in its collections (0.7 s of a
-        # `validate`). Nothing is skipped: atexit handlers, flushes and finalizers still run.
+        # The process ends here: move every object into the collector's permanent generation, so the interpreter's shutdown
+        # does not walk torch's 300,000 objects (0.7 s of a `validate`). Nothing is skipped: atexit, flushes, finalizers run.
         gc.freeze()

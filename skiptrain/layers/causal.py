@@ -50,9 +50,13 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.resid_dropout = nn.Dropout(_dropout(proj_dropout, "causal_self_attention `proj_dropout`"))
 
+    kv_cache = None  # while sampling: a generation.KVCache that keeps k and v between calls
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(f"causal_self_attention takes [seq, dim] samples, not {list(x.shape[1:])}")
+        if self.kv_cache is not None:
+            return self.kv_cache.attend(self, x)
         q, k, v = self.split_heads(x)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=True)
@@ -95,10 +99,15 @@ class TokenPositions(nn.Module):
         with torch.no_grad():
             self.weight.normal_(0.0, float(std))
 
+    kv_cache = None  # while sampling: a generation.KVCache; new tokens take the positions after its length
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(f"token_positions takes [seq, dim] samples, not {list(x.shape[1:])}")
-        if x.shape[1] > self.weight.shape[0]:
-            raise ValueError(f"token_positions: a sequence of {x.shape[1]} tokens is longer than its "
+        start = 0 if self.kv_cache is None else self.kv_cache.length
+        if start + x.shape[1] > self.weight.shape[0]:
+            raise ValueError(f"token_positions: a sequence of {start + x.shape[1]} tokens is longer than its "
                              f"{self.weight.shape[0]} positions (the context)")
+        if start:
+            return x + self.weight[start: start + x.shape[1]]
         return x + self.weight[: x.shape[1]]

@@ -274,7 +274,7 @@ def export(
 @app.command()
 def predict(
     source: str = typer.Argument(..., help="A run directory, a checkpoint, or an .onnx file.", show_default=False),
-    inputs: List[Path] = typer.Argument(..., help="Images (PNG, JPEG), .npy arrays, or folders of them.",
+    inputs: List[Path] = typer.Argument(..., help="Images (PNG, JPEG), .npy arrays, .txt prompts (language models), or folders of them.",
                                         show_default=False),
     top: int = typer.Option(5, "--top", "-k", min=1, help="How many classes to show per input."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir",

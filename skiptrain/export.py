@@ -27,6 +27,7 @@ import torch
 
 from . import __version__
 from .errors import CheckpointError, SkiptrainError
+from .export_tokens import dynamic_axes, dynamic_shapes, lengths, sequence_context, token_metadata
 from .outputs import atomic_output, check_output
 
 ATOL, RTOL = 1e-4, 1e-3  # fp32 tolerance of the verification
@@ -89,10 +90,11 @@ def _check_export_fits(plan, batch: int) -> None:
                node.loc if node is not None and activations > weights else plan.graph.loc)
 
 
-def random_input(model: torch.nn.Module, batch: int, seed: int = 0) -> torch.Tensor:
-    """Seeded random inputs of the model's sample shape: normal floats, or valid token ids."""
+def random_input(model: torch.nn.Module, batch: int, seed: int = 0, length: int | None = None) -> torch.Tensor:
+    """Seeded random inputs of the model's sample shape (``length`` tokens: a shorter sequence): normal
+    floats, or valid token ids."""
     meta = model.meta["skiptrain"]
-    shape = (batch, *meta["input_shape"])
+    shape = (batch, *([length] if length else []), *meta["input_shape"][1 if length else 0:])
     generator = torch.Generator().manual_seed(seed)
     if meta["input_dtype"] == "float32":
         return torch.randn(shape, generator=generator)
@@ -100,8 +102,8 @@ def random_input(model: torch.nn.Module, batch: int, seed: int = 0) -> torch.Ten
     return torch.randint(0, vocab, shape, generator=generator, dtype=getattr(torch, meta["input_dtype"]))
 
 
-def metadata(source: Source, batch: str | int) -> dict[str, str]:
-    """skiptrain's ``metadata_props``: every value a string, lists as JSON."""
+def metadata(source: Source, batch: str | int, context: int | None = None) -> dict[str, str]:
+    """skiptrain's ``metadata_props``: every value a string, lists as JSON (a token model's: export_tokens)."""
     meta = source.model.meta["skiptrain"]
     data = source.data
     props = {
@@ -117,7 +119,7 @@ def metadata(source: Source, batch: str | int) -> dict[str, str]:
         value = data.get(key)
         if value is not None:
             props[key] = value if isinstance(value, str) else json.dumps(value)
-    return props
+    return props | token_metadata(data, context)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -154,20 +156,22 @@ def export_onnx(source: str | Path | Source, output: str | Path, opset: int | No
     batch = "dynamic" if dynamic else int(batch)
     _check_export_fits(src.plan, max(2, 3 if verify else 0) if dynamic else batch)
     example = random_input(model, 2 if dynamic else batch)
-    props = metadata(src, batch)
+    context = sequence_context(model)  # token ids in: the sequence axis is dynamic too, up to the context
+    props = metadata(src, batch, context)
     started = time.perf_counter()
     with atomic_output(output) as temp:
         try:
-            exporter, fallback = _export(model, example, temp, opset, dynamic, props, src.plan)
+            exporter, fallback = _export(model, example, temp, opset, (dynamic, context), props, src.plan)
             report: dict[str, Any] = {
                 "output": str(output), "source": src.path, "name": model.meta["skiptrain"]["name"],
                 "exporter": exporter, "fallback_reason": fallback, "seconds": time.perf_counter() - started,
                 "opset": _opset(temp), "batch": batch, "metadata": props, "size_bytes": _size(temp),
                 "atol": ATOL, "rtol": RTOL, "checks": None, "latency_ms": None, "latency_batch": None,
+                "context": context,
             }
             if verify:
                 sizes = (1, 3) if dynamic else (batch,)
-                report["checks"] = verify_onnx(model, temp, sizes)
+                report["checks"] = verify_onnx(model, temp, sizes, lengths=lengths(context))
                 report["latency_batch"] = 1 if dynamic else batch
                 report["latency_ms"] = latency(model, temp, report["latency_batch"])
         except SkiptrainError as exc:  # name the file the user asked for, not the temporary one
@@ -177,26 +181,28 @@ def export_onnx(source: str | Path | Source, output: str | Path, opset: int | No
     return report
 
 
-def _export(model, example, output: Path, opset, dynamic: bool, props: dict[str, str], plan) -> tuple[str, str | None]:
-    """Write the file with the dynamo exporter, or the TorchScript one when it fails."""
+def _export(model, example, output: Path, opset, axes: tuple[bool, int | None], props: dict[str, str],
+            plan) -> tuple[str, str | None]:
+    """Write the file with the dynamo exporter, or the TorchScript one when it fails; ``axes``: whether the
+    batch is dynamic, and the context of a dynamic sequence (None: fixed)."""
     import onnx
 
     big = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > EXTERNAL_DATA_BYTES
     try:
         with _quiet():
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
-                                        dynamic_shapes=({0: "batch"},) if dynamic else None,
+                                        dynamic_shapes=dynamic_shapes(*axes),
                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False)
             program.model.metadata_props.update(props)
             program.save(str(output), external_data=big)
         return "dynamo", None
     except Exception as exc:  # any failure of the new exporter: try the old one before giving up
         reason = _summary(exc)
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
     try:
         with _quiet():
             torch.onnx.export(model, (example,), str(output), dynamo=False, opset_version=opset,
-                              dynamic_axes=axes, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes=dynamic_axes((INPUT_NAME, OUTPUT_NAME), *axes),
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               verbose=False)
             proto = onnx.load(str(output))
             onnx.helper.set_model_props(proto, props)
@@ -313,9 +319,10 @@ def session(path: str | Path):
         raise ExportError(f"onnxruntime cannot load {path}: {_summary(exc)}") from None
 
 
-def verify_onnx(model: torch.nn.Module, path: str | Path, batch_sizes=(1, 3),
-                atol: float = ATOL, rtol: float = RTOL) -> list[dict[str, Any]]:
-    """``onnx.checker``, then onnxruntime against PyTorch on the same seeded random inputs."""
+def verify_onnx(model: torch.nn.Module, path: str | Path, batch_sizes=(1, 3), atol: float = ATOL,
+                rtol: float = RTOL, lengths: tuple[int | None, ...] = (None,)) -> list[dict[str, Any]]:
+    """``onnx.checker``, then onnxruntime against PyTorch on the same seeded random inputs: every batch size
+    at every sequence length (None: the model's own)."""
     import onnx
 
     try:
@@ -325,30 +332,32 @@ def verify_onnx(model: torch.nn.Module, path: str | Path, batch_sizes=(1, 3),
     sess = session(path)
     names = [o.name for o in sess.get_outputs()]
     checks = []
-    for batch in batch_sizes:
-        x = random_input(model, batch, seed=batch)
+    for batch, length in ((b, n) for b in batch_sizes for n in lengths):
+        x = random_input(model, batch, seed=batch, length=length)
+        at = f"batch {batch}" + (f", {x.shape[1]} tokens" if length else "")
         with torch.inference_mode():
             expected = model(x)
         expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
         try:
             got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
         except Exception as exc:
-            raise ExportError(f"onnxruntime fails on {path} at batch {batch}: {_summary(exc)}") from None
+            raise ExportError(f"onnxruntime fails on {path} at {at}: {_summary(exc)}") from None
         for name, ref, out in zip(names, expected, got):
             ref = ref.float().numpy()
             out = np.asarray(out, dtype=np.float32)
             if out.shape != ref.shape:
                 raise ExportError(f"output `{name}` has shape {list(out.shape)} in onnxruntime but "
-                                  f"{list(ref.shape)} in PyTorch at batch {batch}", None,
+                                  f"{list(ref.shape)} in PyTorch at {at}", None,
                                   "the exported graph fixed a shape it should not; try --batch N")
             diff = np.abs(out.astype(np.float64) - ref)
             max_abs = float(diff.max(initial=0.0))
             max_rel = max_abs / max(float(np.abs(ref).max(initial=0.0)), 1e-12)
-            check = {"batch": batch, "output": name, "max_abs": max_abs, "max_rel": max_rel}
+            check = {"batch": batch, "length": x.shape[1] if length else None, "output": name, "max_abs": max_abs,
+                     "max_rel": max_rel}
             checks.append(check)
             if not np.allclose(out, ref, atol=atol, rtol=rtol, equal_nan=True):
                 raise ExportError(
-                    f"output `{name}` of {path} differs from PyTorch at batch {batch}: max abs diff "
+                    f"output `{name}` of {path} differs from PyTorch at {at}: max abs diff "
                     f"{max_abs:.3g}, max rel diff {max_rel:.3g} (tolerance atol {atol:g} + rtol {rtol:g} x |value|)",
                     None, "an operator converted wrongly; try another --opset, or report the layer types involved")
     return checks

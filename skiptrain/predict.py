@@ -2,7 +2,8 @@
 
 Inputs are image files (resized to the model's H, W; grayscale or RGB by its channels;
 scaled to 0..1), ``.npy`` arrays (one sample or a batch, in the same units: before
-normalisation) or folders of them. The stored mean/std normalise every input, exactly
+normalisation), ``.txt`` prompts for a language model with a tokenizer (``predict_text.py``) or
+folders of them. The stored mean/std normalise every input, exactly
 as training did. The model's task turns outputs into answers (``Task.predict``):
 classification the top classes with probabilities, segmentation a palette PNG per input
 (pixel value = class index), regression the raw outputs.
@@ -85,9 +86,13 @@ def _torch_model(path: Path) -> Model:
 
     from .api import load_checkpoint
 
+    from .export_tokens import sequence_context
+    from .predict_text import attach
+
     model, _ = load_checkpoint(path)
     meta = model.meta["skiptrain"]
     data = meta.get("data") or {}
+    extra = attach({"name": meta["name"]}, data.get("tokenizer"), sequence_context(model), str(path))
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -95,7 +100,7 @@ def _torch_model(path: Path) -> Model:
 
     return Model(run, meta["input_shape"], meta["input_dtype"], meta["output_shape"],
                  data.get("task") or _guess_task(meta["input_shape"], meta["output_shape"]),
-                 data.get("class_names"), data.get("mean"), data.get("std"), None, {"name": meta["name"]})
+                 data.get("class_names"), data.get("mean"), data.get("std"), None, extra)
 
 
 def _guess_task(input_shape, output_shape) -> str:
@@ -105,13 +110,14 @@ def _guess_task(input_shape, output_shape) -> str:
     return guess(input_shape, output_shape).name
 
 
-def collect(inputs: Iterable[str | Path]) -> list[Path]:
-    """The files to predict on: each file given, and the supported files in each folder given.
+def collect(inputs: Iterable[str | Path], text: tuple[str, ...] = ()) -> list[Path]:
+    """The files to predict on: each file given, and the supported files in each folder given (``text``:
+    the suffixes of prompts, for a model with a tokenizer).
 
     Only regular files are read: a device, a pipe or a socket (a `/dev/zero` link named x.npy)
     is refused by name, given or found in a folder, so no read is unbounded or blocks."""
     files: list[Path] = []
-    supported = IMAGE_SUFFIXES + ARRAY_SUFFIXES
+    supported = IMAGE_SUFFIXES + ARRAY_SUFFIXES + text
     for item in map(Path, inputs):
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if p.suffix.lower() in supported and not p.is_dir())
@@ -354,22 +360,31 @@ def predict_model(model: Model, inputs: Iterable[str | Path], top: int = 5,
                   output_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """``predict`` on a model already opened: its task turns the outputs into answers.
 
-    Every answer is finite (non-finite inputs and outputs are refused), so ``--json`` is valid JSON."""
+    Every answer is finite (non-finite inputs and outputs are refused), so ``--json`` is valid JSON.
+    A model with a tokenizer also reads ``.txt`` prompts (``predict_text``); each file then runs at its own
+    length, and each predicted token carries its text."""
     from .outputs import OutputError
+    from .predict_text import TEXT_SUFFIXES, add_text, prompt_ids
     from .tasks import TASKS
 
     if output_dir is not None:
         check_output_dir(Path(output_dir))
-    files = collect(inputs)
+    tokenizer = model.extra.get("tokenizer")
+    files = collect(inputs, TEXT_SUFFIXES if tokenizer is not None else ())
     labels, batches = [], []
     for path in files:
-        x = load_samples(path, model)
+        x = prompt_ids(path, model) if path.suffix.lower() in TEXT_SUFFIXES else load_samples(path, model)
         batches.append(x)
         labels.extend([str(path)] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))])
-    outputs = _forward(model, np.concatenate(batches), labels)
+    if tokenizer is None:
+        outputs = _forward(model, np.concatenate(batches), labels)
+    else:  # prompts of any length: a forward per file; the answer is read at the last position
+        firsts = np.cumsum([0] + [len(x) for x in batches])
+        outputs = np.concatenate([_forward(model, x, labels[i:i + len(x)])[:, -1:] for i, x in zip(firsts, batches)])
+    task = TASKS.get(model.task)
     try:
-        return TASKS.get(model.task).predict(outputs, labels, class_names=model.class_names, top=top,
-                                             output_dir=output_dir)
+        answers = task.predict(outputs, labels, class_names=model.class_names, top=top, output_dir=output_dir)
+        return answers if tokenizer is None else add_text(answers, tokenizer, task.answer_key)
     except OSError as exc:  # a task that writes files (masks) into a folder that refuses them
         raise OutputError(f"could not write the predictions: {exc.strerror or exc}"
                           f"{f' ({exc.filename})' if exc.filename else ''}", Location("--output-dir"),

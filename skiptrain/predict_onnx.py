@@ -5,7 +5,8 @@ in ``metadata_props``; a file from elsewhere may carry none of them, or values o
 input's rank, fixed sizes and element type come from the graph itself; metadata fills only what the
 graph leaves open (symbolic sizes), and only when it is well formed. Ill-formed metadata that merely
 labels results (task, class names, shapes, name) is ignored with a warning; ill-formed ``mean`` or
-``std``, which would change every number, is refused (``predict.check_normalisation``).
+``std``, which would change every number, is refused (``predict.check_normalisation``). A token model's
+``context`` keeps its sequence axis open (any length up to it) and its ``tokenizer`` reads ``.txt`` prompts.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CheckpointError, warn
+from .predict_text import attach
 
 # onnxruntime's element types that predict can feed, as numpy dtype names
 ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
@@ -44,7 +46,8 @@ def open_onnx(path: Path):
         raise CheckpointError(f"{path} takes a scalar input, with no batch axis", None,
                               "predict needs a model whose first input axis is the batch")
     props = metadata(sess, path)
-    input_shape = _sample_shape(dims[1:], props.get("input_shape"), path, "input_shape")
+    context = _context(props.get("context"), dims[1:])
+    input_shape = dims[1:] if context else _sample_shape(dims[1:], props.get("input_shape"), path, "input_shape")
     out_dims = [_fixed(d) for d in sess.get_outputs()[0].shape[1:]]
     output_shape = _sample_shape(out_dims, props.get("output_shape"), path, "output_shape")
     name = model_input.name
@@ -56,7 +59,8 @@ def open_onnx(path: Path):
     return Model(run, input_shape, dtype, [d if d is not None else -1 for d in output_shape],
                  _task(props.get("task"), path) or _guess_task(*known), _class_names(props.get("class_names"), path),
                  props.get("mean"), props.get("std"), dims[0],
-                 {"name": str(props.get("model_name", path.stem))[:200]})
+                 attach({"name": str(props.get("model_name", path.stem))[:200]}, props.get("tokenizer"), context,
+                        f"{path}'s metadata"))
 
 
 def metadata(sess, path: Path) -> dict[str, Any]:
@@ -75,6 +79,12 @@ def _decode(value: str) -> Any:
         return json.loads(value)
     except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
         return value
+
+
+def _context(value: Any, dims: list[int | None]) -> int | None:
+    """Metadata ``context`` (export_tokens): a token model's longest sequence, when the graph leaves that axis
+    open (``[batch, sequence]`` token ids); anything else is not a context."""
+    return value if _fixed(value) is not None and len(dims) == 1 and dims[0] is None else None
 
 
 def _fixed(dim: Any) -> int | None:

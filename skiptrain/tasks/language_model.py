@@ -130,7 +130,8 @@ class LanguageModel(Task):
 
     def table(self, answers):
         return ["input", "next token", "probability"], [
-            [[row["input"] if rank == 0 else "", str(entry["token"]), f"{entry['probability']:.4f}"]
+            [[row["input"] if rank == 0 else "", f"{entry['text']!r} ({entry['token']})" if "text" in entry
+              else str(entry["token"]), f"{entry['probability']:.4f}"]
              for rank, entry in enumerate(row["next_tokens"])] for row in answers]
 
     def looks_like(self, input_shape, output_shape) -> bool:

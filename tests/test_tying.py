@@ -172,3 +172,25 @@ def test_train_init_loads_a_tied_tensor_under_either_name(tmp_path, kept):
     assert "loaded 3/3 tensors" in result.output and "not loaded" not in result.output
     state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["model"]
     assert torch.equal(state["wte.weight"], source[kept]) and torch.equal(state["lm_head.weight"], source[kept])
+
+
+def test_freeze_and_param_groups_see_a_tied_tensor_under_either_name(tmp_path):
+    """Found in review: `freeze: [lm_head]` froze nothing of a tied head, since named_parameters() lists the
+    shared tensor only as wte.weight."""
+    from skiptrain.training.freeze import apply
+    from skiptrain.training.optim import grouping as make_grouping
+    from skiptrain.settings import parse_settings
+
+    from skiptrain.module import build_module
+
+    plan = check_model(tied_model())
+    model = build_module(plan)
+    train = {"freeze": ["lm_head"]}
+    frozen = apply(model, plan, parse_settings(train), train)
+    assert frozen.names == ["wte.weight"] and not model.get_parameter("lm_head.weight").requires_grad
+    assert model.get_parameter("mix.weight").requires_grad
+
+    model = build_module(plan)
+    train = {"param_groups": [{"match": "lm_head", "lr": 0.5}]}
+    groups = make_grouping(model, plan, parse_settings(train), train)
+    assert groups.of("wte.weight")[0] == 1 and groups.of("mix.weight")[0] == 0

@@ -65,10 +65,11 @@ def apply(model: nn.Module, plan: Any, settings: Any, train: Any) -> Frozen:
     frozen = Frozen()
     if not selected:
         return frozen
-    for name, parameter in model.named_parameters():
-        if owner(name, owned) in selected:
+    canonical = {id(p): n for n, p in model.named_parameters()}  # a tied tensor's first name
+    for name, parameter in model.named_parameters(remove_duplicate=False):  # every name of a tied tensor
+        if owner(name, owned) in selected and canonical[id(parameter)] not in frozen.names:
             parameter.requires_grad_(False)
-            frozen.names.append(name)
+            frozen.names.append(canonical[id(parameter)])
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("`train.freeze` freezes every parameter: nothing would train", where(train, "freeze"),
                           "freeze the backbone and leave the head out, e.g. `freeze: [\"layer*\"]`")

@@ -90,10 +90,14 @@ def grouping(model: nn.Module, plan: Any, settings: Any, train: Any) -> Grouping
     owned = id_patterns.units(plan)
     chosen = [id_patterns.select(group.match, owned) for group in settings.param_groups]
     depth = _layer_distances(plan)
+    aliases: dict[int, list[str]] = {}  # a tied tensor answers to each of its names (tie: in YAML)
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(parameter), []).append(name)
     assigned = {}
-    for name, _ in model.named_parameters():
-        path = id_patterns.owner(name, owned)
-        index = next((i + 1 for i, paths in enumerate(chosen) if path in paths), 0)
+    for name, parameter in model.named_parameters():
+        paths = [id_patterns.owner(alias, owned) for alias in aliases[id(parameter)]]
+        index = next((i + 1 for i, chosen_paths in enumerate(chosen) if any(p in chosen_paths for p in paths)), 0)
+        path = paths[0]
         assigned[name] = (index, depth.get(owned.get(path, ""), 0) if settings.layer_decay is not None else 0)
     layers = max(depth.values(), default=0) + 1
     return Grouping(list(settings.param_groups), settings.layer_decay or 1.0, assigned, layers)

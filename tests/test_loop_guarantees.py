@@ -207,3 +207,29 @@ def test_sync_bn_with_one_process_trains(write_yaml, tmp_path):
     """One process: BN statistics are already over the whole batch, so sync_bn changes nothing."""
     result = invoke("train", write_yaml(SYNC_BN), "--run-dir", tmp_path / "r", "-q")
     assert result.exit_code == 0, result.output
+
+
+def _skip_on_rank(rank: int, folder: str) -> None:
+    """One process of two: rank 0's loss is NaN, rank 1's is finite; write what skip() decided."""
+    import types
+
+    import torch.distributed as dist
+
+    from skiptrain.training.nonfinite import NonFiniteWatch
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    try:
+        run = types.SimpleNamespace(settings=types.SimpleNamespace(on_nan="skip_batch"), skipped=0,
+                                    model=torch.nn.Linear(2, 2), step=0, batch=0, finite_at=0)
+        watch = NonFiniteWatch(run, 1, torch.zeros(()))
+        loss = torch.tensor(float("nan") if rank == 0 else 1.0)
+        Path(folder, f"rank{rank}").write_text(str(watch.skip(loss)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_skip_batch_skips_on_every_rank_when_one_ranks_loss_is_not_finite(tmp_path):
+    """Before: only the rank with the NaN skipped its backward, and the other ranks waited in DDP's
+    gradient all-reduce for ever (a hang under --nproc)."""
+    torch.multiprocessing.spawn(_skip_on_rank, args=(str(tmp_path),), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["True", "True"]

@@ -35,7 +35,7 @@ class NonFiniteWatch:
         """skip_batch: a non-finite loss from finite weights is the batch's fault, so skip it; from
         non-finite weights it is the last update's, and every later batch would be skipped too: stop."""
         run = self.run
-        if run.settings.on_nan != "skip_batch" or torch.isfinite(loss):
+        if run.settings.on_nan != "skip_batch" or not any_rank_non_finite(loss):
             return False
         check_weights(run, self.epoch)
         if run.skipped < 100:
@@ -79,6 +79,16 @@ class NonFiniteWatch:
                              f"most likely {cause}; the last good checkpoint is in {where}"
                              + ("; `train.on_nan: skip_batch` skips such batches" if run.settings.on_nan == "stop"
                                 else f"; {run.skipped} batches were skipped before this one"))
+
+
+def any_rank_non_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is non-finite in any process: every rank skips the batch together, or one rank's
+    skipped backward would leave the others waiting in DDP's gradient all-reduce for ever."""
+    bad = (~torch.isfinite(loss.detach())).reshape(1).to(torch.float32)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return bool(bad.item())
 
 
 def first_non_finite(model: torch.nn.Module) -> str | None:

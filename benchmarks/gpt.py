@@ -12,11 +12,14 @@ rate per iteration, gradient clipping at 1.0 and no dropout. Reported: validatio
 same fixed windows (goal: within 0.02), training iterations per second (training steps only; evaluation
 and checkpoints excluded; goal: skiptrain / hand-written >= 0.97), sampling tokens per second (a naive
 loop of full forwards; the key/value cache of ``skiptrain.generation`` when it is installed) and a sample.
+torch runs on ``--threads`` threads (1 by default, as the other CPU benchmarks: on a shared machine two
+threads spin waiting for each other, measured up to 30x slower per step).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import platform
@@ -144,15 +147,15 @@ def sampling(run_dir: Path, model: torch.nn.Module, tokenizer, block: int, token
     `--no-cache`), when skiptrain.generation exists; else the naive loop alone, written here."""
     try:
         from skiptrain.generation import sample
-    except ImportError:
-        sample = None
-    if sample is not None:
+
         options = dict(prompt=PROMPT, tokens=tokens, temperature=TEMPERATURE, top_k=TOP_K, seed=1)
         sample(run_dir, **dict(options, tokens=5))  # a warm-up: the first forwards of a process are slower
         cached, naive = sample(run_dir, cache=True, **options), sample(run_dir, cache=False, **options)
         return {"tokens": tokens, "naive_tokens_per_s": naive["tokens_per_second"], "text": cached["text"],
                 "cached_tokens_per_s": cached["tokens_per_second"] if cached["cached"] else None,
                 "same_text": cached["text"] == naive["text"]}
+    except Exception as exc:  # no skiptrain.generation (or another interface): the naive loop written here
+        print(f"skiptrain.generation not used: {type(exc).__name__}: {exc}", file=sys.stderr)
     model.eval()
     idx = torch.tensor([tokenizer.encode(PROMPT)])
     started = time.perf_counter()
@@ -165,7 +168,7 @@ def machine() -> str:
     from model_overhead import machine_info
 
     info = machine_info()
-    return (f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['threads']} threads), "
+    return (f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['threads']} thread{'s' if info['threads'] != 1 else ''}), "
             f"Python {info['python']}, skiptrain {skiptrain.__version__}, load average {info['load_average']:.2f} "
             f"at the start")
 
@@ -270,8 +273,12 @@ def write_section(page: Path, lines: list[str], heading: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 iterations of batch 2 on a small written text; prints only")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on a shared 2-core machine "
+                        "2 threads wait for each other, up to 30x slower and as noisy)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     result = run(args.quick)
+    print(json.dumps(result), file=sys.stderr)  # the raw figures, should a page not be writable
     lines = section(result)
     print("\n".join(lines))
     if not args.quick:

@@ -167,7 +167,8 @@ def test_a_classifier_run_is_refused(tmp_path, write_yaml):
 
 @pytest.mark.parametrize("args, words", [
     (["--tokens", "0"], "--tokens"), (["--tokens", "-3"], "--tokens"), (["--temperature", "-0.5"], "--temperature"),
-    (["--temperature", "nan"], "--temperature"), (["--temperature", "inf"], "finite"), (["--top-k", "0"], "--top-k"), (["--seed", "-1"], "--seed"),
+    (["--temperature", "nan"], "--temperature"), (["--temperature", "inf"], "finite"), (["--top-k", "0"], "--top-k"),
+    (["--seed", "-1"], "--seed"),
 ])
 def test_option_ranges_are_usage_errors(run, args, words):
     result = invoke("sample", run, *args)
@@ -215,3 +216,36 @@ def test_several_new_tokens_attend_through_the_cache_as_in_one_forward(model):
         rest = model(idx[:, 5:])
     with torch.no_grad():
         torch.testing.assert_close(rest, model(idx)[:, 5:], atol=1e-5, rtol=1e-5)
+
+
+# -- docs/gpt.md: the page about this command and its config stays true --------------------------------
+PAGE = ROOT / "docs" / "gpt.md"
+
+
+def test_the_gpt_page_quotes_the_config_and_validate_as_they_are():
+    """Every line of the page's YAML snippets is a line of configs/gpt_shakespeare.yaml, and the
+    validate lines it shows are validate's."""
+    import re
+
+    config = ROOT / "configs" / "gpt_shakespeare.yaml"
+    lines = set(config.read_text().splitlines())
+    blocks = re.findall(r"```(\w*)\n(.*?)```", PAGE.read_text(), re.S)
+    quoted = [line for kind, body in blocks if kind == "yaml" for line in body.splitlines() if line.strip()]
+    assert len(quoted) > 30 and [line for line in quoted if line not in lines] == []
+    shown = next(body for kind, body in blocks if kind == "text" and "tied:" in body).splitlines()
+    validated = invoke("validate", config)
+    assert validated.exit_code == 0 and all(line in validated.stdout.splitlines() for line in shown)
+
+
+def test_the_gpt_page_links_resolve():
+    import re
+
+    from .test_walkthrough import heading_anchors
+
+    links = re.findall(r"\]\(([^)\s]+)\)", PAGE.read_text(encoding="utf-8"))
+    assert links
+    for link in links:
+        target, _, anchor = link.partition("#")
+        path = (PAGE.parent / target).resolve() if target else PAGE
+        assert path.exists(), f"{link} points to a missing file"
+        assert not anchor or anchor in heading_anchors(path), f"{link} points to a missing heading"

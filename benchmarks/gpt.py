@@ -174,7 +174,7 @@ def machine() -> str:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    load = os.getloadavg()[0]
+    load, where = os.getloadavg()[0], machine()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         cfg = config(quick, folder)
@@ -199,7 +199,7 @@ def run(quick: bool) -> dict[str, Any]:
     for side in (hand_result, ours):
         side["iters_per_s"] = side["steps"] / side["seconds"]
     return {"quick": quick, "hand": hand_result, "skiptrain": ours, "sample": sample, "load": load,
-            "machine": machine(), "date": f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+            "machine": where, "date": f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
             "params": summary["params"], "vocab": vocab, "text": bundle.meta.get("text", {}),
             "batch": int(cfg["data"]["batch_size"]), "block": block, "eval_batches": int(cfg["data"]["eval_batches"])}
 

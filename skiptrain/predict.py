@@ -85,7 +85,6 @@ def _torch_model(path: Path) -> Model:
     import torch
 
     from .api import load_checkpoint
-
     from .export_tokens import sequence_context
     from .predict_text import attach
 

@@ -149,6 +149,16 @@ def test_a_layer_that_mixes_positions_falls_back_to_the_naive_loop():
     assert cache_blocker(*_built(concat)) is not None  # the sequence grows: a row is no longer a token
 
 
+def test_the_fallback_is_said_once_and_gives_the_same_text(run, monkeypatch):
+    from skiptrain import generation
+
+    expected = invoke("sample", run, "--tokens", "30", "--seed", "3").stdout
+    monkeypatch.setattr(generation, "cache_blocker", lambda plan, model: "`conv` (conv1d) mixes positions")
+    result = invoke("sample", run, "--tokens", "30", "--seed", "3")
+    assert result.exit_code == 0 and result.stdout == expected
+    assert result.stderr.count("warning: `conv` (conv1d) mixes positions") == 1 and "no cache" in result.stderr
+
+
 def _built(model_section: dict):
     from skiptrain.api import check_model
     from skiptrain.module import build_module

@@ -115,6 +115,8 @@ def collect(inputs: Iterable[str | Path], text: tuple[str, ...] = ()) -> list[Pa
 
     Only regular files are read: a device, a pipe or a socket (a `/dev/zero` link named x.npy)
     is refused by name, given or found in a folder, so no read is unbounded or blocks."""
+    from .predict_text import TEXT_SUFFIXES
+
     files: list[Path] = []
     supported = IMAGE_SUFFIXES + ARRAY_SUFFIXES + text
     for item in map(Path, inputs):
@@ -126,7 +128,10 @@ def collect(inputs: Iterable[str | Path], text: tuple[str, ...] = ()) -> list[Pa
             files.extend(_regular(p) for p in found)
         elif item.exists():
             if item.suffix.lower() not in supported:
+                prompt = item.suffix.lower() in TEXT_SUFFIXES  # read only for a model with a tokenizer
                 raise DataError(f"{item}: unsupported input file type `{item.suffix or item.name}`", None,
+                                "a .txt prompt needs a language model that stores its tokenizer (a run of "
+                                "`dataset: text`, or its export); give .npy arrays of token ids" if prompt else
                                 f"give images ({', '.join(IMAGE_SUFFIXES)}) or .npy arrays")
             files.append(_regular(item))
         else:

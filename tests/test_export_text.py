@@ -121,3 +121,15 @@ def test_a_model_without_a_sequence_to_vary_keeps_its_fixed_shape(tmp_path):
     tokens["layers"][-1:] = [{"type": "flatten"}, {"type": "linear", "out_features": 2}]
     assert sequence_context(build_model(tokens)) is None
     assert sequence_context(build_model(tiny_gpt(layers=1))) == CONTEXT
+
+
+def test_a_prompt_for_a_model_without_a_tokenizer_says_what_it_needs(tmp_path):
+    from skiptrain.errors import DataError
+    from skiptrain.predict import collect
+
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("ROMEO:")
+    with pytest.raises(DataError) as error:
+        collect([prompt])  # what predict does for a model that stores no tokenizer
+    assert "stores its tokenizer" in error.value.hint
+    assert collect([prompt], (".txt",)) == [prompt]

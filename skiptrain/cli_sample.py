@@ -36,7 +36,7 @@ def _reader_left() -> None:
 
 @app.command()
 def sample(
-    source: str = typer.Argument(..., help="A run directory or a checkpoint file of a language model.",
+    source: str = typer.Argument(..., help="A run directory, a checkpoint or an exported .onnx file of a language model.",
                                  show_default=False),
     prompt: str = typer.Option("", "--prompt", "-p", help="The text to continue (default: a newline, as nanoGPT)."),
     tokens: int = typer.Option(300, "--tokens", "-n", min=1, help="How many tokens to generate."),

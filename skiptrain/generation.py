@@ -22,8 +22,10 @@ import codecs
 import math
 import time
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -212,6 +214,10 @@ def sample(source: Any, prompt: str = "", tokens: int = 300, temperature: float 
     from .training.setup import select_device
 
     check_options(tokens, temperature, top_k, seed)
+    if Path(source).suffix.lower() == ".onnx" and Path(source).is_file():
+        model, tokenizer, context, vocab, origin, blocker = _onnx_model(Path(source))
+        return _sample_with(model, tokenizer, context, vocab, origin, blocker, prompt, tokens, temperature, top_k,
+                            seed, on_text)
     restored = restore(source, which, device=select_device(device))
     where = Location(str(restored.state.path))
     meta = restored.model.meta["skiptrain"]
@@ -224,11 +230,46 @@ def sample(source: Any, prompt: str = "", tokens: int = 300, temperature: float 
         tokenizer = tokenizer_from(restored)
     except SkiptrainError as exc:
         raise DataError(exc.message, where, exc.hint) from None
-    text, ids = _prompt_ids(tokenizer, prompt)
     blocker = cache_blocker(restored.plan, restored.model) if cache else "the cache is off (--no-cache)"
     if cache and blocker:
         warn(f"{blocker}: sampling without a key/value cache (each token is a forward of the whole context)")
-    context = meta["input_shape"][0]
+    return _sample_with(restored.model, tokenizer, meta["input_shape"][0],
+                        min(tokenizer.vocab_size, meta["output_shape"][-1]), restored.state.path, blocker, prompt,
+                        tokens, temperature, top_k, seed, on_text)
+
+
+class _OnnxForward(nn.Module):
+    """An exported language model behind ``generate``'s module interface: onnxruntime, no cache (the
+    exported graph has none), on the CPU."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], dtype: str):
+        super().__init__()
+        self.run, self.dtype = run, dtype
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # generate() reads the device from it
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.run(ids.cpu().numpy().astype(self.dtype))))
+
+
+def _onnx_model(path: Path) -> tuple[nn.Module, Any, int, int, str, str]:
+    """A file written by ``skiptrain export`` from a text run: its tokenizer and context travel in its metadata."""
+    from .predict import open_model
+
+    model = open_model(path)
+    tokenizer, context = model.extra.get("tokenizer"), model.extra.get("context")
+    if tokenizer is None or context is None or len(model.input_shape) != 1:
+        raise CheckpointError(f"sample needs a language model, and {path} carries no tokenizer and context",
+                              Location(str(path)), "export a run of `data: {dataset: text}` with `skiptrain export`")
+    vocab = min(tokenizer.vocab_size, model.output_shape[-1])
+    return _OnnxForward(model.run, model.input_dtype), tokenizer, context, vocab, str(path), "an .onnx file"
+
+
+def _sample_with(model: nn.Module, tokenizer: Any, context: int, vocab: int, origin: Any, blocker: str | None,
+                 prompt: str, tokens: int, temperature: float, top_k: int | None, seed: int,
+                 on_text: Callable[[str], None] | None) -> dict[str, Any]:
+    """The sampling loop shared by a run and an .onnx file, streaming decoded text to ``on_text``."""
+    where = Location(str(origin))
+    text, ids = _prompt_ids(tokenizer, prompt)
     pieces, emit = [text], on_text or (lambda piece: None)
     stream = TextStream(tokenizer)
 
@@ -239,11 +280,10 @@ def sample(source: Any, prompt: str = "", tokens: int = 300, temperature: float 
             emit(piece)
 
     emit(text)
-    choose = chooser(temperature, top_k, min(tokenizer.vocab_size, meta["output_shape"][-1]),
-                     torch.Generator().manual_seed(seed))
+    choose = chooser(temperature, top_k, vocab, torch.Generator().manual_seed(seed))
     start = time.perf_counter()
     try:
-        new = generate(restored.model, ids, tokens, context, choose, cached=blocker is None, on_token=on_token)
+        new = generate(model, ids, tokens, context, choose, cached=blocker is None, on_token=on_token)
     except (RuntimeError, ValueError) as exc:
         if blocker is None or len(ids) >= context:
             raise
@@ -255,5 +295,5 @@ def sample(source: Any, prompt: str = "", tokens: int = 300, temperature: float 
     if tail:
         pieces.append(tail)
         emit(tail)
-    return {"text": "".join(pieces), "prompt": text, "tokens": new, "checkpoint": restored.state.path,
+    return {"text": "".join(pieces), "prompt": text, "tokens": new, "checkpoint": origin,
             "cached": blocker is None, "seconds": seconds, "tokens_per_second": len(new) / max(seconds, 1e-9)}

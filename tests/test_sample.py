@@ -259,3 +259,25 @@ def test_the_gpt_page_links_resolve():
         path = (PAGE.parent / target).resolve() if target else PAGE
         assert path.exists(), f"{link} points to a missing file"
         assert not anchor or anchor in heading_anchors(path), f"{link} points to a missing heading"
+
+
+def test_sample_runs_from_the_exported_onnx_file_with_the_runs_tokens(run, tmp_path):
+    """Issue 17, item 5: the .onnx carries its tokenizer and context; sampling from it (onnxruntime, no cache)
+    gives the run's tokens, greedy and seeded, across the context boundary."""
+    onnx = tmp_path / "gpt.onnx"
+    assert invoke("export", run, "-o", onnx).exit_code == 0
+    for options in (("--temperature", "0"), ("--seed", "3")):
+        from_run = invoke("sample", run, "--prompt", "Speak", "--tokens", "24", *options, "-q")
+        from_onnx = invoke("sample", onnx, "--prompt", "Speak", "--tokens", "24", *options, "-q")
+        assert from_onnx.exit_code == 0, from_onnx.output
+        assert from_onnx.stdout == from_run.stdout and len(from_run.stdout) > len("Speak")
+
+
+def test_an_onnx_file_that_is_no_language_model_is_refused(tmp_path):
+    from .conftest import TINY_RESIDUAL_MODEL
+
+    config = tmp_path / "cnn.yaml"
+    config.write_text(TINY_RESIDUAL_MODEL)
+    assert invoke("export", config, "-o", tmp_path / "cnn.onnx", "--no-verify").exit_code == 0
+    result = invoke("sample", tmp_path / "cnn.onnx", "--tokens", "3")
+    assert result.exit_code == 1 and "sample needs a language model" in result.stderr

@@ -200,6 +200,13 @@ def export(source: str | Path, output: str | Path, opset: int | None = None, bat
     return export_onnx(source, output, opset=opset, batch=batch, verify=verify)
 
 
+def eject(source: str | Path, output: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Write the model of a config, run directory or checkpoint as one standalone PyTorch file (no skiptrain)."""
+    from .eject import eject as write_file
+
+    return write_file(source, output, overwrite=overwrite)
+
+
 def predict(source: str | Path, inputs: Iterable[str | Path], top: int = 5,
             output_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Predictions of a run directory, checkpoint or .onnx file on images, arrays or folders of them."""

@@ -388,6 +388,7 @@ def init(
 
 
 from . import cli_sample  # noqa: E402,F401  (registers `sample` on `app`, listed after `init`)
+from . import cli_eject  # noqa: E402,F401  (registers `eject` on `app`, after `sample`)
 
 
 def main() -> None:

@@ -18,6 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sections import carried  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -114,7 +117,7 @@ def write_page(path: Path, rows: list[str], quick: bool, from_runs: bool = False
         "checkpoints and the test pass. Each run uses the config unchanged (seed 0).",
         "",
     ]
-    path.write_text("\n".join(page))
+    path.write_text(carried(path.read_text() if path.is_file() else "", "\n".join(page)))  # e.g. gpt.py's section
 
 
 if __name__ == "__main__":

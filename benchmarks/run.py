@@ -28,6 +28,7 @@ import model_overhead  # noqa: E402
 import startup  # noqa: E402
 import trainer_overhead  # noqa: E402
 import validate_scaling  # noqa: E402
+from sections import carried  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 GPU_RESULTS = HERE / "results" / "gpu.json"
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_rel = os.path.relpath(plot, output.parent) if plot.is_file() else None
     page = build_page(args.quick, results, load, plot_rel, time.perf_counter() - started)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(page)
+    output.write_text(carried(output.read_text() if output.is_file() else "", page))  # e.g. gpt.py's section
     print(f"wrote {output}")
     if output == DOC:
         (HERE / "results" / "cpu.json").write_text(json.dumps(results, indent=1) + "\n")

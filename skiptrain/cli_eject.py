@@ -22,5 +22,6 @@ def eject(
         from .api import eject as eject_model
 
         result = eject_model(source, output, overwrite=force)
-        err.print(f"wrote {result['output']}: class {result['class']} ({result['kind']} weights load with "
-                  f"load_state_dict)", markup=False)
+        weights = "a run's checkpoint" if result["kind"] == "checkpoint" else "a checkpoint of this config"
+        err.print(f"wrote {result['output']}: class {result['class']}; load {weights} with "
+                  f"model.load_state_dict(torch.load(path, weights_only=True)['model'])", markup=False)

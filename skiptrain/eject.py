@@ -138,7 +138,15 @@ def _module_call(module: nn.Module, out: _Source) -> str:
         rebuilt = cls(**kwargs)
     if repr(rebuilt) != repr(module) or _shapes(rebuilt) != _shapes(module):
         raise EjectError(f"cannot write a {cls.__name__} as source", None, "please report this model")
-    return _call(cls, kwargs, out)
+    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+    return _call(cls, {k: v for k, v in kwargs.items() if not _is_default(v, defaults.get(k))}, out)
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    """``stride=(1, 1)`` against a default of 1 is the default: the call reads as written by hand."""
+    if isinstance(value, tuple) and value and not isinstance(default, tuple):
+        return all(_is_default(v, default) for v in value)
+    return type(value) is type(default) and value == default
 
 
 def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -186,19 +194,18 @@ def source_of(model: nn.Module, plan: Any, origin: str) -> str:
     name = _class_name(graph.name)
     forward = model.code.replace("def forward(self, x):", "def forward(self, x: torch.Tensor) -> torch.Tensor:")
     body = "\n".join(f"        {line}" for line in lines) or "        pass"
-    copied = "\n\n".join(s.rstrip("\n") + "\n" for s in out.copied.values())
-    text = _TEMPLATE.format(origin=origin, name=name, graph=graph.name, body=body, copied=copied,
-                            forward="\n".join(f"    {line}" if line else "" for line in forward.splitlines()),
-                            shape=list(graph.input_shape), imports="".join(f"\n{line}" for line in sorted(out.imports)))
-    return _clean_imports(text)
+    copied = "".join(s.rstrip("\n") + "\n\n\n" for s in out.copied.values())
+    forward = "\n".join(f"    {line}" if line else "" for line in forward.splitlines())
+    text = _TEMPLATE.format(origin=origin, name=name, graph=graph.name, body=body, copied=copied, forward=forward,
+                            shape=list(graph.input_shape), imports="{imports}")
+    return re.sub(r"\n{4,}", "\n\n\n", text).replace("{imports}", _imports(text, out.imports))
 
 
-def _clean_imports(text: str) -> str:
-    """Drop the header imports the file does not use (pyflakes and ruff flag them)."""
-    for line, used in (("import torch.nn.functional as F\n", "F."), ("import math\n", "math.")):
-        if used not in text.replace(line, ""):
-            text = text.replace(line, "")
-    return re.sub(r"\n{4,}", "\n\n\n", text)
+def _imports(text: str, extra: set[str]) -> str:
+    """The file's imports in isort's order (ruff's I001), only those it uses."""
+    first = ["import math"] if "math." in text else []
+    third = {"import torch", *extra} | ({"import torch.nn.functional as F"} if "F." in text else set())
+    return "\n".join([*first, *([""] if first else []), *sorted(third), "from torch import nn"])
 
 
 _TEMPLATE = '''"""{graph}: ejected by `skiptrain eject` from {origin}. Needs only PyTorch.
@@ -209,13 +216,7 @@ _TEMPLATE = '''"""{graph}: ejected by `skiptrain eject` from {origin}. Needs onl
 """
 from __future__ import annotations
 
-import math{imports}
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-
-{copied}
+{imports}
 
 
 def _put(root: nn.Module, path: str, module: nn.Module | nn.Parameter) -> None:
@@ -229,6 +230,9 @@ def _put(root: nn.Module, path: str, module: nn.Module | nn.Parameter) -> None:
         root.register_parameter(leaf, module)
     else:
         root.add_module(leaf, module)
+
+
+{copied}
 
 
 class {name}(nn.Module):

@@ -9,6 +9,7 @@ Correctness first: the modules are the SkipNet's, so eval-mode outputs are bitwi
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 import types
@@ -31,20 +32,16 @@ class _Source:
     """What the file needs besides its model class: imports, and copied classes and helpers in order."""
 
     def __init__(self) -> None:
-        self.imports: set[str] = set()
+        self.froms: dict[str, set[str]] = {"torch": {"nn"}}  # module -> names imported from it
         self.copied: dict[str, str] = {}  # name -> source, in dependency order
 
     def ref(self, cls: type) -> str:
         """An expression naming ``cls`` in the ejected file."""
         if getattr(nn, cls.__name__, None) is cls:
             return f"nn.{cls.__name__}"
-        top = cls.__module__.split(".")[0]
-        if top == "torchvision":
-            self.imports.add(f"import {cls.__module__}")
-            return f"{cls.__module__}.{cls.__qualname__}"
-        if top == "torch":
-            self.imports.add(f"import {cls.__module__}")
-            return f"{cls.__module__}.{cls.__qualname__}"
+        if cls.__module__.split(".")[0] in ("torch", "torchvision"):
+            self.froms.setdefault(_public_module(cls), set()).add(cls.__name__)
+            return cls.__name__
         self.copy(cls)
         return cls.__name__
 
@@ -71,6 +68,20 @@ class _Source:
                 self.copied[word] = f"{word} = {value!r}\n"
         del self.copied[name]
         self.copied[name] = source
+
+
+def _public_module(cls: type) -> str:
+    """The shortest module path that exports ``cls`` (``torchvision.ops``, not ``torchvision.ops.stochastic_depth``,
+    whose name the package rebinds to a function)."""
+    parts = cls.__module__.split(".")
+    for end in range(1, len(parts) + 1):
+        path = ".".join(parts[:end])
+        try:
+            if getattr(importlib.import_module(path), cls.__name__, None) is cls:
+                return path
+        except ImportError:
+            continue
+    return cls.__module__
 
 
 def _is_own(value: Any) -> bool:
@@ -198,14 +209,15 @@ def source_of(model: nn.Module, plan: Any, origin: str) -> str:
     forward = "\n".join(f"    {line}" if line else "" for line in forward.splitlines())
     text = _TEMPLATE.format(origin=origin, name=name, graph=graph.name, body=body, copied=copied, forward=forward,
                             shape=list(graph.input_shape), imports="{imports}")
-    return re.sub(r"\n{4,}", "\n\n\n", text).replace("{imports}", _imports(text, out.imports))
+    return re.sub(r"\n{4,}", "\n\n\n", text).replace("{imports}", _imports(text, out.froms))
 
 
-def _imports(text: str, extra: set[str]) -> str:
+def _imports(text: str, froms: dict[str, set[str]]) -> str:
     """The file's imports in isort's order (ruff's I001), only those it uses."""
     first = ["import math"] if "math." in text else []
-    third = {"import torch", *extra} | ({"import torch.nn.functional as F"} if "F." in text else set())
-    return "\n".join([*first, *([""] if first else []), *sorted(third), "from torch import nn"])
+    third = ["import torch", *(["import torch.nn.functional as F"] if "F." in text else [])]
+    third += [f"from {module} import {', '.join(sorted(names))}" for module, names in sorted(froms.items())]
+    return "\n".join([*first, *([""] if first else []), *third])
 
 
 _TEMPLATE = '''"""{graph}: ejected by `skiptrain eject` from {origin}. Needs only PyTorch.

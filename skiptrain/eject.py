@@ -13,6 +13,7 @@ import importlib
 import inspect
 import re
 import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ def _call(cls: type, kwargs: dict[str, Any], out: _Source) -> str:
     return f"{out.ref(cls)}({args})"
 
 
-def _layer_call(layer: Any, args: dict[str, Any], module: nn.Module, out: _Source) -> str:
+def _layer_call(layer: Any, args: dict[str, Any], module: nn.Module, out: _Source, loc: Location | None) -> str:
     """The constructor call of a layer node: its class and the arguments the plan resolved."""
     factory = layer.factory
     args = dict(args)
@@ -125,18 +126,23 @@ def _layer_call(layer: Any, args: dict[str, Any], module: nn.Module, out: _Sourc
         for name, param in inspect.signature(cls).parameters.items():
             if name in _CLASS_ARGS and name not in args and isinstance(param.default, str):
                 args[name] = param.default
-        args = {k: layer_class(v, k) if k in _CLASS_ARGS else v for k, v in args.items()}
+        lists = {k for k, p in inspect.signature(cls).parameters.items() if typing.get_origin(p.annotation) is list}
+        args = {k: layer_class(v, k) if k in _CLASS_ARGS else list(v) if k in lists and isinstance(v, tuple) else v
+                for k, v in args.items()}  # as the adapter does: torchvision copies its lists
     if not isinstance(cls, type):
-        raise EjectError(f"layer type `{layer.name}` is built by a function, not a class", None,
+        raise EjectError(f"layer type `{layer.name}` is built by a function, not a class", loc,
                          "register the layer as an nn.Module class to eject it")
-    return _call(cls, args, out)
+    try:
+        return _call(cls, args, out)
+    except TypeError as error:  # an argument with no source form (a plugin's object)
+        raise EjectError(f"layer type `{layer.name}`: {error}", loc, "give the layer plain arguments") from None
 
 
-def _module_call(module: nn.Module, out: _Source) -> str:
+def _module_call(module: nn.Module, out: _Source, loc: Location | None = None) -> str:
     """A built module (a projection) as a constructor call, read from its attributes and checked by rebuilding."""
     cls = type(module)
     if cls is nn.Sequential:
-        return "nn.Sequential(" + ", ".join(_module_call(child, out) for child in module) + ")"
+        return "nn.Sequential(" + ", ".join(_module_call(child, out, loc) for child in module) + ")"
     kwargs = {}
     for name, param in inspect.signature(cls).parameters.items():
         if name in ("device", "dtype") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -148,7 +154,7 @@ def _module_call(module: nn.Module, out: _Source) -> str:
     with torch.device("meta"):
         rebuilt = cls(**kwargs)
     if repr(rebuilt) != repr(module) or _shapes(rebuilt) != _shapes(module):
-        raise EjectError(f"cannot write a {cls.__name__} as source", None, "please report this model")
+        raise EjectError(f"cannot write the projection's {cls.__name__} as source", loc, "please report this model")
     defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
     return _call(cls, {k: v for k, v in kwargs.items() if not _is_default(v, defaults.get(k))}, out)
 
@@ -191,18 +197,20 @@ def source_of(model: nn.Module, plan: Any, origin: str) -> str:
             shape = tuple(model.get_parameter(node.id).shape)
             lines.append(f"_put(self, {node.id!r}, nn.Parameter(torch.zeros({shape!r})))" + where)
         else:
-            call = _layer_call(layer, node.meta["args"], built[node.id], out)
+            call = _layer_call(layer, node.meta["args"], built[node.id], out, node.loc)
             lines.append(f"_put(self, {node.id!r}, {call})" + where)
         for skip in graph.skips_into(node.id):
             proj = plan.projection_for(skip)
             if proj is not None:
-                lines.append(f"_put(self, {proj.id!r}, {_module_call(built[proj.id], out)})"
+                lines.append(f"_put(self, {proj.id!r}, {_module_call(built[proj.id], out, skip.loc)})"
                              f"  # projection of the skip {skip.source} -> {skip.target} at {_where(skip.loc)}")
     for node in graph.order:
         for name, path in node.meta.get("tied", {}).items():
             owner, _, leaf = f"{node.id}.{name}".rpartition(".")
             lines.append(f"self.get_submodule({owner!r}).{leaf} = self.get_parameter({path!r})  # tie:")
     name = _class_name(graph.name)
+    lines_at = sorted(n.loc.line for n in graph.order if n.loc is not None and n.loc.line)
+    origin = f"{origin}, lines {lines_at[0]}-{lines_at[-1]}" if lines_at else origin
     forward = model.code.replace("def forward(self, x):", "def forward(self, x: torch.Tensor) -> torch.Tensor:")
     body = "\n".join(f"        {line}" for line in lines) or "        pass"
     copied = "".join(s.rstrip("\n") + "\n\n\n" for s in out.copied.values())

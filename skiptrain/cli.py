@@ -387,8 +387,7 @@ def init(
         out.print(f"wrote {path}; check it with: skiptrain validate {path}", markup=False)
 
 
-from . import cli_sample  # noqa: E402,F401  (registers `sample` on `app`, listed after `init`)
-from . import cli_eject  # noqa: E402,F401  (registers `eject` on `app`, after `sample`)
+from . import cli_sample, cli_eject  # noqa: E402,F401  (register `sample`, then `eject`, on `app`, after `init`)
 
 
 def main() -> None:

@@ -174,7 +174,12 @@ def test_a_block_longer_than_a_split_is_refused_with_its_sizes(write_yaml, tmp_p
 
 def test_the_model_must_take_the_block_it_is_given(write_yaml, tmp_path, corpus):
     one_error(run_cli(write_yaml, tmp_path, lm_config(corpus, extra=", block_size: 32")),
-              "`block_size` is 32, but the model takes windows of 16 tokens", "config.yaml:")
+              "`block_size` is 32, but the model", "config.yaml:")
+    # validate says so too, before any text is read (it used to pass, and only train refused)
+    config = write_yaml(lm_config(corpus, extra=", block_size: 32"), "validate_me.yaml")
+    result = invoke("validate", config)
+    assert result.exit_code == 1 and "`block_size` is 32, but the model's input is [16]" in result.stderr
+    assert "validate_me.yaml:" in result.stderr and "Traceback" not in result.output
 
 
 def test_a_model_vocabulary_smaller_than_the_datas_is_refused(write_yaml, tmp_path, corpus):

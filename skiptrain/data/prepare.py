@@ -117,3 +117,8 @@ def check_input(options: DataOptions, input_shape: tuple[int, ...], input_dtype:
     an image input ``[C, H, W]`` has C channels (other shapes are known only from the data, at train)."""
     if input_dtype == "float32" and not isinstance(options.normalize, str) and len(input_shape) == 3:
         given(options, int(input_shape[0]))
+    block = getattr(options, "block_size", None)  # text windows: the model's input is [block_size]
+    if block is not None and list(input_shape) != [block]:
+        raise DataError(f"`block_size` is {block}, but the model's input is {list(input_shape)}",
+                        options.where("block_size"), f"set `model.input: [{block}]`, or remove `block_size` "
+                                                     "(it follows the model's input)")

@@ -28,6 +28,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sections import put  # noqa: E402
+
 DOC = ROOT / "docs" / "reliability.md"
 SUITES = {"config": ("tests/test_fuzz.py", "<!-- fuzz:start -->", "<!-- fuzz:end -->", "SKIPTRAIN_FUZZ_EXAMPLES"),
           "hostile": ("tests/test_fuzz_hostile.py", "<!-- hostile:start -->", "<!-- hostile:end -->",
@@ -74,13 +78,19 @@ def run(suite: str, examples: int | None, seed: int) -> tuple[int, dict, float, 
     return proc.returncode, stats, seconds, summary
 
 
+def footer(passed: str, status: int, seconds: float, summary: str, seed: int, examples: int | None) -> list[str]:
+    """A section's last lines: the result (``passed`` when pytest exited 0) and how the run was made."""
+    minutes, secs = divmod(round(seconds), 60)
+    result = f"passed: {passed}" if status == 0 else f"FAILED ({summary or f'pytest exit status {status}'})"
+    return [f"Result: {result}.", "",
+            f"Run: {datetime.date.today().isoformat()}, {minutes} min {secs:02d} s, profile `long`"
+            f"{f', {examples} examples' if examples else ''}, `--hypothesis-seed={seed}`; {machine()}."]
+
+
 def section(stats: dict, status: int, seconds: float, summary: str, seed: int, examples: int | None) -> str:
     def n(key: str) -> str:
         return f"{stats.get(key, 0):,}"
 
-    minutes, secs = divmod(round(seconds), 60)
-    result = "passed: no config escaped with another exception, hung, or built a model that disagreed " \
-             "with `validate`" if status == 0 else f"FAILED ({summary or f'pytest exit status {status}'})"
     return "\n".join([
         SUITES["config"][1],
         "### Fuzzing the config language",
@@ -107,10 +117,8 @@ def section(stats: dict, status: int, seconds: float, summary: str, seed: int, e
         f"| &nbsp;&nbsp;built and run on CPU, output checked | {n('built')} |",
         f"| &nbsp;&nbsp;checked only (over 5M parameters or 1M-element activations) | {n('too_large_to_build')} |",
         "",
-        f"Result: {result}.",
-        "",
-        f"Run: {datetime.date.today().isoformat()}, {minutes} min {secs:02d} s, profile `long`"
-        f"{f', {examples} examples' if examples else ''}, `--hypothesis-seed={seed}`; {machine()}.",
+        *footer("no config escaped with another exception, hung, or built a model that disagreed with `validate`",
+                status, seconds, summary, seed, examples),
         SUITES["config"][2],
     ])
 
@@ -121,11 +129,8 @@ def hostile_section(stats: dict, status: int, seconds: float, summary: str, seed
     def n(key: str) -> str:
         return f"{stats.get(key, 0):,}"
 
-    minutes, secs = divmod(round(seconds), 60)
     commands = ", ".join(f"`{key.split('_', 1)[1]}` {value:,}" for key, value in sorted(stats.items())
                          if key.startswith("command_"))
-    result = "passed: no traceback, no hang, no code run, and no file changed outside what each command " \
-             "may write" if status == 0 else f"FAILED ({summary or f'pytest exit status {status}'})"
     return "\n".join([
         SUITES["hostile"][1],
         "### Fuzzing hostile and careless input to the CLI",
@@ -150,27 +155,16 @@ def hostile_section(stats: dict, status: int, seconds: float, summary: str, seed
         "",
         f"Commands: {commands or 'none'}.",
         "",
-        f"Result: {result}.",
-        "",
-        f"Run: {datetime.date.today().isoformat()}, {minutes} min {secs:02d} s, profile `long`"
-        f"{f', {examples} examples' if examples else ''}, `--hypothesis-seed={seed}`; {machine()}.",
+        *footer("no traceback, no hang, no code run, and no file changed outside what each command may write",
+                status, seconds, summary, seed, examples),
         SUITES["hostile"][2],
     ])
 
 
 def write(text: str, suite: str) -> None:
-    """Replace the fuzz section of docs/reliability.md (or add it); nothing else on the page changes."""
-    page = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Reliability\n"
+    """Replace the suite's section of docs/reliability.md (or add it); nothing else on the page changes."""
     _, start, end, _ = SUITES[suite]
-    if start in page and end in page and page.index(start) < page.index(end):
-        head, rest = page.split(start, 1)
-        page = head + text + rest.split(end, 1)[1]
-    else:
-        page = page.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    tmp = DOC.with_name(DOC.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, DOC)
+    put(DOC, start, end, text, new_page="# Reliability\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from torch.nn import functional as F  # noqa: E402
 
 import skiptrain  # noqa: E402
 from handwritten_gpt import GPT, GPTConfig  # noqa: E402
+from sections import put  # noqa: E402
 
 CONFIG = ROOT / "configs" / "gpt_shakespeare.yaml"
 PROMPT, SAMPLE_TOKENS, TEMPERATURE, TOP_K = "ROMEO:", 300, 0.8, 40
@@ -259,15 +259,7 @@ def section(r: dict[str, Any]) -> list[str]:
 
 def write_section(page: Path, lines: list[str], heading: str) -> None:
     """Replace the text between the gpt markers, or add a section with them at the end of the page."""
-    text = page.read_text() if page.exists() else ""
-    block = "\n".join(lines)
-    if START in text and END in text:
-        head, _, rest = text.partition(START)
-        _, _, tail = rest.partition(END)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + f"\n\n{heading}\n\n{block}\n"
-    page.write_text(text)
+    put(page, START, END, "\n".join(lines), heading)
 
 
 def main() -> None:

@@ -20,11 +20,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from test_reliability import CONFIG  # noqa: E402  (the same run the tests kill)
+from sections import put  # noqa: E402
+from tests.test_reliability import CONFIG  # noqa: E402  (the same run the tests kill)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -115,11 +116,8 @@ def main() -> None:
         f"{corrupt['detected']} of {corrupt['corruptions']} |",
         "<!-- reliability:end -->",
     ])
-    page = Path(args.output)
-    text = page.read_text() if page.exists() else "# Reliability\n\n<!-- reliability:start -->\n<!-- reliability:end -->\n"
-    head, _, rest = text.partition("<!-- reliability:start -->")
-    _, _, tail = rest.partition("<!-- reliability:end -->")
-    page.write_text(head + section + tail)
+    put(Path(args.output), "<!-- reliability:start -->", "<!-- reliability:end -->", section,
+        new_page="# Reliability\n")
     print(section)
 
 

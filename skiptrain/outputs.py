@@ -62,6 +62,14 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = (), overwrite:
     return out
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists: where a missing folder would be created, so the one
+    whose kind (a folder, not a file) and permissions decide whether it can be."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def new_folder(path: str | Path, option: str = "--output-dir") -> Path:
     """A folder for a command's several outputs (``compare``): new, or existing and empty, so an
     earlier report or run in it is never replaced. Checked before any work; created here."""
@@ -74,9 +82,7 @@ def new_folder(path: str | Path, option: str = "--output-dir") -> Path:
         if any(folder.iterdir()):
             raise OutputError(f"{folder} already holds files (an earlier comparison?); they are never replaced",
                               loc, "give a new folder name, or remove that folder first")
-    parent = folder.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
+    parent = nearest_existing(folder.resolve().parent)
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"cannot create {folder}: {parent} is not a writable folder", loc,
                           "choose a folder you can write to")

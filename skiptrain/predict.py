@@ -339,12 +339,10 @@ def _first_line(exc: BaseException) -> str:
 
 def check_output_dir(output_dir: Path) -> Path:
     """``--output-dir``, checked before any work: a folder (or one that can be made) that is writable."""
-    from .outputs import OutputError
+    from .outputs import OutputError, nearest_existing
 
     loc = Location("--output-dir")
-    existing = output_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(output_dir)
     if existing.exists() and not existing.is_dir():
         raise OutputError(f"{existing} is a file, not a folder", loc, "give a folder for the predictions")
     if not os.access(existing, os.W_OK | os.X_OK):

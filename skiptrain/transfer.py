@@ -53,6 +53,7 @@ class Weights:
 def read(path: str | Path, loc: Location | None = None) -> Weights:
     """The tensors of ``path`` (a file or a skiptrain run directory), loaded without unpickling objects."""
     from . import checkpoint
+    from .files import open_regular
 
     path = Path(path).expanduser()
     loc = loc or Location("train.init")
@@ -60,7 +61,7 @@ def read(path: str | Path, loc: Location | None = None) -> Weights:
         return Weights(_checkpoint(lambda: checkpoint.read(path, on_fallback=warn), path, loc), str(path),
                        "skiptrain checkpoint")
     try:
-        handle = checkpoint._open_regular(path, "weights file")
+        handle = open_regular(path, "weights file", checkpoint.CheckpointError)
     except checkpoint.CheckpointError as exc:
         missing = not path.exists() and not path.is_symlink()
         raise InitError(f"`train.init`: {'no such file: ' + str(path) if missing else exc.message}", loc,

@@ -36,7 +36,7 @@ import yaml
 
 from ..errors import CheckpointError, Location, SkiptrainError
 from ..files import MiB, read_bytes
-from ..outputs import atomic_output, write_text
+from ..outputs import atomic_output, nearest_existing, write_text
 
 MARKER = ".skiptrain-run"
 # replaced or appended
@@ -88,9 +88,7 @@ def _writable(path: Path, option: str) -> None:
     """Refuse, before anything is built, a run folder that cannot be written: under a file, in a
     read-only folder, or holding a run file of the wrong kind (a ``metrics.jsonl`` folder)."""
     loc = Location(option)
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(path)
     if not existing.is_dir():
         inside = "" if existing == path else f", so {path} cannot be created"
         raise RunDirError(f"{existing} is a file, not a folder{inside}", loc, "name a folder that is not inside a file")

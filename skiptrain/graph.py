@@ -26,6 +26,7 @@ class Node:
     arg_locs: dict[str, Location] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # filled by the shape pass
     tie: Any = None  # `tie:` as written: parameters shared with another layer (skiptrain/tying.py)
+    scope: tuple[tuple[str, str], ...] = ()  # the block instances it sits in, outermost first: (path, block name)
 
 
 @dataclass

@@ -78,6 +78,7 @@ class _Expander(BlockCopies):
         self.removed: set[str] = set()  # paths of layers and instances that `when:` left out
         self.totals = totals or {}  # block name -> its copies in the model (for ${block_count})
         self.copies: dict[str, int] = {}  # block name -> copies expanded so far (${block_index})
+        self.scope: tuple[tuple[str, str], ...] = ()  # (instance path, block name) of the blocks being expanded
 
     def _multiplier(self, key: str) -> float:
         value = self.model.get(key, 1.0)
@@ -237,7 +238,8 @@ class _Expander(BlockCopies):
             raise ConfigError(f"`{layer_type}` takes one input, not {len(inputs)}", where(entry, "input"),
                               f"merge several inputs with a merge layer ({', '.join(f'`type: {m}`' for m in MERGES.names())}), "
                               "or use skips")
-        self.add_node(Node(node_id, layer_type, args, inputs, where(entry), arg_locs, tie=entry.get("tie")))
+        self.add_node(Node(node_id, layer_type, args, inputs, where(entry), arg_locs, tie=entry.get("tie"),
+                           scope=self.scope))
         return node_id
 
     def add_node(self, node: Node) -> None:
@@ -281,7 +283,9 @@ class _Expander(BlockCopies):
         for copy in range(repeat if repeat is not None else 1):
             copy_prefix = f"{base}.{copies[copy]}." if repeat is not None else f"{base}."
             copy_env = self.copy_env(name, block, entry, env, local, out, copy, repeat or 1)
+            outer, self.scope = self.scope, self.scope + ((copy_prefix[:-1], name),)
             out = self.expand_block(block, copy_prefix, out, copy_env, stack + (name,), inner_policy)
+            self.scope = outer
             self.paths[copy_prefix[:-1]] = out
         self.paths[base] = out
         return out

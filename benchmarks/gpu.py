@@ -15,6 +15,9 @@ on; run it again on a GPU to refresh that section.
   bf16 + channels_last, and bf16 + channels_last + ``compile: true`` or
   ``compile: reduce-overhead`` (CUDA graphs); median images/s over the epochs after the first
   (which holds the compilation).
+* **Matched**: ``gpu_matched.main``: the trainer against a bare loop with the same precision,
+  memory format and compile mode (CUDA graphs included, through validation and checkpoints),
+  and skiptrain's best setting against the best hand-written loop.
 
     python benchmarks/gpu.py                 # about 5 minutes on an H100
     python benchmarks/gpu.py --quick         # smoke sizes
@@ -36,6 +39,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
+import gpu_matched  # noqa: E402
 import model_overhead  # noqa: E402
 import trainer_overhead  # noqa: E402
 
@@ -111,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     result["trainer"] = trainer_overhead.main(args.quick, threads=torch.get_num_threads(), log=log, device="cuda",
                                               num_samples=samples, rounds=1 if args.quick else 2, epochs=epochs,
                                               workers=min(8, os.cpu_count() or 2))
+    log("== trainer against a bare loop with the same settings (cuda)")
+    result["matched"] = gpu_matched.main(args.quick, device="cuda", num_samples=samples, epochs=epochs, log=log)
     log("== throughput (cuda)")
     result["throughput"] = throughput(samples, epochs)
     result["seconds"] = time.perf_counter() - started

@@ -24,6 +24,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import export_latency  # noqa: E402
+import gpu_matched  # noqa: E402
 import model_overhead  # noqa: E402
 import startup  # noqa: E402
 import trainer_overhead  # noqa: E402
@@ -182,6 +183,15 @@ def gpu_section(path: Path) -> list[str]:
                 "waits for the GPU at every step, and validation keeps its sums on the device. Those changes were "
                 "made after this recording and have not been measured on a GPU yet (the machine was withdrawn); "
                 "`compile: reduce-overhead` (CUDA graphs) is the real remedy for small models: 3x faster steps.", ""]
+    if gpu.get("matched"):
+        out += ["### The trainer against a bare loop with the same settings", "",
+                "`benchmarks/gpu_matched.py`: neither side augments; both use the row's precision, memory format and "
+                "compile mode; skiptrain also validates and checkpoints every epoch.", "",
+                gpu_matched.format_table(gpu["matched"]), ""]
+    else:
+        out += ["The matched comparison (`benchmarks/gpu_matched.py`: the trainer against a bare loop with the same "
+                "precision, memory format and compile mode, CUDA graphs included, and best against best) is part of "
+                "`benchmarks/gpu.py` now and has not been run on a GPU yet.", ""]
     modes = path.parent / "gpu_compile_modes.txt"
     if modes.is_file():
         out += ["### Compile modes, step by step", "",

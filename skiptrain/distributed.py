@@ -7,9 +7,10 @@ which calls ``torch.distributed.run``) starts the processes and sets ``RANK``,
 from __future__ import annotations
 
 import enum
-
+import itertools
 import os
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -98,6 +99,29 @@ def leave(world: World) -> None:
     if world.enabled and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def shard(world: World, batches: int) -> range:
+    """This rank's part of an evaluation split of ``batches`` batches: a contiguous run of whole batches,
+    disjoint from the other ranks' and together all of them, none padded or repeated. Whole batches of
+    the one-process split keep every batch's numbers (and so the merged metrics) exactly the same."""
+    return range(world.rank * batches // world.world_size, (world.rank + 1) * batches // world.world_size)
+
+
+def shard_batches(world: World, split, limit: int | None = None) -> Iterator:
+    """This rank's shard of an evaluation split's batches (``split``: a data Batches object), of its
+    first ``limit`` batches when given: what ``evaluate(..., world=world)`` takes."""
+    mine = shard(world, min(len(split), limit or len(split)))
+    return itertools.islice(split.epoch(0, start=mine.start), len(mine))
+
+
+def gather(world: World, value: Any) -> list[Any]:
+    """Every rank's ``value`` (small picklable sums), in rank order, on every rank."""
+    if not world.enabled:
+        return [value]
+    values: list[Any] = [None] * world.world_size
+    dist.all_gather_object(values, value)
+    return values
 
 
 def all_sum(world: World, *values: torch.Tensor) -> list[torch.Tensor]:

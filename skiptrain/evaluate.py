@@ -6,14 +6,18 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from .distributed import World, gather
 from .tasks import Task, get_task
 
 
 def evaluate(model: nn.Module, batches: Iterable, task: str | Task, num_classes: int | None,
-             autocast=None, prepare=None) -> dict[str, Any]:
+             autocast=None, prepare=None, world: World | None = None) -> dict[str, Any]:
     """Run ``model`` in eval mode over every batch of a split; returns the task's metric summary
     (``loss`` always; then ``acc``, ``top5``, ``per_class_acc`` or ``miou``, ``pixel_acc``,
-    ``per_class_iou``, and a ``confusion`` matrix for tasks with classes)."""
+    ``per_class_iou``, and a ``confusion`` matrix for tasks with classes).
+
+    With a ``world`` of several processes, ``batches`` is this rank's shard (``distributed.shard``) and
+    every rank returns the metrics of the whole split: the task's sums are gathered and added up."""
     metrics = get_task(task).metrics(num_classes)
     was_training = model.training
     model.eval()
@@ -28,6 +32,8 @@ def evaluate(model: nn.Module, batches: Iterable, task: str | Task, num_classes:
                 out = model(x)
             metrics.update(out, y)
     model.train(was_training)
+    if world is not None and world.enabled:
+        metrics.merge(gather(world, metrics.state()))
     return metrics.summary()
 
 

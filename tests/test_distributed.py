@@ -98,3 +98,103 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_launch
     assert result.returncode == 1
     assert "c.yaml:14:" in result.stderr and "batch_size 33 does not split evenly over 2 processes" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()
+
+
+# Evaluation sharded over ranks: each rank measures a contiguous run of whole batches and the tasks' sums
+# are gathered; every metric must be the one-process figure exactly (same thread count: torchrun's 1).
+EVAL_WORKER = """
+import json, sys
+from skiptrain import api, distributed
+from skiptrain.data import load_data
+from skiptrain.evaluate import evaluate
+
+world = distributed.join("cpu")
+found = {}
+for run in sys.argv[2:]:
+    restored = api.restore(run, device="cpu")
+    meta, task = restored.model.meta["skiptrain"], restored.data["task"]
+    data = load_data(restored.config.data, input_shape=tuple(meta["input_shape"]), input_dtype=meta["input_dtype"],
+                     task=task, device="cpu", seed=0)
+    for split in ("val", "test"):
+        batches = getattr(data, split)
+        sharded = evaluate(restored.model, distributed.shard_batches(world, batches), task, data.num_classes,
+                           world=world)
+        whole = evaluate(restored.model, batches.epoch(0), task, data.num_classes)
+        mine = distributed.shard(world, len(batches))
+        found[f"{run}/{split}"] = {"sharded": sharded, "whole": whole, "batches": len(batches),
+                                   "mine": [mine.start, mine.stop]}
+distributed.leave(world)
+with open(f"{sys.argv[1]}.{world.rank}.json", "w") as f:
+    json.dump(found, f)
+"""
+
+EVAL_CONFIGS = {
+    "cls": """
+model:
+  input: [1, 6, 6]
+  layers: [{type: conv2d, out_channels: 4, kernel_size: 3, padding: 1}, {type: relu}, {type: global_avgpool},
+           {type: linear, out_features: 10}]
+data: {dataset: synthetic, num_samples: 420, num_classes: 10, batch_size: 8, val_fraction: 0.12}
+train: {epochs: 1, device: cpu, optimizer: {name: sgd, lr: 0.1}}
+""",
+    "seg": """
+model:
+  input: [1, 6, 6]
+  layers: [{type: conv2d, out_channels: 4, kernel_size: 3, padding: 1}, {type: relu},
+           {type: conv2d, out_channels: 3, kernel_size: 1}]
+data: {dataset: synthetic, num_samples: 420, num_classes: 3, batch_size: 8, val_fraction: 0.12}
+train: {task: segmentation, epochs: 1, device: cpu, optimizer: {name: sgd, lr: 0.1}}
+""",
+    "reg": """
+model: {input: [6], layers: [{type: linear, out_features: 8}, {type: relu}, {type: linear, out_features: 2}]}
+data: {dataset: synthetic, num_samples: 420, num_classes: 2, batch_size: 8, val_fraction: 0.12}
+train: {task: regression, epochs: 1, device: cpu, optimizer: {name: sgd, lr: 0.1}}
+""",
+}
+
+
+def torchrun(*args, cwd, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT"):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_sharded_evaluation_equals_one_process_exactly(tmp_path):
+    for name, text in EVAL_CONFIGS.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+        done = run(f"{name}.yaml", "--run-dir", name, "-q", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    (tmp_path / "worker.py").write_text(EVAL_WORKER)
+    result = torchrun("--standalone", "--nproc_per_node", 2, "worker.py", "out", *EVAL_CONFIGS, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{rank}.json").read_text()) for rank in (0, 1)]
+    for key in ranks[0]:
+        for rank in ranks:
+            assert rank[key]["sharded"] == rank[key]["whole"], key  # every metric, bit for bit
+        shares = [range(*rank[key]["mine"]) for rank in ranks]
+        assert len(shares[0]) and len(shares[1]) and shares[0].stop == shares[1].start  # disjoint, both busy
+        assert shares[1].stop == ranks[0][key]["batches"]  # together the whole split
+    whole = ranks[0]["cls/test"]["whole"]
+    assert {"loss", "acc", "top5", "per_class_acc", "confusion"} <= set(whole)
+    assert sum(map(sum, whole["confusion"])) == 42 and ranks[0]["cls/val"]["batches"] == 7  # 6 + a partial one
+    assert {"miou", "pixel_acc", "per_class_iou", "confusion"} <= set(ranks[0]["seg/test"]["whole"])
+
+
+def test_the_loop_evaluates_on_every_rank_with_one_process_figures(runs):
+    """The 2-process run's test and last validation figures are a 1-process evaluation of its last.pt
+    (its test split is one batch: rank 1 measures nothing and still takes part)."""
+    from skiptrain import api
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the torchrun workers
+    try:
+        test = api.evaluate(runs / "double", "test", device="cpu")
+        val = api.evaluate(runs / "double", "val", device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    summary = json.loads((runs / "double" / "summary.json").read_text())
+    last = json.loads((runs / "double" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (summary["test_loss"], summary["test_acc"]) == (test["loss"], test["acc"])
+    assert (last["val_loss"], last["val_acc"]) == (val["loss"], val["acc"])

@@ -29,13 +29,59 @@ Table = tuple[list[str], list[list[list[str]]]]
 
 class Metrics:
     """Running sums over the batches of a split, kept on the model's device so that no batch
-    waits for the GPU; ``summary()`` reads them back once and turns them into the reported numbers."""
+    waits for the GPU; ``summary()`` reads them back once and turns them into the reported numbers.
+
+    Under several processes each rank measures its own batches, then ``merge`` adds up every rank's
+    ``state()``: ``counts`` (integers, or integer tensors such as a confusion matrix) are plain sums,
+    and ``parts`` are float sums kept per batch and added by ``exact_sum`` (``math.fsum``: correctly
+    rounded, so in any order, over any number of ranks, the figure is the one process's, bit for bit)."""
+
+    counts: tuple[str, ...] = ()  # attributes holding integer sums
+    parts: tuple[str, ...] = ()  # attributes holding lists of per-batch float sums (0-d tensors)
 
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
         raise NotImplementedError
 
     def summary(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """This rank's sums as plain values (ints, CPU tensors, lists of floats), for ``merge``."""
+        import torch
+
+        state: dict[str, Any] = {}
+        for name in self.counts:
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor):
+                value = value.item() if value.dim() == 0 else value.cpu()
+            state[name] = value
+        for name in self.parts:
+            state[name] = _floats(getattr(self, name))
+        return state
+
+    def merge(self, states: list[dict[str, Any]]) -> None:
+        """Take the sums of every rank (``state()`` of each, this one included) as this one's."""
+        for name in self.counts:
+            values = [s[name] for s in states if s[name] is not None]
+            setattr(self, name, sum(values[1:], values[0]) if values else None)
+        for name in self.parts:
+            setattr(self, name, [value for s in states for value in s[name]])
+
+
+def exact_sum(parts: list) -> float:
+    """The correctly rounded sum of per-batch float sums: independent of their order and grouping."""
+    import math
+
+    return math.fsum(_floats(parts))
+
+
+def _floats(parts: list) -> list[float]:
+    import torch
+
+    tensors = [p for p in parts if isinstance(p, torch.Tensor)]
+    if not tensors:
+        return [float(p) for p in parts]
+    return [float(p) for p in parts if not isinstance(p, torch.Tensor)] + torch.stack(tensors).tolist()
 
 
 class Task:
@@ -191,7 +237,7 @@ class ConfusionMetrics(Metrics):
 
     def __init__(self, num_classes: int | None):
         self.num_classes = num_classes
-        self.loss_sum: Any = 0.0
+        self.losses: list = []  # each batch's loss sum
         self.samples = 0
         self.confusion: torch.Tensor | None = None
 
@@ -202,15 +248,18 @@ class ConfusionMetrics(Metrics):
         output = output.float()
         k = self.num_classes or output.shape[1]
         kept = (target >= 0) & (target < k)  # the rest is train.loss.ignore_index: the data refuses other values
-        self.loss_sum += F.cross_entropy(output, target.masked_fill(~kept, -100), reduction="sum") / max(
-            1, target[0].numel())
+        self.losses.append(F.cross_entropy(output, target.masked_fill(~kept, -100), reduction="sum") / max(
+            1, target[0].numel()))
         self.samples += target.shape[0]
         pairs = (target * k + output.argmax(dim=1))[kept]
         counts = torch.bincount(pairs, minlength=k * k).reshape(k, k)
         self.confusion = counts if self.confusion is None else self.confusion + counts
 
+    counts = ("samples", "confusion")
+    parts = ("losses",)
+
     def summary(self) -> dict[str, Any]:
-        result: dict[str, Any] = {"loss": float(self.loss_sum) / max(1, self.samples)}
+        result: dict[str, Any] = {"loss": exact_sum(self.losses) / max(1, self.samples)}
         if self.confusion is None:
             return result
         self.confusion = self.confusion.cpu()

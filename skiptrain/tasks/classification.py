@@ -8,6 +8,8 @@ from .base import ConfusionMetrics, Table, Task, class_name, register
 
 
 class ClassificationMetrics(ConfusionMetrics):
+    counts = (*ConfusionMetrics.counts, "top5_correct")
+
     def __init__(self, num_classes: int | None):
         super().__init__(num_classes)
         self.top5_correct: Any = 0

@@ -15,26 +15,28 @@ from typing import Any
 
 from ..errors import ConfigError, DataError
 from ..config import where
-from .base import Metrics, Task, register
+from .base import Metrics, Task, exact_sum, register
 
 
 class LanguageModelMetrics(Metrics):
+    counts, parts = ("tokens", "chars", "bytes"), ("losses",)
+
     def __init__(self):
-        self.loss_sum: Any = 0.0  # nats, summed over every target token
+        self.losses: list = []  # nats, summed over every target token of each batch
         self.tokens = 0
         self.chars = self.bytes = 0
 
     def update(self, output, target) -> None:
         from torch.nn import functional as F
 
-        self.loss_sum += F.cross_entropy(output.float().flatten(0, -2), target.flatten(), reduction="sum")
+        self.losses.append(F.cross_entropy(output.float().flatten(0, -2), target.flatten(), reduction="sum"))
         self.tokens += target.numel()
         units = getattr(target, "text_units", None)  # None: ids without text (synthetic): a unit per token
         self.chars += target.numel() if units is None else units[0]
         self.bytes += target.numel() if units is None else units[1]
 
     def summary(self) -> dict[str, Any]:
-        nats = float(self.loss_sum)
+        nats = exact_sum(self.losses)
         loss = nats / max(1, self.tokens)
         result = {"loss": loss, "ppl": math.exp(min(loss, 700.0))}
         result["bpc"] = nats / math.log(2) / max(1, self.chars)
@@ -136,3 +138,6 @@ class LanguageModel(Task):
 
     def looks_like(self, input_shape, output_shape) -> bool:
         return len(input_shape) == 1 and len(output_shape) == 2 and output_shape[0] == input_shape[0]
+
+    def sample_losses(self, output, target):
+        return None  # the report shows no text samples (yet): `skiptrain sample` writes them

@@ -3,23 +3,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Metrics, Task, register
+from .base import Metrics, Task, exact_sum, register
 
 
 class RegressionMetrics(Metrics):
+    counts, parts = ("samples",), ("losses",)
+
     def __init__(self):
-        self.loss_sum: Any = 0.0
+        self.losses: list = []  # each batch's squared-error sum
         self.samples = 0
 
     def update(self, output, target) -> None:
         from torch.nn import functional as F
 
         output = output.float()
-        self.loss_sum += F.mse_loss(output, target.float(), reduction="sum") / max(1, output[0].numel())
+        self.losses.append(F.mse_loss(output, target.float(), reduction="sum") / max(1, output[0].numel()))
         self.samples += target.shape[0]
 
     def summary(self) -> dict[str, Any]:
-        return {"loss": float(self.loss_sum) / max(1, self.samples)}
+        return {"loss": exact_sum(self.losses) / max(1, self.samples)}
 
 
 @register

@@ -70,8 +70,9 @@ class Run:
     frozen: freeze.Frozen = field(default_factory=freeze.Frozen)  # train.freeze's part, until unfreeze_at_epoch
     grouping: Any = None  # optim.Grouping: train.param_groups and layer_decay, for groups added on unfreezing
 
-    def batches(self, split, epoch: int):
-        return itertools.islice(split.epoch(epoch), self.limit_batches)
+    def batches(self, split):
+        """This rank's shard of an evaluation split (all of it in one process), at most limit_batches in all."""
+        return distributed.shard_batches(self.world, split, self.limit_batches)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -250,8 +251,9 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     train_loss = (loss_sum / count.clamp(min=1)).item()
     run.epoch, run.batch, run.partial = epoch, 0, (0.0, 0)
     row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
-    if run.data.val is not None and run.world.is_main:
-        val = evaluate(model, run.batches(run.data.val, 0), run.task, run.data.num_classes, run.autocast, run.prepare)
+    if run.data.val is not None:  # every rank measures its shard; each gets the whole split's metrics
+        val = evaluate(model, run.batches(run.data.val), run.task, run.data.num_classes, run.autocast, run.prepare,
+                       run.world)
         row["val_loss"] = val["loss"]
         row.update({f"val_{key}": val[key] for key in (TASKS.get(run.task).headline,) if key in val})
     trained = count.item() - resumed * run.world.world_size  # samples this process run actually trained on
@@ -316,13 +318,13 @@ def finish(run: Run) -> dict[str, Any]:
                                "device": str(run.device), "world_size": run.world.world_size, "best": run.best}
     if not run.world.is_main:
         return summary
+    if run.data.test is not None:  # every rank measures its shard
+        test = evaluate(run.model, run.batches(run.data.test), run.task, run.data.num_classes,
+                        run.autocast, run.prepare, run.world)
+        summary.update({f"test_{k}": v for k, v in test.items() if not isinstance(v, list)})
     run.report.finish()
     tensorboard.close(run.tensorboard)
     summary["run_dir"] = str(run.run_dir.path)
-    if run.data.test is not None:
-        test = evaluate(run.model, run.batches(run.data.test, 0), run.task, run.data.num_classes,
-                        run.autocast, run.prepare)
-        summary.update({f"test_{k}": v for k, v in test.items() if not isinstance(v, list)})
     history = run.run_dir.history()
     summary["final_train_loss"] = history[-1]["train_loss"] if history else None
     summary["train_seconds"] = sum(r["seconds"] for r in history)

@@ -157,21 +157,13 @@ def evaluate(source: str | Path, split: str = "test", which: str = "last", devic
     """Rebuild a checkpoint's model and data (same config, same seed) and measure one split; with
     ``confusion_png``, also plot the confusion matrix to RUN_DIR/confusion_SPLIT.png (`confusion_png`) when
     the checkpoint is a run's; nothing is written beside a checkpoint that is not in a run directory."""
-    from . import tasks
-    from .data import check_same_data, load_data
     from .errors import DataError
     from .evaluate import evaluate as measure
-    from .settings import parse_settings
     from .training.setup import select_device
 
     dev = select_device(device)
     restored = restore(source, which, device=dev)
-    meta = restored.model.meta["skiptrain"]
-    task = restored.data.get("task") or tasks.guess(meta["input_shape"], meta["output_shape"]).name
-    data = load_data(restored.config.data, input_shape=tuple(meta["input_shape"]), input_dtype=meta["input_dtype"],
-                     task=task, device=dev, seed=int(restored.config.train.get("seed", 0)),
-                     ignore_index=parse_settings(restored.config.train or {}).loss.get("ignore_index"))
-    check_same_data(restored.data, data, restored.state.path)
+    task, data = restored_data(restored, dev)
     batches = getattr(data, split)
     if batches is None:
         raise DataError(f"`{data.name}` has no {split} split", None,
@@ -190,6 +182,32 @@ def evaluate(source: str | Path, split: str = "test", which: str = "last", devic
         if plot_confusion(result["confusion"], names, image):  # a read-only run: a warning (evaluate.py)
             result["confusion_png"] = str(image)
     return result
+
+
+def restored_data(restored: Restored, device) -> tuple[str, Any]:
+    """``(task name, data)`` of a restored checkpoint: its config's data, rebuilt with the same seed and
+    checked to be the data it trained on (``eval`` and ``report`` measure on it)."""
+    from . import tasks
+    from .data import check_same_data, load_data
+    from .settings import parse_settings
+
+    meta = restored.model.meta["skiptrain"]
+    task = restored.data.get("task") or tasks.guess(meta["input_shape"], meta["output_shape"]).name
+    data = load_data(restored.config.data, input_shape=tuple(meta["input_shape"]), input_dtype=meta["input_dtype"],
+                     task=task, device=device, seed=int(restored.config.train.get("seed", 0)),
+                     ignore_index=parse_settings(restored.config.train or {}).loss.get("ignore_index"))
+    check_same_data(restored.data, data, restored.state.path)
+    return task, data
+
+
+def report(source: str | Path, output: str | Path | None = None, *, overwrite: bool = False, device: str = "auto",
+           which: str | None = None, samples: int = 24) -> dict[str, Any]:
+    """Write a run directory's self-contained HTML report (RUN_DIR/report.html unless ``output``): curves,
+    diagram, the checkpoint measured on the validation split (best.pt when there is one, else last.pt),
+    its worst samples, transfer, config and versions. Returns ``output``, ``bytes`` and ``seconds``."""
+    from .html_report import write_report
+
+    return write_report(source, output, overwrite=overwrite, device=device, which=which, samples=samples)
 
 
 def export(source: str | Path, output: str | Path, opset: int | None = None, batch: str | int = "dynamic",

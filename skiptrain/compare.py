@@ -45,6 +45,9 @@ def compare(configs: Sequence[str | Path], overrides: Iterable[str] = (), *, epo
               "runs": runs, "report": str(out / "report.md"), "curves": str(out / "curves.png")}
     plot_curves(runs, out / "curves.png")
     write_text(out / "report.md", report_markdown(result), option=str(out / "report.md"))
+    from .html_compare import write_compare  # report.html: the same, as a page linking each run's report.html
+
+    result["html"] = str(write_compare(result, out))
     write_text(out / "compare.json", json.dumps(result, indent=2) + "\n", option=str(out / "compare.json"))
     return result
 

@@ -149,6 +149,21 @@ class Task:
         """Whether a model with these shapes is probably one of ours (an .onnx file without metadata)."""
         return False
 
+    def sample_losses(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """One loss per sample, so that the HTML report shows the worst validation samples first
+        (cross-entropy averaged over a sample's positions, or squared error); None: no samples shown."""
+        from torch.nn import functional as F
+
+        if not self.has_classes:
+            return (output.float() - target.float()).pow(2).flatten(1).mean(1)
+        kept = (target >= 0) & (target < output.shape[1])  # the rest is train.loss.ignore_index
+        loss = F.cross_entropy(output.float(), target.masked_fill(~kept, -100), reduction="none")
+        return loss.flatten(1).mean(1) if loss.dim() > 1 else loss
+
+    def show_sample(self, output: np.ndarray, target: np.ndarray, class_names: list[str] | None) -> tuple[Any, Any]:
+        """One sample's (prediction, truth) for the report: each a short text or a PIL image."""
+        return _values_text(output), _values_text(target)
+
     def best_metric(self, row: dict[str, Any]) -> str | None:
         """The key of an epoch's metrics row that picks the best checkpoint (None: no best)."""
         key = f"val_{self.headline}"
@@ -204,6 +219,11 @@ def answers_table(answers: list[dict[str, Any]]) -> Table:
 
 def class_name(class_names: list[str] | None, index: int) -> str:
     return str(class_names[index]) if class_names and index < len(class_names) else str(index)
+
+
+def _values_text(values: np.ndarray, shown: int = 6) -> str:
+    flat = [float(v) for v in values.reshape(-1)[:shown + 1]]
+    return ", ".join(f"{v:.4g}" for v in flat[:shown]) + (", ..." if len(flat) > shown else "")
 
 
 def _as_list(value: Any) -> list:

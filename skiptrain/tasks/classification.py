@@ -72,3 +72,8 @@ class Classification(Task):
 
     def looks_like(self, input_shape, output_shape) -> bool:
         return len(output_shape) == 1
+
+    def show_sample(self, output, target, class_names):
+        """The predicted class with its probability, and the true class, by name."""
+        top = self.predict(output[None], [""], class_names=class_names, top=1)[0]
+        return f"{top['name']} ({top['probability']:.0%})", class_name(class_names, int(target))

@@ -91,3 +91,18 @@ class Segmentation(Task):
 
     def looks_like(self, input_shape, output_shape) -> bool:
         return len(output_shape) == len(input_shape) >= 2 and list(output_shape[1:]) == list(input_shape[1:])
+
+    def show_sample(self, output, target, class_names):
+        """The predicted and the true mask, in the palette of ``predict``'s masks."""
+        return mask_image(output.argmax(axis=0)), mask_image(target)
+
+
+def mask_image(mask):
+    """A 2-D array of class indices as a palette image (pixel value = class index)."""
+    import numpy as np
+    from PIL import Image
+
+    plane = np.ascontiguousarray(np.clip(mask, 0, 255).astype(np.uint8).reshape(-1, mask.shape[-1]))
+    image = Image.frombytes("P", (plane.shape[1], plane.shape[0]), plane.tobytes())
+    image.putpalette(PALETTE + [128] * (768 - len(PALETTE)))
+    return image

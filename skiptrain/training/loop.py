@@ -330,6 +330,9 @@ def finish(run: Run) -> dict[str, Any]:
     summary["train_seconds"] = sum(r["seconds"] for r in history)
     run.run_dir.write_summary(summary)
     run.run_dir.plot_curves()
+    from ..html_report import after_training  # report.html: the page `skiptrain report` writes
+
+    after_training(run.run_dir.path, run.device)
     line = result_line(summary)
     run.report.info(line or "no test split, so no test result: `skiptrain eval RUN --split val` measures the "
                             "validation split")

@@ -40,7 +40,7 @@ from ..outputs import atomic_output, nearest_existing, write_text
 
 MARKER = ".skiptrain-run"
 # replaced or appended
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "transfer.json", MARKER)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "transfer.json", "report.html", MARKER)
 CHECKPOINT_FILES = ("last.pt", "previous.pt", "best.pt")
 METRICS_LIMIT = 256 * MiB  # one short line per epoch
 
@@ -64,6 +64,16 @@ def run_id(path: Path) -> str | None:
     except OSError:
         return None
     return None
+
+
+def job_of(path: Path) -> str | None:
+    """The torchrun job (``TORCHELASTIC_RUN_ID``) that created the run in ``path``, if one did: a restarted
+    job continues only its own run (``distributed.restart_resume``)."""
+    try:
+        value = json.loads(read_bytes(path / MARKER, "run marker", 64 << 10).decode("utf-8", "replace")).get("job")
+    except (OSError, SkiptrainError, ValueError, AttributeError):
+        return None
+    return str(value) if value else None
 
 
 def resumable(path: Path) -> list[Path]:
@@ -242,8 +252,9 @@ class RunDir:
         (path / MARKER).unlink(missing_ok=True)
 
     def _write_marker(self, name: str) -> None:
+        job = {"job": os.environ["TORCHELASTIC_RUN_ID"]} if os.environ.get("TORCHELASTIC_RUN_ID") else {}
         self._write(MARKER, json.dumps({"name": name, "id": secrets.token_hex(8),
-                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **job}) + "\n")
 
     def _write(self, name: str, text: str) -> None:
         """Every file of a run but the appended metrics: a temporary beside it, fsync, ``os.replace``."""

@@ -1,0 +1,181 @@
+"""The run's HTML report (issue 19): written by `train`, rebuilt by `skiptrain report`, and `compare`'s page;
+one self-contained file, checked as text here and in headless Chromium (tests/browser.py) where there is one."""
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from skiptrain.svg_charts import Series, heatmap, line_chart, ticks
+
+from .conftest import ROOT, invoke
+
+VOID = {"meta", "br", "img", "input", "hr", "link", "area", "base", "col", "source", "wbr", "embed", "track"}
+SVG_EMPTY = {"rect", "line", "circle", "path", "polyline", "polygon", "image", "ellipse", "stop", "use"}
+
+SEGMENTATION = """
+model:
+  name: tiny_unet
+  input: [1, 16, 16]
+  layers:
+    - {id: enc, type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}
+    - {type: relu}
+    - {type: maxpool2d, kernel_size: 2}
+    - {id: mid, type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}
+    - {type: relu}
+    - {id: up, type: conv_transpose2d, out_channels: 8, kernel_size: 2, stride: 2}
+    - {id: head, type: conv2d, out_channels: 3, kernel_size: 1}
+  skips:
+    - {from: enc, to: up, merge: concat}
+data: {dataset: shapes, num_samples: 96, batch_size: 16}
+train: {task: segmentation, epochs: 1, device: cpu, seed: 1}
+"""
+
+
+class Checked(HTMLParser):
+    """Parses the page and checks that every element is closed in order (HTML's void elements and
+    SVG's empty ones aside); collects ids."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.ids: set[str] = set()
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.ids.update(value for key, value in attrs if key == "id")
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.ids.update(value for key, value in attrs if key == "id")
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+            return
+        self.stack.pop()
+
+
+def checked(text: str) -> Checked:
+    parser = Checked()
+    parser.feed(text)
+    parser.close()
+    assert not parser.errors, parser.errors[:5]
+    assert parser.stack == [], parser.stack
+    return parser
+
+
+def self_contained(text: str) -> None:
+    lowered = text.lower()
+    for needle in ("src='http", 'src="http', "href='http", 'href="http', "<link", "@import", "url(http",
+                   "<script src"):
+        assert needle not in lowered, needle
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """One real quickstart run (digits, one epoch of 6 batches), shared by the tests."""
+    folder = tmp_path_factory.mktemp("report") / "run"
+    result = invoke("train", ROOT / "configs" / "quickstart.yaml", "--set", "train.epochs=1", "--limit-batches", 6,
+                    "--run-dir", folder, "--quiet")
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_train_writes_one_self_contained_report(run):
+    page = (run / "report.html").read_text(encoding="utf-8")
+    self_contained(page)
+    ids = checked(page).ids
+    assert {"diagram", "curves", "chart-loss", "chart-val_acc", "chart-lr", "confusion-matrix", "per-class",
+            "samples", "details"} <= ids
+    assert "data:image/png;base64," in page and "<svg" in page and "quickstart" in page
+    assert "precision</th><th class='n'>recall" in page.replace('"', "'")
+    assert len(page.encode()) < 2 * 1024 * 1024
+    assert "report.html" in json.dumps(sorted(p.name for p in run.iterdir()))
+
+
+def test_report_command_writes_a_new_file_atomically_and_never_over_run_files(run, tmp_path):
+    target = tmp_path / "x.html"
+    result = invoke("report", run, "-o", target, "--samples", 4)
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.stderr and target.read_text().startswith("<!DOCTYPE html>")
+    assert target.read_text().count("class='sample'") == 4
+    again = invoke("report", run, "-o", target)
+    assert again.exit_code == 1 and "already exists" in again.stderr and "Traceback" not in again.output
+    assert invoke("report", run, "-o", target, "--force").exit_code == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    for own in ("config.yaml", "report.html", "metrics.jsonl"):
+        before = (run / own).read_bytes()
+        refused = invoke("report", run, "-o", run / own, "--force")
+        assert refused.exit_code == 1 and "never writes over a run's own files" in refused.stderr
+        assert (run / own).read_bytes() == before
+    refreshed = invoke("report", run)  # the run's own report.html is the default, rewritten in place
+    assert refreshed.exit_code == 0 and str(run / "report.html") in refreshed.stderr
+
+
+def test_report_of_a_folder_that_is_not_a_run_is_one_message(tmp_path):
+    result = invoke("report", tmp_path)
+    assert result.exit_code == 1 and "is not a run directory" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_user_strings_are_escaped(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["name"] = "<script>alert(1)</script>"
+    (copy / "summary.json").write_text(json.dumps(summary))
+    with (copy / "config.yaml").open("a") as handle:
+        handle.write("# </pre><img src=x onerror=alert(2)>\n")
+    result = invoke("report", copy)
+    assert result.exit_code == 0, result.output
+    page = (copy / "report.html").read_text()
+    assert "<script>alert" not in page and "<img src=x" not in page and "&lt;script&gt;alert(1)" in page
+    checked(page)
+
+
+def test_charts_escape_labels_and_draw_gaps():
+    svg = line_chart([Series("a<b>&", [1, 2, 3], [1.0, None, 2.0]), Series("v", [1, 2, 3], [3, 2, 1], dashed=True)],
+                     title="t<", chart_id="c")
+    assert "a&lt;b&gt;&amp;" in svg and "t&lt;" in svg and "<b>" not in svg
+    assert svg.count("<polyline") == 1  # the first series has a gap: no two-point run; the second is one line
+    checked(svg)
+    cells = heatmap([[3, 1], [0, 4]], ["<cat>", "dog"])
+    assert "&lt;cat&gt;" in cells and cells.count("<rect") == 4 + 1
+    big = heatmap([[1] * 50 for _ in range(50)], [str(i) for i in range(50)])
+    assert "data:image/png;base64," in big and big.count("<rect") == 1
+    assert ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def test_segmentation_report_has_per_class_iou(write_yaml, tmp_path):
+    config = write_yaml(SEGMENTATION, "seg.yaml")
+    result = invoke("train", config, "--run-dir", tmp_path / "seg", "--quiet")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "seg" / "report.html").read_text()
+    ids = checked(page).ids
+    assert {"confusion-matrix", "per-class", "samples", "chart-val_miou"} <= ids
+    assert "<th class='n'>IoU</th>" in page
+    assert page.count("alt='prediction'") == page.count("alt='truth'") >= 1  # masks as images
+
+
+def test_compare_writes_an_html_page_linking_each_run(write_yaml, tmp_path):
+    from .test_compare import MLP
+
+    small = write_yaml(MLP.format(name="small", width=4), "small.yaml")
+    wide = write_yaml(MLP.format(name="wide<i>", width=8), "wide.yaml")
+    out = tmp_path / "cmp"
+    result = invoke("compare", small, wide, "--epochs", 2, "--output-dir", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    page = (out / "report.html").read_text()
+    self_contained(page)
+    ids = checked(page).ids
+    assert {"runs", "curves", "chart-train_loss", "chart-val_acc"} <= ids
+    assert "href='small/report.html'" in page and "href='wide/report.html'" in page
+    assert (out / "small" / "report.html").is_file() and (out / "wide" / "report.html").is_file()
+    assert json.loads((out / "compare.json").read_text())["html"] == str(out / "report.html")

@@ -225,6 +225,16 @@ def eject(source: str | Path, output: str | Path, overwrite: bool = False) -> di
     return write_file(source, output, overwrite=overwrite)
 
 
+def import_model(target: str, input_shape: str | list[int], output: str | Path, kwargs: str | dict | None = None,
+                 weights: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write the PyTorch model that ``target`` (``module:callable``, called with ``kwargs``) returns as skiptrain
+    YAML, checked by rebuilding it (same keys and parameters, bitwise-equal outputs); ``weights`` also writes
+    its state dict as safetensors for ``train.init``."""
+    from .importer import import_model as write_config
+
+    return write_config(target, input_shape, output, kwargs=kwargs, weights=weights, overwrite=overwrite)
+
+
 def predict(source: str | Path, inputs: Iterable[str | Path], top: int = 5,
             output_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Predictions of a run directory, checkpoint or .onnx file on images, arrays or folders of them."""

@@ -387,7 +387,7 @@ def init(
         out.print(f"wrote {path}; check it with: skiptrain validate {path}", markup=False)
 
 
-from . import cli_sample, cli_eject, cli_report  # noqa: E402,F401  (register `sample`, `eject`, `report` after `init`)
+from . import cli_sample, cli_eject, cli_report, cli_import  # noqa: E402,F401  (register `sample`, `eject`, `report`, `import` after `init`)
 
 
 def main() -> None:

@@ -1,0 +1,281 @@
+"""`skiptrain import`, step two: each module call's nodes as the entries of one `layers:` list.
+
+A call's own nodes become layers (``import_layers`` says which type and arguments), its child calls block
+instances, ``+``/``*``/``torch.cat`` of two values a skip into the previous entry (when nothing else reads
+it, the way the zoo writes a residual: ``{from: input, to: bn3}``) or a merge layer with ``input: [a, b]``.
+References are module paths relative to the scope (``input``, ``conv1``, ``layer1.0.bn2``), so the ids of
+the written YAML are the model's attribute names. What crosses a call's boundary other than through its
+one input and one output, or has no layer type, is a located error.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from .import_graph import ADDS, CATS, MULS, Call, ImportError_, Trace, node_location
+from .merges import MERGES
+
+MERGE_OF = [(ADDS, "add"), (MULS, "mul"), (CATS, "concat")]
+
+
+@dataclass
+class Entry:
+    """One entry of a `layers:` list, its references still nodes (``link`` turns them into ids)."""
+
+    kind: str  # "layer", "block" (a child call) or "repeat" (a child container of equal copies)
+    node: fx.Node | None = None  # the value it produces
+    id: str | None = None  # a module's attribute name, or a name given when something refers to it
+    type: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+    inputs: list[fx.Node] | None = None  # None: the previous entry's output
+    axis: int | None = None  # a merge layer's axis
+    call: Call | None = None
+    refs: list[str] | None = None  # `input:` as written (after link)
+
+
+@dataclass
+class Body:
+    """The concrete contents of one call: entries, skips into entries, and the output."""
+
+    call: Call
+    entries: list[Entry]
+    skips: list[dict[str, Any]]
+    output: fx.Node
+    prefix_ids: dict[fx.Node, str] = field(default_factory=dict)
+    output_ref: str | None = None
+    group: Any = None
+    repeat_of: Any = None  # set when the call is a chain of copies of one block: (the group, count)
+
+
+def _hashable(target: Any) -> bool:
+    try:
+        hash(target)
+    except TypeError:
+        return False
+    return True
+
+
+def _tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor)
+
+
+def _nodes(value: Any) -> list[fx.Node]:
+    if isinstance(value, fx.Node):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _nodes(v)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _nodes(v)]
+    return []
+
+
+def describe(node: fx.Node) -> str:
+    """A traced node as a user recognises it: `layer1.0.conv1` or `torch.cat` / `x.flatten`."""
+    if node.op == "call_module":
+        return f"module `{node.target}`"
+    if node.op == "call_method":
+        return f"`.{node.target}()` (node `{node.name}`)"
+    if node.op == "get_attr":
+        return f"tensor `{node.target}`"
+    target = getattr(node.target, "__name__", str(node.target))
+    module = getattr(node.target, "__module__", "") or ""
+    return f"`{module + '.' if module and module != '_operator' else ''}{target}` (node `{node.name}`)"
+
+
+class Scopes:
+    """Every call's ``Body`` from one trace; ``layer_of``/``function_of`` come from ``import_layers``."""
+
+    def __init__(self, trace: Trace, layers: Any):
+        self.trace, self.layers = trace, layers
+        self.values = trace.values
+        self.owner: dict[fx.Node, Call] = {}
+        self.alias: dict[fx.Node, fx.Node] = {}
+        self.bodies: dict[int, Body] = {}
+        self.modules_used: dict[str, fx.Node] = {}
+        self._own(trace.root)
+
+    def _own(self, call: Call) -> None:
+        for node in self.trace.order[call.start:call.end]:
+            self.owner[node] = call
+        for child in call.children:
+            self._own(child)
+
+    def real(self, node: fx.Node) -> fx.Node:
+        while node in self.alias:
+            node = self.alias[node]
+        return node
+
+    def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
+        found: list[fx.Node] = []
+        for n in _nodes((node.args, node.kwargs)):
+            if _tensor(self.values.get(n)):
+                if n.op == "get_attr":
+                    raise ImportError_(f"{describe(node)} reads the model's tensor `{n.target}` directly; no "
+                                       "skiptrain layer here holds it", node_location(node),
+                                       "class tokens, position embeddings and layer scales import where they "
+                                       "follow torchvision's patterns (`class_token`, `position_embedding`, "
+                                       "`layer_scale` layers)")
+                if self.real(n) not in found:
+                    found.append(self.real(n))
+        return found
+
+    def one_input(self, node: fx.Node, what: str) -> fx.Node:
+        inputs = self.tensor_inputs(node)
+        if len(inputs) != 1:
+            raise ImportError_(f"{what} takes {len(inputs)} tensors; a skiptrain layer takes one (merges: `+`, "
+                               "`*`, `torch.cat`)", node_location(node))
+        return inputs[0]
+
+    # -- one call's body ------------------------------------------------------------------------
+    def body(self, call: Call) -> Body:
+        for child in call.children:
+            self.body(child)
+        entries: list[Entry] = []
+        skips: list[dict[str, Any]] = []
+        inputs = {self.real(n) for n in call.inputs if _tensor(self.values.get(n))}
+        if len(inputs) != 1:
+            raise ImportError_(f"module `{call.path or '(the model)'}` ({call.cls.__name__}) is called with "
+                               f"{len(inputs)} tensors; a block takes one", self._call_location(call),
+                               "a module with several inputs cannot be a block: inline it into its parent")
+        scope_input = inputs.pop()
+        prev = scope_input
+        children = {child.start: child for child in call.children}
+        i = call.start
+        while i < call.end:
+            if i in children:
+                child = children[i]
+                out = self._call_output(child)
+                if self.real(self.one_input_of_call(child)) != prev:
+                    entry = Entry("block", out, child.name, call=child, inputs=[self.one_input_of_call(child)])
+                else:
+                    entry = Entry("block", out, child.name, call=child)
+                entries.append(entry)
+                prev = out
+                i = child.end
+                continue
+            node = self.trace.order[i]
+            i += 1
+            made = self._direct(node, call, prev, scope_input, entries, skips)
+            if made is not None:
+                prev = made
+        output = self._call_output(call)
+        body = Body(call, entries, skips, output)
+        self.bodies[id(call)] = body
+        return body
+
+    def one_input_of_call(self, call: Call) -> fx.Node:
+        return next(self.real(n) for n in call.inputs if _tensor(self.values.get(n)))
+
+    def _call_location(self, call: Call):
+        node = self.trace.order[call.start] if call.start < len(self.trace.order) else None
+        return node_location(node) if node is not None else None
+
+    def _call_output(self, call: Call) -> fx.Node:
+        out = call.output
+        node = out.node if isinstance(out, fx.Proxy) else out
+        if not isinstance(node, fx.Node) or not _tensor(self.values.get(node)):
+            raise ImportError_(f"module `{call.path or '(the model)'}` ({call.cls.__name__}) returns "
+                               f"{type(self.values.get(node, out)).__name__}, not one tensor",
+                               self._call_location(call), "a block (and the model) returns one tensor")
+        return self.real(node)
+
+    def _direct(self, node: fx.Node, call: Call, prev: fx.Node, scope_input: fx.Node,
+                entries: list[Entry], skips: list[dict[str, Any]]) -> fx.Node | None:
+        """The entry (or skip) for one of the call's own nodes; the node now holding the chain's value."""
+        value = self.values.get(node)
+        if node.op in ("placeholder", "output", "get_attr"):
+            return None
+        if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node) \
+                and node.args[0].op == "call_module" and isinstance(self.values.get(node.args[0]), tuple):
+            if node.args[1] != 0:  # torch's attention returns (output, weights): the output is the layer's
+                raise ImportError_(f"{describe(node)} reads item {node.args[1]} of what {describe(node.args[0])} "
+                                   "returns; its skiptrain layer gives only the first", node_location(node))
+            self.alias[node] = node.args[0]
+            return prev
+        if not _tensor(value):
+            return None  # sizes and assertions: what the layers need of them, function_of reads as numbers
+        if node.op == "call_module":
+            return self._module(node, call, prev, entries)
+        merge = next((name for targets, name in MERGE_OF if _hashable(node.target) and node.target in targets), None)
+        if merge is not None and sum(_tensor(self.values.get(n)) for n in _nodes(node.args)) >= 2:
+            return self._merge(node, merge, prev, scope_input, entries, skips)
+        found = self.layers.function_of(node, self.values)
+        if found is None:
+            raise ImportError_(f"{describe(node)} has no skiptrain layer type", node_location(node),
+                               "see docs/layers.md for the layer types; a plugin can register one "
+                               "(docs/plugins.md)")
+        layer_type, args = found
+        source = self.one_input(node, describe(node))
+        entries.append(Entry("layer", node, None, layer_type, dict(args), None if source == prev else [source]))
+        return node
+
+    def _module(self, node: fx.Node, call: Call, prev: fx.Node, entries: list[Entry]) -> fx.Node:
+        module = self.trace.model.get_submodule(str(node.target))
+        found = self.layers.layer_of(module)
+        if found is None:
+            raise ImportError_(f"{describe(node)} ({type(module).__name__}) has no skiptrain layer type",
+                               node_location(node), "see docs/layers.md; a plugin can register one "
+                                                    "(docs/plugins.md)")
+        layer_type, args = found
+        path = str(node.target)
+        relative = path[len(call.path) + 1:] if call.path else path
+        if "." in relative:
+            raise ImportError_(f"{describe(node)} is called from `{call.path or '(the model)'}`, not from its parent "
+                               f"module; its id would need a dot", node_location(node),
+                               "call submodules from their own parent's forward (an nn.Sequential that is "
+                               "called, not indexed)")
+        node_id: str | None = relative
+        if path in self.modules_used:
+            if any(True for _ in module.parameters(recurse=True)) or any(True for _ in module.buffers()):
+                raise ImportError_(f"{describe(node)} is called twice: its weights are shared", node_location(node),
+                                   "skiptrain shares weights with `tie:`, which import does not write yet")
+            node_id = None  # a second call of a module without weights (torchvision's one `relu`): a new layer
+        self.modules_used[path] = node
+        source = self.one_input(node, describe(node))
+        entries.append(Entry("layer", node, node_id, layer_type, dict(args), None if source == prev else [source]))
+        return node
+
+    def _merge(self, node: fx.Node, merge: str, prev: fx.Node, scope_input: fx.Node,
+               entries: list[Entry], skips: list[dict[str, Any]]) -> fx.Node:
+        MERGES.get(merge)
+        raw = [self.real(n) for n in _nodes(node.args[0] if merge == "concat" else node.args[:2])]
+        if len(raw) != len(_nodes(node.args)) and merge != "concat" or any(not _tensor(self.values.get(n)) for n in raw):
+            raise ImportError_(f"{describe(node)} mixes tensors with other values", node_location(node))
+        if set(node.kwargs) - {"dim"} or (merge != "concat" and len(node.args) > 2):
+            raise ImportError_(f"{describe(node)} takes arguments that skiptrain's `{merge}` has not "
+                               f"({', '.join(map(str, node.kwargs)) or 'alpha'})", node_location(node))
+        axis = None
+        if merge == "concat":
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+            rank = self.values[node].dim()
+            dim = dim % rank
+            if dim == 0:
+                raise ImportError_(f"{describe(node)} concatenates along the batch axis", node_location(node))
+            axis = dim - 1
+        elif self.values[raw[0]].dim() != self.values[raw[1]].dim():
+            raise ImportError_(f"{describe(node)} broadcasts tensors of different ranks "
+                               f"{list(self.values[raw[0]].shape)} and {list(self.values[raw[1]].shape)}",
+                               node_location(node), "skiptrain's merges broadcast samples of one rank")
+        if (len(raw) == 2 and prev in raw and prev != scope_input and raw[0] != raw[1]
+                and entries and self._single_reader(prev, node)):
+            other = raw[1] if raw[0] == prev else raw[0]
+            skip: dict[str, Any] = {"from": other, "to": prev, "merge": merge}
+            if merge == "concat":
+                if raw[1] == prev:
+                    skip["order"] = "from_first"
+                skip["axis"] = axis
+            skips.append(skip)
+            self.alias[node] = prev
+            return prev
+        entries.append(Entry("layer", node, None, merge, {}, raw, axis=axis))
+        return node
+
+    def _single_reader(self, value: fx.Node, reader: fx.Node) -> bool:
+        """Whether ``reader`` is all that reads ``value`` (a skip into it changes it for every reader)."""
+        same = [n for n in self.trace.order if self.real(n) == value]  # the value and its aliases
+        users = {user for n in same for user in n.users if self.real(user) != value}
+        return users == {reader}

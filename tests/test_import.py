@@ -1,0 +1,198 @@
+"""`skiptrain import`: a traced PyTorch model as skiptrain YAML with blocks, its keys, parameters and outputs.
+
+Every import is checked by rebuilding inside ``import_model`` (keys, parameter count, bitwise outputs); the
+tests check that again from the written file, and what the YAML reads like (blocks, repeat, skips).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from skiptrain import api
+from skiptrain.errors import SkiptrainError
+
+from .conftest import invoke
+
+
+class Unit(nn.Module):
+    """conv, batch norm, ReLU: three leaves in one block."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class Gate(nn.Module):
+    """A sigmoid gate: x * sigmoid(fc(x))."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.fc = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x))
+
+
+class HandWritten(nn.Module):
+    """A concat of two units, a gate, and a long skip from the stem past all of them (through a 1x1 conv)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = Unit(8, 8)
+        self.b = Unit(8, 8)
+        self.c = Unit(16, 16, stride=2)
+        self.gate = Gate(16)
+        self.proj = nn.Conv2d(8, 16, 1, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        s = self.stem(x)
+        a = self.a(s)
+        b = self.b(a)
+        x = torch.cat([b, a], dim=1)
+        x = self.gate(self.c(x))
+        x = x + self.proj(s)  # the long skip: from the stem, past two units, a concat and the gate
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = Branch()
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class Branch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # the line the error names
+            return self.fc(x)
+        return x
+
+
+class Cumulative(nn.Module):
+    """An op no skiptrain layer computes."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.cumsum(self.fc(x), dim=1)
+
+
+def rebuilt(path: Path, model: nn.Module, shape: list[int]) -> None:
+    """The written file's model has the original's keys (in order), parameter count and exact outputs."""
+    built = api.build_model(str(path)).eval()
+    assert list(built.state_dict()) == list(model.state_dict())
+    assert sum(p.numel() for p in built.parameters()) == sum(p.numel() for p in model.parameters())
+    built.load_state_dict(model.state_dict())
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(built(x), model.eval()(x))
+
+
+def test_hand_written_concat_gate_and_long_skip(tmp_path):
+    out = tmp_path / "hand.yaml"
+    result = api.import_model("tests.test_import:HandWritten", "3,16,16", out, kwargs='{"num_classes": 5}')
+    torch.manual_seed(0)
+    rebuilt(out, HandWritten(num_classes=5), [3, 16, 16])
+    model = yaml.safe_load(out.read_text())["model"]
+    assert result["parameters"] == sum(p.numel() for p in HandWritten(5).parameters())
+    assert {"unit", "gate"} <= set(model["blocks"])  # a, b and c share one definition
+    assert [e.get("block") for e in model["layers"] if "block" in e] == ["unit", "unit", "unit", "gate"]
+    c = next(e for e in model["layers"] if e.get("id") == "c")
+    assert c["args"] == {"stride": 2, "out_channels": 16} or c["args"] == {"out_channels": 16, "stride": 2}
+    assert {"from": "a", "to": "b", "merge": "concat", "axis": 0} in model["skips"]  # cat([b, a])
+    assert {"from": "gate", "to": "proj"} in model["skips"]  # the long skip's add
+    assert next(e for e in model["layers"] if e.get("id") == "proj")["input"] == "stem"
+    assert model["blocks"]["gate"]["skips"] == [{"from": "input", "to": "sigmoid", "merge": "mul"}]
+
+
+def test_resnet18_blocks_keys_and_outputs(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    out, weights = tmp_path / "resnet18.yaml", tmp_path / "resnet18.safetensors"
+    result = invoke("import", "torchvision.models:resnet18", "--input", "3,32,32", "--output", out,
+                    "--weights", weights)
+    assert result.exit_code == 0, result.output
+    assert "11,689,512 parameters" in result.output
+    torch.manual_seed(0)
+    original = torchvision.models.resnet18()
+    # the import built its own seeded model: load its weights file into ours, then compare everything
+    from safetensors.torch import load_file
+
+    original.load_state_dict(load_file(weights))
+    rebuilt(out, original, [3, 32, 32])
+    model = yaml.safe_load(out.read_text())["model"]
+    layer1 = next(e for e in model["layers"] if e["id"] == "layer1")
+    assert layer1["repeat"] == 2 and layer1["block"] == "basic_block"
+    assert model["blocks"]["basic_block"]["skips"] == [{"from": "input", "to": "bn2"}]
+
+
+def test_untraceable_model_names_module_and_line(tmp_path):
+    with pytest.raises(SkiptrainError) as error:
+        api.import_model("tests.test_import:Branchy", "4", tmp_path / "m.yaml")
+    assert "module `inner` (Branch)" in error.value.message and "cannot trace" in error.value.message
+    assert error.value.location.file == __file__
+    line = Path(__file__).read_text().splitlines()[error.value.location.line - 1]
+    assert "the line the error names" in line
+    assert not (tmp_path / "m.yaml").exists()
+
+
+def test_unsupported_op_is_located(tmp_path):
+    result = invoke("import", "tests.test_import:Cumulative", "--input", "4", "--output", tmp_path / "m.yaml")
+    assert result.exit_code == 1
+    assert "cumsum" in result.output and "test_import.py:" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "m.yaml").exists()
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("torchvision.models.resnet18", "is not MODULE:CALLABLE"),
+    ("no_such_package_xyz:build", "cannot import `no_such_package_xyz`"),
+    ("torchvision.models:no_such_model", "has no `no_such_model`"),
+    ("tests.test_import:ROOT_NOT_CALLABLE", "is not callable"),
+])
+def test_bad_target_is_one_message(tmp_path, target, expected):
+    result = invoke("import", target, "--input", "3,8,8", "--output", tmp_path / "m.yaml")
+    assert result.exit_code == 1 and expected in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("kwargs, expected", [("{num_classes: 3}", "--kwargs is not JSON"),
+                                              ("[1, 2]", "must be a JSON object"),
+                                              ('{"no_such_argument": 1}', "failed: TypeError")])
+def test_bad_kwargs_is_one_message(tmp_path, kwargs, expected):
+    result = invoke("import", "tests.test_import:HandWritten", "--input", "3,8,8", "--output",
+                    tmp_path / "m.yaml", "--kwargs", kwargs)
+    assert result.exit_code == 1 and expected in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_existing_output_needs_force(tmp_path):
+    out = tmp_path / "m.yaml"
+    out.write_text("keep\n")
+    result = invoke("import", "tests.test_import:HandWritten", "--input", "3,8,8", "--output", out)
+    assert result.exit_code == 1 and "--force" in result.output
+    assert out.read_text() == "keep\n"
+
+
+ROOT_NOT_CALLABLE = 3

@@ -19,6 +19,7 @@ from ..tasks import DEFAULT, TASKS
 from . import builtin, folders, text, vision  # noqa: F401  (register the datasets)
 from .augment import AUGMENTATIONS, augmentation, check_applicable
 from .batches import SUBSET, Batches, LoaderBatches, Pipeline, Plan, TensorBatches, cpu_generator, located
+from .decode_cache import CachedBatches
 from .options import DataOptions, parse_options
 from .prepare import carve, check_fits, normalization, take
 from .registry import DATASETS, Request, Source, dataset, get_dataset
@@ -159,11 +160,12 @@ def _from_files(options, source, input_shape, float_input, device, rank, world_s
     def evaluation(split):
         if split is None or not len(split):
             return None
-        return LoaderBatches(split, Plan(len(split), options.batch_size, train=False), eval_pipe, device,
-                             options.num_workers)
+        return files(split, Plan(len(split), options.batch_size, train=False), eval_pipe, device,
+                     options.num_workers)
 
-    train_batches = LoaderBatches(train, Plan(len(train), options.batch_size, True, options.seed, rank, world_size),
-                                  train_pipe, device, options.num_workers, augment=bool(options.augment))
+    files = CachedBatches if options.cache else LoaderBatches  # decoded once, or every epoch
+    train_batches = files(train, Plan(len(train), options.batch_size, True, options.seed, rank, world_size),
+                          train_pipe, device, options.num_workers, augment=bool(options.augment))
     return _bundle(options, source, input_shape, train_batches, evaluation(val), evaluation(source.test),
                    mean, std)
 

@@ -50,6 +50,15 @@ class ImageFiles(torch.utils.data.Dataset):
         path, target = self.samples[index]
         return load_image(path, self.size, self.mode, self.place), target
 
+    def decode_settings(self) -> dict:
+        """What decoding depends on besides the files (the decode cache's key, ``decode_cache.py``)."""
+        return {"kind": "image", "size": list(self.size), "mode": self.mode}
+
+    def sample_files(self, index: int) -> tuple[list[str], int]:
+        """The files sample ``index`` is read from, and its target."""
+        path, target = self.samples[index]
+        return [path], target
+
 
 class SegmentationFiles(torch.utils.data.Dataset):
     """``(image, mask)`` items from a list of file pairs; every mask value must be a class or
@@ -68,6 +77,14 @@ class SegmentationFiles(torch.utils.data.Dataset):
         mask = read_mask(mask_path, self.size, MASK_MODES, self.place)
         check_classes(mask, mask_path, self.num_classes, self.ignore_index, self.place)
         return load_image(image, self.size, self.mode, self.place), torch.from_numpy(mask)
+
+    def decode_settings(self) -> dict:
+        """What decoding depends on besides the files: size, mode and the mask checks."""
+        return {"kind": "segmentation", "size": list(self.size), "mode": self.mode, "masks": sorted(MASK_MODES),
+                "num_classes": self.num_classes, "ignore_index": self.ignore_index}
+
+    def sample_files(self, index: int) -> tuple[list[str], str]:
+        return list(self.samples[index]), ""
 
 
 def _image_geometry(name: str, request: Request) -> tuple[tuple[int, int], str]:

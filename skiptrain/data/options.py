@@ -132,6 +132,10 @@ class DataOptions(BaseModel):
                                     "for ImageNet weights, RGB input only; or {mean: [...], std: [...]}")
     num_workers: Annotated[int, Field(ge=0)] = Field(
         2, description="DataLoader worker processes for file datasets, per training process")
+    cache: StrictBool = Field(
+        True, description="imagefolder, segfolder: keep the decoded, resized samples after the first epoch and "
+                          "train later epochs from them (in memory up to 2 GiB per split, else a file in the run "
+                          "directory); false: decode every file every epoch")
     num_samples: Optional[Count] = Field(None, description="synthetic, shapes: how many samples; null: the dataset's")
     num_classes: Optional[Count] = Field(None,
                                          description="synthetic, segfolder: how many classes; null: the dataset's")

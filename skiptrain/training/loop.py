@@ -20,6 +20,7 @@ from torch import nn
 from .. import __version__, checkpoint, distributed
 from ..config import Config
 from ..data import check_same_data
+from ..data.decode_cache import keep_decoded_in
 from ..evaluate import evaluate
 from ..outputs import write_text
 from ..tasks import TASKS, reported
@@ -154,6 +155,7 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
     if world.is_main:
         run.run_dir = RunDir.open(settings.out_dir, plan.graph.name, run_dir, force,
                                   resumed_from=None if state is None else state.path)
+        keep_decoded_in(data, run.run_dir.path)  # image folders over the memory budget keep their samples there
         for orphan in clear_orphans(run.run_dir.checkpoints):
             run.report.info(f"removed {orphan.name}, a checkpoint write that a kill cut short")
         if state is not None:

@@ -1,12 +1,14 @@
-"""`skiptrain import`, step three: calls of one structure as ONE block definition with `args:`, and a
-container of equal copies as `repeat:` (with `first_args:` where the first copy differs).
+"""`skiptrain import`, step three: calls of one structure as ONE block definition, a container of copies
+as `repeat:`.
 
-Two calls share a definition when they are of one class and their bodies match entry for entry (ids,
-layer types, argument names, wiring); the values that differ between them become the block's `args:`
-(named after the layer argument: `out_channels`, `stride`; two of one name get the layer's id), with the
-first call's values as defaults. A container (``nn.Sequential``) whose entries are copies `0`, `1`, ... of
-one definition, chained, becomes `{id, block, repeat: N, args, first_args}`: an imported ResNet-50 reads
-like the zoo's.
+Two calls share a definition when they are of one class and their bodies match entry for entry (ids, layer
+types, wiring); the values that differ become the block's `args:` (``import_yaml``). With ``unify``, two
+bodies of one class that differ by entries that one of them lacks (torchvision's Bottleneck with and without
+its `downsample`) share one definition too: the extra entries and the skips of only one kind get
+`when: "${downsample}"` / `"${not downsample}"`, so an imported ResNet-50 has one `bottleneck` and
+`layer1`..`layer4` are `{block: bottleneck, repeat: N, first_args: {...}}` as in the zoo. A container
+(``nn.Sequential``) of copies `0`, `1`, ... of one definition, chained, whose copies after the first are
+equal, becomes `repeat:` with `first_args:` for the first.
 """
 from __future__ import annotations
 
@@ -16,20 +18,18 @@ from typing import Any
 
 from torch import nn
 
-from .conditions import COPY_VARIABLES
-from .expr import SHAPE_NAMES
 from .import_graph import Call, ImportError_
-from .import_scopes import Body, Entry, Scopes
+from .import_scopes import Body, Scopes
 
-RESERVED = {*COPY_VARIABLES, *SHAPE_NAMES, "shape", "input"}
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
-def _frozen(value: Any) -> Any:
+def frozen(value: Any) -> Any:
+    """A value as a hashable key that tells 1 from 1.0 and True."""
     if isinstance(value, (list, tuple)):
-        return tuple(_frozen(v) for v in value)
+        return tuple(frozen(v) for v in value)
     if isinstance(value, dict):
-        return tuple((k, _frozen(v)) for k, v in value.items())
+        return tuple((k, frozen(v)) for k, v in value.items())
     return (type(value).__name__, value)
 
 
@@ -39,26 +39,31 @@ def _snake(name: str) -> str:
 
 @dataclass
 class Group:
-    """One block definition: the calls it stands for, their values, and its arguments."""
+    """One block definition: the union of its members' entries and skips, and where each member's are."""
 
-    key: Any
+    cls: tuple[str, str]
     name: str
+    union: list[tuple] = field(default_factory=list)  # entry skeletons
+    skips: list[tuple] = field(default_factory=list)  # skip skeletons
     members: list[Body] = field(default_factory=list)
-    vectors: list[list[Any]] = field(default_factory=list)
-    slots: list[tuple[int, Any]] = field(default_factory=list)  # vector position -> (entry index, slot)
-    arg_of: dict[int, str] = field(default_factory=dict)  # varying position -> argument name
+    entry_map: dict[int, list[int]] = field(default_factory=dict)  # id(member) -> union index of each entry
+    skip_map: dict[int, list[int]] = field(default_factory=dict)  # id(member) -> union index of each skip
+    output: Any = None
+    # filled by import_yaml: the argument names, defaults, and each member's argument values
+    args: list[str] = field(default_factory=list)
     defaults: dict[str, Any] = field(default_factory=dict)
+    values: dict[int, dict[str, Any]] = field(default_factory=dict)
+    render: dict[str, Any] = field(default_factory=dict)
 
 
 class Blocks:
-    """The written `model:` section of a traced model (``model()``), built from its ``Scopes``."""
+    """Ids, references and groups of a traced model's bodies (``import_yaml.model`` writes them)."""
 
-    def __init__(self, scopes: Scopes):
+    def __init__(self, scopes: Scopes, unify: bool = True):
         self.scopes = scopes
-        self.groups: dict[Any, Group] = {}
+        self.unify = unify
+        self.groups: list[Group] = []
         self.names: set[str] = set()
-        self.vector: dict[int, list[Any]] = {}  # id(body) -> its values
-        self.layout: dict[int, list[tuple[int, Any]]] = {}
 
     # -- ids and references --------------------------------------------------------------------
     def body(self, call: Call) -> Body:
@@ -116,64 +121,70 @@ class Blocks:
         body.output_ref = None if self.scopes.real(body.output) == last else self.ref(body.output, call)
 
     # -- groups --------------------------------------------------------------------------------
-    def group(self, call: Call) -> None:
-        """Bottom up: each body's structure (ids, types, wiring; not the values) and its group."""
-        for child in call.children:
-            self.group(child)
-        body = self.body(call)
-        skeleton = []
+    def skeleton(self, body: Body) -> tuple[list[tuple], list[tuple]]:
+        """A body's structure: each entry's (id, inputs, axis, kind, type or block), each skip's fields."""
+        entries = []
         for entry in body.entries:
             head = (entry.id, tuple(entry.refs or ()), entry.axis)
             if entry.kind == "layer":
-                skeleton.append(head + ("layer", entry.type))
+                entries.append(head + ("layer", entry.type))
                 continue
             child = self.body(entry.call)
             if child.repeat_of is not None:
                 entry.kind = "repeat"
-                skeleton.append(head + ("repeat", child.repeat_of[0].key, child.repeat_of[1]))
+                entries.append(head + ("repeat", child.repeat_of[0].name, child.repeat_of[1]))
             else:
-                skeleton.append(head + ("block", child.group.key))
-        skips = tuple(tuple(sorted((k, str(v)) for k, v in s.items())) for s in body.skips)
-        body_key = (call.cls.__module__, call.cls.__qualname__, tuple(skeleton), skips, body.output_ref)
+                entries.append(head + ("block", child.group.name))
+        skips = [tuple(sorted((k, str(v)) for k, v in s.items())) for s in body.skips]
+        return entries, skips
+
+    def group(self, call: Call) -> None:
+        """Bottom up: each body's group (an existing one it matches or unifies with, or a new one)."""
+        for child in call.children:
+            self.group(child)
+        body = self.body(call)
+        entries, skips = self.skeleton(body)
         self._repeat(call, body)
         if call.parent is None or body.repeat_of is not None:
             return
-        group = self.groups.get(body_key)
-        if group is None:
-            group = self.groups[body_key] = Group(body_key, self._name(call))
+        cls = (call.cls.__module__, call.cls.__qualname__)
+        for group in self.groups:
+            if group.cls == cls and group.output == body.output_ref and self._join(group, body, entries, skips):
+                return
+        group = Group(cls, self._name(call), output=body.output_ref)
+        self.groups.append(group)
+        self._join(group, body, entries, skips)
+
+    def _join(self, group: Group, body: Body, entries: list[tuple], skips: list[tuple]) -> bool:
+        """Add ``body`` to ``group`` if its entries match the group's (or, unifying, merge into them)."""
+        if group.members and entries == group.union and sorted(skips) == sorted(group.skips):
+            union, entry_map = group.union, list(range(len(entries)))
+        elif not group.members:
+            union, entry_map = list(entries), list(range(len(entries)))
+        elif self.unify:
+            merged = _merge(group.union, entries)
+            if merged is None:
+                return False
+            union, entry_map, moved = merged
+        else:
+            return False
+        ids = [e[0] for e in union if e[0] is not None]
+        if len(ids) != len(set(ids)):
+            return False
+        if union is not group.union and group.members:
+            for member in group.members:
+                group.entry_map[id(member)] = [moved[i] for i in group.entry_map[id(member)]]
+        group.union = union
+        group.entry_map[id(body)] = entry_map
+        skip_map = []
+        for skip in skips:
+            if skip not in group.skips:
+                group.skips.append(skip)
+            skip_map.append(group.skips.index(skip))
+        group.skip_map[id(body)] = skip_map
         group.members.append(body)
         body.group = group
-
-    def values(self) -> None:
-        """Each group's layout (the layer arguments any member writes, in order) and each member's values;
-        a member that leaves an argument out has the layer type's default there. Children's groups first."""
-        for group in [*self.groups.values(), None]:
-            members = group.members if group is not None else [self.body(self.scopes.trace.root)]
-            keys: dict[int, list[str]] = {}
-            for body in members:
-                for index, entry in enumerate(body.entries):
-                    if entry.kind == "layer":
-                        keys.setdefault(index, [])
-                        keys[index] += [k for k in entry.args if k not in keys[index]]
-            for body in members:
-                vector, layout = [], []
-                for index, entry in enumerate(body.entries):
-                    if entry.kind == "layer":
-                        for key in keys[index]:
-                            vector.append(entry.args[key] if key in entry.args else _default(entry.type, key))
-                            layout.append((index, key))
-                        continue
-                    copies = entry.call.children if entry.kind == "repeat" else [entry.call]
-                    parts = [("first", copies[0]), ("args", copies[min(1, len(copies) - 1)])] \
-                        if entry.kind == "repeat" else [("args", copies[0])]
-                    for part, copy in parts:
-                        for p, value in enumerate(self.vector[id(self.body(copy))]):
-                            vector.append(value)
-                            layout.append((index, (part, p)))
-                self.vector[id(body)], self.layout[id(body)] = vector, layout
-            if group is not None:
-                group.vectors = [self.vector[id(b)] for b in members]
-                group.slots = self.layout[id(members[0])]
+        return True
 
     def _repeat(self, call: Call, body: Body) -> None:
         """A container of copies `0`, `1`, ... of one block, chained, and nothing else: `repeat:`."""
@@ -191,8 +202,9 @@ class Blocks:
         body.repeat_of = (self.body(entries[0].call).group, len(entries))
 
     def _concrete(self, body: Body) -> Any:
-        """Everything a body's copies must share to be one `repeat:`: its entries' values, recursively."""
-        return tuple(_frozen(e.args) if e.kind == "layer" else self._concrete(self.body(e.call)) for e in body.entries)
+        """Everything a body's copies must share to be one `repeat:`: its structure and values, recursively."""
+        return (self.skeleton(body), tuple(frozen(e.args) if e.kind == "layer" else self._concrete(self.body(e.call))
+                                           for e in body.entries))
 
     def _name(self, call: Call) -> str:
         base = _snake(call.name.split(".")[-1]) if issubclass(call.cls, _CONTAINERS) else _snake(call.cls.__name__)
@@ -206,130 +218,50 @@ class Blocks:
         self.names.add(name)
         return name
 
-    # -- arguments and the written YAML ----------------------------------------------------------
-    def finish(self) -> None:
-        """Each group's arguments: the positions whose values differ between its calls (children first)."""
-        for group in self.groups.values():
-            seen: dict[Any, str] = {}
-            for pos, column in enumerate(zip(*group.vectors)):
-                frozen = tuple(_frozen(v) for v in column)
-                if len(set(frozen)) == 1:
-                    continue
-                if frozen not in seen:
-                    seen[frozen] = self._arg_name(group, pos, set(seen.values()))
-                    group.defaults[seen[frozen]] = column[0]
-                group.arg_of[pos] = seen[frozen]
+    def ordered(self) -> list[Group]:
+        """The groups, each after the groups its members use (their definitions' arguments come first)."""
+        done: list[Group] = []
 
-    def _child_group(self, entry: Entry) -> Group:
-        child = self.body(entry.call)
-        return child.repeat_of[0] if child.repeat_of is not None else child.group
+        def visit(group: Group) -> None:
+            if group in done:
+                return
+            for member in group.members:
+                for entry in member.entries:
+                    if entry.call is not None:
+                        child = self.body(entry.call)
+                        visit(child.repeat_of[0] if child.repeat_of is not None else child.group)
+            done.append(group)
 
-    def _arg_name(self, group: Group, pos: int, used: set[str]) -> str:
-        index, slot = group.slots[pos]
-        entry = group.members[0].entries[index]
-        base = slot if isinstance(slot, str) else self._child_group(entry).arg_of[slot[1]]
-        for name in (base, f"{base}_{entry.id}", *(f"{base}_{k}" for k in range(2, 10_000))):
-            name = re.sub(r"[^A-Za-z0-9_]", "_", name)
-            if name not in used and name not in RESERVED and not name[0].isdigit():
-                return name
-        raise AssertionError("unreachable")
-
-    def render(self, body: Body, group: Group | None) -> dict[str, Any]:
-        """A body as a `layers:`/`skips:`/`output:` mapping; values where ``group`` has arguments are `${...}`."""
-        params = group.arg_of if group is not None else {}
-        vector, layout = self.vector[id(body)], self.layout[id(body)]
-        at = {slot: pos for pos, slot in enumerate(layout)}
-
-        def value(index: int, slot: Any) -> Any:
-            pos = at[(index, slot)]
-            return f"${{{params[pos]}}}" if pos in params else _plain(vector[pos])
-
-        layers = []
-        for index, entry in enumerate(body.entries):
-            out: dict[str, Any] = {}
-            if entry.id is not None:
-                out["id"] = int(entry.id) if entry.id.isdigit() else entry.id
-            if entry.kind == "layer":
-                out["type"] = entry.type
-                out.update({key: value(index, key) for i, key in layout if i == index})
-                if entry.axis is not None:
-                    out["axis"] = entry.axis
-            else:
-                child = self._child_group(entry)
-                out["block"] = child.name
-                if entry.kind == "repeat":
-                    out["repeat"] = self.body(entry.call).repeat_of[1]
-                args, first = {}, {}
-                for name, p in _first_positions(child).items():
-                    rest = value(index, ("args", p))
-                    if isinstance(rest, str) and rest.startswith("${") or _frozen(rest) != _frozen(child.defaults[name]):
-                        args[name] = rest
-                    if entry.kind == "repeat":
-                        head = value(index, ("first", p))
-                        if _frozen(head) != _frozen(rest):
-                            first[name] = head
-                if args:
-                    out["args"] = args
-                if first:
-                    out["first_args"] = first
-            if entry.refs is not None:
-                out["input"] = [_id(r) for r in entry.refs] if len(entry.refs) > 1 else _id(entry.refs[0])
-            layers.append(out)
-        result: dict[str, Any] = {"layers": layers}
-        if body.skips:
-            result["skips"] = [{k: _id(v) if k in ("from", "to") else v for k, v in skip.items()
-                                if not (k == "merge" and v == "add")} for skip in body.skips]
-        if body.output_ref is not None:
-            result["output"] = _id(body.output_ref)
-        return result
-
-    def model(self, name: str, input_shape: list[int]) -> dict[str, Any]:
-        """The `model:` section: the root's body, every group a block."""
-        root = self.scopes.trace.root
-        self.link(root)
-        self.group(root)
-        self.values()
-        self.finish()
-        blocks = {}
-        for group in self.groups.values():
-            definition: dict[str, Any] = {}
-            if group.defaults:
-                definition["args"] = {k: _plain(v) for k, v in group.defaults.items()}
-            definition.update(self.render(group.members[0], group))
-            blocks[group.name] = definition
-        body = self.render(self.body(root), None)
-        model: dict[str, Any] = {"name": name, "input": list(input_shape), "projection": "none"}
-        if blocks:
-            model["blocks"] = blocks
-        model.update(body)
-        return model
+        for group in self.groups:
+            visit(group)
+        return done
 
 
-def _default(layer_type: str, key: str) -> Any:
-    """The value a layer type takes when ``key`` is not written: skiptrain's default, else the constructor's."""
-    from .registry import get
-
-    layer = get(layer_type)
-    if key in layer.defaults:
-        return layer.defaults[key]
-    parameter = layer.parameters.get(key)
-    return None if parameter is None or parameter.default is parameter.empty else parameter.default
-
-
-def _first_positions(group: Group) -> dict[str, int]:
-    """Each argument of a group and the first vector position it stands for."""
-    found: dict[str, int] = {}
-    for pos, name in sorted(group.arg_of.items()):
-        found.setdefault(name, pos)
-    return found
-
-
-def _id(ref: str) -> Any:
-    return int(ref) if ref.isdigit() else ref
-
-
-def _plain(value: Any) -> Any:
-    """A value as YAML writes it: tuples as lists."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+def _merge(a: list[tuple], b: list[tuple]) -> tuple[list[tuple], list[int], list[int]] | None:
+    """The shortest common supersequence of two entry lists (longest common subsequence kept in place):
+    the union, where each of ``b``'s entries lands, and where each of ``a``'s moved to; None if nothing
+    is shared."""
+    n, m = len(a), len(b)
+    table = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            table[i][j] = table[i + 1][j + 1] + 1 if a[i] == b[j] else max(table[i + 1][j], table[i][j + 1])
+    if table[0][0] == 0:
+        return None
+    union: list[tuple] = []
+    moved, landed = [0] * n, [0] * m
+    i = j = 0
+    while i < n or j < m:
+        if i < n and j < m and a[i] == b[j]:
+            moved[i] = landed[j] = len(union)
+            union.append(a[i])
+            i, j = i + 1, j + 1
+        elif j >= m or (i < n and table[i + 1][j] >= table[i][j + 1]):
+            moved[i] = len(union)
+            union.append(a[i])
+            i += 1
+        else:
+            landed[j] = len(union)
+            union.append(b[j])
+            j += 1
+    return union, landed, moved

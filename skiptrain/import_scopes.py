@@ -51,6 +51,15 @@ class Body:
     repeat_of: Any = None  # set when the call is a chain of copies of one block: (the group, count)
 
 
+def _functions() -> Any:
+    """``import_functions`` (operands, why_not), where it exists."""
+    try:
+        from . import import_functions
+    except ImportError:
+        return None
+    return import_functions
+
+
 def _hashable(target: Any) -> bool:
     try:
         hash(target)
@@ -96,6 +105,8 @@ class Scopes:
         self.alias: dict[fx.Node, fx.Node] = {}
         self.bodies: dict[int, Body] = {}
         self.modules_used: dict[str, fx.Node] = {}
+        # what import_layers.function_of reads: each tensor's per-sample shape (the batch axis left out)
+        self.shapes = {n: tuple(v.shape[1:]) for n, v in self.values.items() if _tensor(v)}
         self._own(trace.root)
 
     def _own(self, call: Call) -> None:
@@ -110,8 +121,10 @@ class Scopes:
         return node
 
     def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
+        """The distinct tensors a node reads (a piece of ``x.chunk(2)`` reads ``x``: ``operands``)."""
         found: list[fx.Node] = []
-        for n in _nodes((node.args, node.kwargs)):
+        read = getattr(_functions(), "operands", None)
+        for n in (read(node) if read is not None and node.op != "call_module" else _nodes((node.args, node.kwargs))):
             if _tensor(self.values.get(n)):
                 if n.op == "get_attr":
                     raise ImportError_(f"{describe(node)} reads the model's tensor `{n.target}` directly; no "
@@ -203,11 +216,17 @@ class Scopes:
         merge = next((name for targets, name in MERGE_OF if _hashable(node.target) and node.target in targets), None)
         if merge is not None and sum(_tensor(self.values.get(n)) for n in _nodes(node.args)) >= 2:
             return self._merge(node, merge, prev, scope_input, entries, skips)
-        found = self.layers.function_of(node, self.values)
+        found = self.layers.function_of(node, self.shapes)
         if found is None:
-            raise ImportError_(f"{describe(node)} has no skiptrain layer type", node_location(node),
-                               "see docs/layers.md for the layer types; a plugin can register one "
-                               "(docs/plugins.md)")
+            why = getattr(_functions(), "why_not", lambda *a: None)(node, self.shapes)
+            raise ImportError_(f"{describe(node)} has no skiptrain layer type{': ' + why if why else ''}",
+                               node_location(node), "see docs/layers.md for the layer types; a plugin can "
+                                                    "register one (docs/plugins.md)")
+        if found[0] == "identity":  # x.contiguous(): the value is its operand's
+            self.alias[node] = self.one_input(node, describe(node))
+            return prev
+        if found[0] == "merge":
+            return self._merge(node, found[1], prev, scope_input, entries, skips)
         layer_type, args = found
         source = self.one_input(node, describe(node))
         entries.append(Entry("layer", node, None, layer_type, dict(args), None if source == prev else [source]))

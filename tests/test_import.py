@@ -142,9 +142,16 @@ def test_resnet18_blocks_keys_and_outputs(tmp_path):
     original.load_state_dict(load_file(weights))
     rebuilt(out, original, [3, 32, 32])
     model = yaml.safe_load(out.read_text())["model"]
-    layer1 = next(e for e in model["layers"] if e["id"] == "layer1")
-    assert layer1["repeat"] == 2 and layer1["block"] == "basic_block"
-    assert model["blocks"]["basic_block"]["skips"] == [{"from": "input", "to": "bn2"}]
+    # one BasicBlock definition: its `downsample` (only in the first block of layers 2-4) under a flag
+    assert set(model["blocks"]) == {"basic_block", "downsample"}
+    layers = {e["id"]: e for e in model["layers"] if "id" in e}
+    assert layers["layer1"] == {"id": "layer1", "block": "basic_block", "repeat": 2}
+    assert layers["layer3"] == {"id": "layer3", "block": "basic_block", "repeat": 2, "args": {"out_channels": 256},
+                                "first_args": {"stride": 2, "downsample": True}}
+    block = model["blocks"]["basic_block"]
+    assert block["args"] == {"out_channels": 64, "stride": 1, "downsample": False}
+    assert {"from": "input", "to": "bn2", "when": "${not downsample}"} in block["skips"]
+    assert next(e for e in block["layers"] if e.get("id") == "downsample")["when"] == "${downsample}"
 
 
 def test_untraceable_model_names_module_and_line(tmp_path):

@@ -1,0 +1,239 @@
+"""`skiptrain import`, step four: each block definition's `args:`, and the written `model:` section.
+
+A group's members put values in the same places (a layer argument, a child block's argument); where they
+differ the definition takes an argument named after the layer argument (`out_channels`, `stride`; two of one
+name get the layer's id: `out_channels_conv3`), with the first member's value as its default. Entries and
+skips that only some members have get a flag (`downsample: true`, `when: "${downsample}"`), defaulting to
+what most members do. A member without an entry puts no value there (``WILD``): it agrees with anything.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+from .conditions import COPY_VARIABLES
+from .expr import SHAPE_NAMES
+from .import_blocks import Blocks, Group, frozen
+from .import_scopes import Body, Entry
+
+RESERVED = {*COPY_VARIABLES, *SHAPE_NAMES, "shape", "input", "not", "and", "or", "true", "false"}
+WILD = object()  # no value: the member lacks the entry (or the child block's argument does not apply)
+
+
+def _default(layer_type: str, key: str) -> Any:
+    """The value a layer type takes when ``key`` is not written: skiptrain's default, else the constructor's."""
+    from .registry import get
+
+    layer = get(layer_type)
+    if key in layer.defaults:
+        return layer.defaults[key]
+    parameter = layer.parameters.get(key)
+    return None if parameter is None or parameter.default is parameter.empty else parameter.default
+
+
+def _parameters(layer_type: str) -> dict[str, Any]:
+    from .registry import get
+
+    return get(layer_type).parameters
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _id(ref: str) -> Any:
+    return int(ref) if ref.isdigit() else ref
+
+
+class Writer:
+    """Arguments for every group (children first), then the YAML of every definition and of the model."""
+
+    def __init__(self, blocks: Blocks):
+        self.blocks = blocks
+        self.by_name: dict[str, Group] = {}
+        self.layouts: dict[str, list[tuple[int, Any]]] = {}
+        self.exprs: dict[str, dict[tuple[int, Any], Any]] = {}
+        self.when: dict[str, dict[tuple[str, int], str]] = {}
+
+    def child_group(self, skeleton: tuple) -> Group:
+        return self.by_name[skeleton[4]]
+
+    def entries_of(self, group: Group, body: Body) -> dict[int, Entry]:
+        return {u: body.entries[k] for k, u in enumerate(group.entry_map[id(body)])}
+
+    def copies(self, entry: Entry) -> list[Body]:
+        calls = entry.call.children if entry.kind == "repeat" else [entry.call]
+        return [self.blocks.body(c) for c in calls]
+
+    # -- arguments ---------------------------------------------------------------------------------
+    def finish(self, group: Group) -> None:
+        """The group's layout, arguments (data and flags), defaults and each member's argument values."""
+        self.by_name[group.name] = group
+        layout: list[tuple[int, Any]] = []
+        for u, skeleton in enumerate(group.union):
+            kind = skeleton[3]
+            if kind == "layer":
+                keys: list[str] = []
+                for member in group.members:
+                    entry = self.entries_of(group, member).get(u)
+                    keys += [k for k in (entry.args if entry else ()) if k not in keys]
+                order = list(_parameters(group.union[u][4]))  # the constructor's order, as a user writes them
+                layout += [(u, k) for k in sorted(keys, key=lambda k: order.index(k) if k in order else len(order))]
+            else:
+                child = self.child_group(skeleton)
+                parts = ("first", "args") if kind == "repeat" else ("args",)
+                layout += [(u, (part, a)) for part in parts for a in child.args]
+        columns = [[self._value(group, member, u, slot) for member in group.members] for u, slot in layout]
+        names: set[str] = set()
+        data: dict[str, list[Any]] = {}
+        exprs: dict[tuple[int, Any], Any] = {}
+        for (u, slot), column in zip(layout, columns):
+            defined = [v for v in column if v is not WILD]
+            if len({frozen(v) for v in defined}) <= 1:
+                exprs[(u, slot)] = defined[0] if defined else WILD
+                continue
+            name = next((n for n, col in data.items() if all(a is WILD or b is WILD or frozen(a) == frozen(b)
+                                                              for a, b in zip(col, column))), None)
+            if name is None:
+                base = slot if isinstance(slot, str) else slot[1]
+                name = self._name(base, group.union[u][0], names)
+                data[name] = list(column)
+            data[name] = [b if a is WILD else a for a, b in zip(data[name], column)]
+            exprs[(u, slot)] = f"${{{name}}}"
+        flags: dict[str, list[bool]] = {}
+        when: dict[tuple[str, int], str] = {}
+        presence = [(("entry", u), [u in group.entry_map[id(m)] for m in group.members])
+                    for u in range(len(group.union))]
+        presence += [(("skip", s), [s in group.skip_map[id(m)] for m in group.members])
+                     for s in range(len(group.skips))]
+        for where, column in presence:
+            if all(column):
+                continue
+            for flag, col in flags.items():
+                if col == column:
+                    when[where] = f"${{{flag}}}"
+                    break
+                if col == [not c for c in column]:
+                    when[where] = f"${{not {flag}}}"
+                    break
+            else:
+                base = group.union[where[1]][0] if where[0] == "entry" else "skip"
+                flag = self._name(str(base) if re.match(r"[A-Za-z_]", str(base)) else f"with_{base}", None, names)
+                flags[flag] = column
+                when[where] = f"${{{flag}}}"
+        group.args = [*data, *flags]
+        group.defaults = {n: next(v for v in col if v is not WILD) for n, col in data.items()}
+        group.defaults.update({n: Counter(col).most_common(1)[0][0] for n, col in flags.items()})
+        for m, member in enumerate(group.members):
+            group.values[id(member)] = {**{n: col[m] for n, col in data.items()},
+                                        **{n: col[m] for n, col in flags.items()}}
+        self.layouts[group.name], self.exprs[group.name], self.when[group.name] = layout, exprs, when
+
+    def _value(self, group: Group, member: Body, u: int, slot: Any) -> Any:
+        entry = self.entries_of(group, member).get(u)
+        if entry is None:
+            return WILD
+        if isinstance(slot, str):
+            return entry.args[slot] if slot in entry.args else _default(entry.type, slot)
+        copies = self.copies(entry)
+        copy = copies[0] if slot[0] == "first" else copies[min(1, len(copies) - 1)]
+        child = self.child_group(group.union[u])
+        return child.values[id(copy)].get(slot[1], WILD)
+
+    @staticmethod
+    def _name(base: str, entry_id: Any, used: set[str]) -> str:
+        for name in (base, f"{base}_{entry_id}", *(f"{base}_{k}" for k in range(2, 10_000))):
+            name = re.sub(r"[^A-Za-z0-9_]", "_", name)
+            if name not in used and name not in RESERVED and not name[0].isdigit():
+                used.add(name)
+                return name
+        raise AssertionError("unreachable")
+
+    # -- YAML ----------------------------------------------------------------------------------------
+    def definition(self, group: Group) -> dict[str, Any]:
+        """A group as `args:`/`layers:`/`skips:`/`output:`."""
+        exprs, when = self.exprs[group.name], self.when[group.name]
+        layers = []
+        for u, skeleton in enumerate(group.union):
+            member = next(m for m in group.members if u in group.entry_map[id(m)])
+            entry = self.entries_of(group, member)[u]
+            out: dict[str, Any] = {} if entry.id is None else {"id": _id(entry.id)}
+            if skeleton[3] == "layer":
+                out["type"] = entry.type
+                out.update({k: _plain(exprs[(v, k)]) for v, k in self.layouts[group.name]
+                            if v == u and exprs[(v, k)] is not WILD})
+                if entry.axis is not None:
+                    out["axis"] = entry.axis
+            else:
+                out.update(self._instance(group, u, skeleton, entry))
+            if entry.refs is not None:
+                out["input"] = [_id(r) for r in entry.refs] if len(entry.refs) > 1 else _id(entry.refs[0])
+            if ("entry", u) in when:
+                out["when"] = when[("entry", u)]
+            layers.append(out)
+        result: dict[str, Any] = {}
+        if group.args:
+            result["args"] = {n: _plain(group.defaults[n]) for n in group.args}
+        result["layers"] = layers
+        skips = []
+        for s in range(len(group.skips)):
+            member = next(m for m in group.members if s in group.skip_map[id(m)])
+            skip = member.skips[group.skip_map[id(member)].index(s)]
+            out = {k: _id(v) if k in ("from", "to") else v for k, v in skip.items() if not (k == "merge" and v == "add")}
+            if ("skip", s) in when:
+                out["when"] = when[("skip", s)]
+            skips.append(out)
+        if skips:
+            result["skips"] = skips
+        if group.output is not None:
+            result["output"] = _id(group.output)
+        return result
+
+    def _instance(self, group: Group, u: int, skeleton: tuple, entry: Entry) -> dict[str, Any]:
+        """A block instance (or a repeat) in a definition: its `block:`, `repeat:`, `args:`, `first_args:`."""
+        exprs = self.exprs[group.name]
+        child = self.child_group(skeleton)
+        out: dict[str, Any] = {"block": child.name}
+        if skeleton[3] == "repeat":
+            out["repeat"] = skeleton[5]
+        args, first = {}, {}
+        for name in child.args:
+            rest = exprs[(u, ("args", name))]
+            if rest is not WILD and (_param(rest) or frozen(rest) != frozen(child.defaults[name])):
+                args[name] = _plain(rest)
+            if skeleton[3] == "repeat":
+                head = exprs[(u, ("first", name))]
+                effective = child.defaults[name] if rest is WILD else rest
+                if head is not WILD and frozen(head) != frozen(effective):
+                    first[name] = _plain(head)
+        if args:
+            out["args"] = args
+        if first:
+            out["first_args"] = first
+        return out
+
+
+def _param(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("${")
+
+
+def model(blocks: Blocks, name: str, input_shape: list[int]) -> dict[str, Any]:
+    """The `model:` section: every group a block definition, the root's body the model's layers."""
+    root = blocks.scopes.trace.root
+    blocks.link(root)
+    blocks.group(root)
+    writer = Writer(blocks)
+    groups = blocks.ordered()
+    for group in groups:
+        writer.finish(group)
+    body = blocks.body(root)
+    entries, skips = blocks.skeleton(body)
+    top = Group(("", ""), "(model)", union=entries, skips=skips, members=[body], output=body.output_ref,
+                entry_map={id(body): list(range(len(entries)))}, skip_map={id(body): list(range(len(skips)))})
+    writer.finish(top)
+    section: dict[str, Any] = {"name": name, "input": list(input_shape), "projection": "none"}
+    if groups:
+        section["blocks"] = {group.name: writer.definition(group) for group in groups}
+    section.update(writer.definition(top))
+    return section

@@ -208,3 +208,15 @@ def test_segmentation_cache_key_follows_the_classes(tmp_path, monkeypatch):
     passes(bundle(3))
     with pytest.warns(UserWarning, match="is stale"), pytest.raises(DataError, match="has values 2, but the classes"):
         passes(bundle(2))
+
+
+def test_a_pass_cut_short_does_not_decode_the_whole_split(tmp_path, decodes):
+    """limit_batches (a smoke test) reads a few batches a pass: the next pass is not a full decode."""
+    import itertools
+
+    bundle = bundle_in(class_folder(tmp_path / "data"), tmp_path / "run")
+    list(itertools.islice(bundle.train.epoch(0), 2))
+    list(itertools.islice(bundle.train.epoch(1), 2))
+    assert len(decodes) == 16 and bundle.train.memory is None
+    passes(bundle, 2)  # whole passes: from the second one on, in memory
+    assert bundle.train.memory is not None and len(set(decodes)) == 27

@@ -4,7 +4,7 @@
 ``data.cache: true`` (the default) a split's batches are :class:`CachedBatches`: its first pass
 is the DataLoader's, exactly as without the cache, and each batch's uint8 samples (and labels or
 masks) are kept as they arrive. From the next pass on, whatever that pass missed (the dropped last
-partial batch, another rank's share, a pass cut short) is decoded once, and the split is batched by
+partial batch, another rank's share) is decoded once, and the split is batched by
 ``TensorBatches``, the in-memory path of ``digits`` and ``mnist1d``: same order, same augmentation
 numbers, same pipeline, so the results are bitwise those of the uncached run.
 
@@ -216,9 +216,10 @@ class CachedBatches(LoaderBatches):
         self.enabled = True
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.memory is None and self.enabled and self.passes == 0:
+        if self.memory is None and self.enabled and self.passes == 0 and self.device.type == "cpu":
             self.store = Store.existing(self.folder, split_key(self.loader.dataset))
-        if self.memory is None and self.store is not None and (self.passes or self.store.seen.all()):
+        if self.memory is None and self.store is not None and (self.passes and self._mostly_seen()
+                                                               or self.store.seen.all()):
             self._complete()
         self.passes += 1
         if self.memory is not None:
@@ -247,6 +248,12 @@ class CachedBatches(LoaderBatches):
                 self.enabled = False
                 return
         self.store.put(positions, x, y)
+
+    def _mostly_seen(self) -> bool:
+        """The passes so far read at least half of this process's share: decoding the rest once is
+        cheap. A pass cut short by ``limit_batches`` (a smoke test) or a 1/N shard of an evaluation
+        split keeps the DataLoader instead of decoding the whole split."""
+        return int(self.store.seen.sum()) * 2 * self.plan.world_size >= len(self.store.seen)
 
     def _complete(self) -> None:
         """Decode what the passes so far missed, then batch from the store."""

@@ -352,13 +352,14 @@ def gradflow_command(
 
 @app.command()
 def schema(
+    config: Optional[Path] = typer.Argument(None, help="Also check this config's blocks' arguments.", show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """Print a JSON Schema (draft 2020-12) of the config language, for editors and CI."""
     with user_errors():
         from .schema import schema_text
 
-        _emit(schema_text(), output)
+        _emit(schema_text(config), output, (config,) if config else ())
 
 
 @app.command()

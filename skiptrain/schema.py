@@ -11,6 +11,8 @@ schema can check).
 """
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 import types
 import typing
@@ -30,35 +32,68 @@ ID = {"anyOf": [{"type": "string", "pattern": _ID_PATTERN, "not": {"const": "inp
                 {"type": "integer", "minimum": 0}, EXPR]}
 
 
-def config_schema() -> dict[str, Any]:
-    """The whole schema: a full config (model, data, train) or a model-only file."""
+def config_schema(config: Any = None) -> dict[str, Any]:
+    """The whole schema: a full config (model, data, train) or a model-only file; with a config's path,
+    also what its own blocks take (their arguments, the names their `${...}` may use)."""
+    from . import registry
+    from .merges import MERGES
+
+    # built once per set of registered names (a plugin or a test's scoped registry changes them)
+    schema = copy.deepcopy(_language_schema(tuple(registry.names()), tuple(MERGES.names())))
+    if config is not None:
+        from .schema_blocks import read_blocks, specialise
+
+        specialise(schema, read_blocks(config))
+    return schema
+
+
+@functools.lru_cache(maxsize=2)
+def _language_schema(*registered: tuple[str, ...]) -> dict[str, Any]:
+    """The schema of the language alone, for these registered names (a per-config schema adds to a copy)."""
     from .config import SECTIONS
+    from .schema_types import type_schema
 
     sections = {"model": {"description": "the network: a mapping, or the path of a model file",
                           "if": {"type": "object"}, "then": {"$ref": "#/$defs/model"}, "else": {"type": "string"}},
                 "data": {"$ref": "#/$defs/data"}, "train": {"$ref": "#/$defs/train"}}
-    full = {"type": "object", "required": ["model"], "additionalProperties": False,
-            "properties": {name: sections[name] for name in SECTIONS}}
+    # `model:` is required only once every key is a section, so a misspelled `modle:` is one error, on its line
+    full = {"title": "skiptrain config", "type": "object", "additionalProperties": False,
+            "properties": {name: sections[name] for name in SECTIONS},
+            "if": {"propertyNames": {"pattern": "^(?:" + "|".join(SECTIONS) + ")$"}}, "then": {"required": ["model"]}}
+    # a model-only file is told apart as the loader does (`layers:` or `input:` at the top, no `model:`):
+    # an empty or misspelled file is read as a full config, and offered `model`, `data`, `train`
+    model_only = {"not": {"required": ["model"]}, "anyOf": [{"required": ["layers"]}, {"required": ["input"]}]}
     return {
         "$schema": DIALECT,
         "$id": SCHEMA_ID,
         "title": "skiptrain config",
         "description": "A skiptrain config (model, data, train), or a model-only file. "
                        "`skiptrain validate` checks what a schema cannot: shapes, ids, skips.",
-        "if": {"type": "object", "required": ["model"]},
-        "then": full,
-        "else": {"$ref": "#/$defs/model"},
+        "if": model_only,
+        "then": {"$ref": "#/$defs/model"},
+        "else": full,
         "$defs": {"expr": {"type": "string", "pattern": r"\$\{[^}]*\}",
                            "description": "`${expr}`: a block argument or integer arithmetic"},
                   "model": model_schema(), "block": block_schema(), "instance": instance_schema(),
-                  "entry": {"if": {"type": "object", "required": ["block"]},
-                            "then": {"$ref": "#/$defs/instance"}, "else": {"$ref": "#/$defs/layer"}},
+                  "block_name": {"type": "string", "description": "the name of a block in `blocks:`"},
+                  # a new entry (neither key yet) is offered both `type:` and `block:`
+                  "entry": {"if": {"type": "object", "required": ["block"]}, "then": {"$ref": "#/$defs/instance"},
+                            "else": {"if": {"type": "object", "required": ["type"]}, "then": {"$ref": "#/$defs/layer"},
+                                     "else": new_entry_schema()}},
                   "layers": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/entry"}},
                   "skip": skip_schema(), "skips": {"type": "array", "items": {"$ref": "#/$defs/skip"}},
                   "ref": {"type": ["string", "integer"], "minimum": 0,
                           "description": "an id in this scope (dotted paths allowed) or `input`"},
+                  "type": type_schema(_summaries(), EXPR),
                   "layer": layer_schema(), "data": data_schema(), "train": train_schema()},
     }
+
+
+def new_entry_schema() -> dict[str, Any]:
+    """A `layers` entry being written: `type:` (a layer) or `block:` (an instance of a block)."""
+    return {"title": "layer", "type": "object", "required": ["type"],
+            "description": "a layer (`type:`) or a block instance (`block:`)",
+            "properties": {"type": {"$ref": "#/$defs/type"}, "block": {"$ref": "#/$defs/block_name"}, "id": ID}}
 
 
 # -- model ---------------------------------------------------------------------------------
@@ -88,7 +123,7 @@ def model_schema() -> dict[str, Any]:
         "depth_multiplier": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000, "default": 1.0},
     }
     assert set(props) == set(MODEL_KEYS), "model_schema is out of step with spec.MODEL_KEYS"
-    return {"type": "object", "required": ["input", "layers"], "additionalProperties": False,
+    return {"title": "model", "type": "object", "required": ["input", "layers"], "additionalProperties": False,
             "properties": {key: props[key] for key in MODEL_KEYS}}
 
 
@@ -98,20 +133,20 @@ def block_schema() -> dict[str, Any]:
     props = {"args": {"type": "object", "description": "argument name -> default (null: required)"},
              "layers": {"$ref": "#/$defs/layers"}, "skips": {"$ref": "#/$defs/skips"},
              "projection": _policy(), "output": {"$ref": "#/$defs/ref"}}
-    return {"type": "object", "required": ["layers"], "additionalProperties": False,
+    return {"title": "block", "type": "object", "required": ["layers"], "additionalProperties": False,
             "properties": {key: props[key] for key in BLOCK_KEYS}}
 
 
 def instance_schema() -> dict[str, Any]:
     from .spec import INSTANCE_KEYS
 
-    props = {"id": ID, "block": {"type": "string"},
+    props = {"id": ID, "block": {"$ref": "#/$defs/block_name"},
              "args": {"type": "object"}, "first_args": {"type": "object", "description": "args of the first copy"},
              "repeat": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 100_000}, EXPR]},
              "copy_id": {"type": "string",
                          "description": "each copy's id, from ${repeat_index}: denselayer${repeat_index + 1}"},
              "input": {"$ref": "#/$defs/ref"}, "projection": _policy(), "when": WHEN}
-    return {"type": "object", "required": ["block"], "additionalProperties": False,
+    return {"title": "block instance", "type": "object", "required": ["block"], "additionalProperties": False,
             "description": "a block instance", "properties": {key: props[key] for key in INSTANCE_KEYS}}
 
 
@@ -126,34 +161,39 @@ def skip_schema() -> dict[str, Any]:
              "order": {"anyOf": [{"enum": list(ORDERS)}, EXPR], "default": TO_FIRST,
                        "description": "concat's operands: `to_first` cat([to, from]), `from_first` cat([from, to])"},
              "when": WHEN}
-    return {"type": "object", "required": ["from", "to"], "additionalProperties": False,
+    return {"title": "skip", "type": "object", "required": ["from", "to"], "additionalProperties": False,
             "properties": {key: props[key] for key in SKIP_KEYS}}
 
 
 # -- layers --------------------------------------------------------------------------------
 def layer_schema() -> dict[str, Any]:
-    """Meta keys, `type` (completed from the registry), and one if-then per type for its arguments."""
+    """Meta keys, `type` (see schema_types), and one if-then per type for its arguments, titled by the
+    type: the editor labels the snippet of a type's required arguments "conv2d layer"."""
     from . import registry
+    from .schema_types import known_type, unknown_type
     from .spec import LAYER_META_KEYS
 
-    kinds, aliases, branches = [], [], []
+    branches = []
     for name in registry.names():
         layer_type = registry.get(name)
-        kinds.append({"const": name, "description": layer_summary(layer_type)})
-        aliases += layer_type.aliases
-        branches.append({"if": {"properties": {"type": {"enum": [name, *layer_type.aliases]}}, "required": ["type"]},
-                         "then": layer_arguments(layer_type)})
-    # a `${...}` type is only known after substitution: any arguments then
-    branches.append({"if": {"properties": {"type": EXPR}, "required": ["type"]},
-                     "then": {"additionalProperties": True}})
+        branches.append({"if": known_type([name, *layer_type.aliases]),
+                         "then": {"title": f"{name} layer", **layer_arguments(layer_type)}})
+    branches.append(unknown_type())  # `${...}`, known only after substitution, or a typo flagged on `type:`
     meta = {"id": ID,
-            "type": {"description": "a layer type", "anyOf": [*kinds, {"enum": sorted(aliases)}, EXPR]},
+            "type": {"$ref": "#/$defs/type"},
             "input": {"anyOf": [{"$ref": "#/$defs/ref"}, {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ref"}}]},
             "scale": {"type": "boolean", "default": True,
                       "description": "false: exempt from width_multiplier"},
             "when": WHEN, "tie": TIE}
-    return {"type": "object", "required": ["type"], "properties": {key: meta[key] for key in LAYER_META_KEYS},
-            "allOf": branches, "unevaluatedProperties": False}
+    return {"title": "layer", "type": "object", "required": ["type"],
+            "properties": {key: meta[key] for key in LAYER_META_KEYS}, "allOf": branches, "unevaluatedProperties": False}
+
+
+def _summaries() -> dict[str, str]:
+    """Each registered type's one-line description."""
+    from . import registry
+
+    return {name: layer_summary(registry.get(name)) for name in registry.names()}
 
 
 def layer_arguments(layer_type: Any) -> dict[str, Any]:
@@ -269,8 +309,8 @@ def train_schema() -> dict[str, Any]:
     return json_schema(TrainSettings)
 
 
-def schema_text() -> str:
+def schema_text(config: Any = None) -> str:
     """The schema as the JSON file editors read (stable key order, one trailing newline)."""
     import json
 
-    return json.dumps(config_schema(), indent=2) + "\n"
+    return json.dumps(config_schema(config), indent=1) + "\n"

@@ -118,18 +118,21 @@ def validate(
 class GraphFormat(str, Enum):
     mermaid = "mermaid"
     dot = "dot"
+    svg = "svg"
+    html = "html"
 
 
 @app.command()
 def graph(
     config: Path = ConfigArg,
     overrides: List[str] = SetOption,
-    fmt: GraphFormat = typer.Option(GraphFormat.mermaid, "--format", "-f", help="mermaid (for Markdown) or dot (Graphviz)."),
+    fmt: GraphFormat = typer.Option(GraphFormat.mermaid, "--format", "-f", help="mermaid, dot, svg or html (blocks open)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """Print the network as a graph, skip edges and projections marked."""
     with user_errors():
         from .api import check_model
+        from .diagram import render_html, render_svg
         from .report import dot, mermaid
 
         if output is not None:  # before any work: never the config itself, a folder or a missing folder
@@ -137,7 +140,9 @@ def graph(
 
             check_output(output, [config])
         plan = check_model(config, overrides)
-        _emit(mermaid(plan) if fmt == GraphFormat.mermaid else dot(plan), output, (config,))
+        render = {GraphFormat.mermaid: mermaid, GraphFormat.dot: dot, GraphFormat.svg: render_svg,
+                  GraphFormat.html: render_html}[fmt]
+        _emit(render(plan), output, (config,))
 
 
 @app.command()

@@ -11,6 +11,7 @@ Every piece of user text is escaped; the page needs no network, fonts or externa
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from html import escape
 
@@ -39,6 +40,7 @@ class Drawing:
     opened: set[int] = field(default_factory=set)  # the groups open by default
     edges: list[tuple[int, int]] = field(default_factory=list)  # data edges between leaf keys
     skips: list[dict] = field(default_factory=list)
+    signature: dict[int, tuple] = field(default_factory=dict)  # a group's block, shapes and parameters
 
 
 def build(plan: ModelPlan) -> Drawing:
@@ -96,7 +98,7 @@ def build(plan: ModelPlan) -> Drawing:
                        f"{shape_text(node.meta['shape'])} {node.meta.get('dtype', '')}\nparams: "
                        f"{node.meta['params']:,}   MACs: {node.meta['macs']:,}\nYAML: {node.loc or '-'}")
     _label_groups(d, root, members, scopes, own_params, own_macs, pos)
-    _fold(d, root, members)
+    _fold(d, root, scopes)
     d.edges = [(pos[src], pos[n.id]) for n in graph.order for src in n.inputs]
     spans = [(pos[s.source], pos[s.target]) for s in graph.skips]
     L.arrange(root, d.edges + spans)
@@ -124,39 +126,35 @@ def _label_groups(d: Drawing, unit: L.Unit, members: dict, scopes: dict, params:
         path, block = scopes[child.key]
         total = sum(params[pos[n.id]] for n in nodes)
         work = sum(macs[pos[n.id]] for n in nodes)
-        child.sig = (block, tuple(first.meta["in_shape"]), tuple(last.meta["shape"]), total)  # type: ignore[attr-defined]
+        d.signature[child.key] = (block, tuple(first.meta["in_shape"]), tuple(last.meta["shape"]), total)
         d.lines[child.key] = (f"{path}: {block}", f"{shape_text(first.meta['in_shape'])} → "
                               f"{shape_text(last.meta['shape'])} · {total:,} params")
         d.titles[child.key] = (f"{path}: block {block}\n{len(nodes)} nodes, {first.id} … {last.id}\ninput "
                                f"{shape_text(first.meta['in_shape'])} -> output {shape_text(last.meta['shape'])}\n"
-                               f"params: {total:,}   MACs: {work:,}\nYAML: {first.loc or '-'} (first node)")
+                               f"params: {total:,}   MACs: {work:,}\nYAML: {first.loc or '-'} (its first node)")
         _label_groups(d, child, members, scopes, params, macs, pos)
 
 
-
-def _fold(d: Drawing, unit: L.Unit, members: dict) -> None:
-    """Runs of identical collapsed instances (same block, shapes and parameters) keep their ends."""
+def _fold(d: Drawing, unit: L.Unit, scopes: dict) -> None:
+    """A run of FOLD_MIN or more identical closed instances (same block, shapes and parameters)
+    keeps its first and last; the ones between become one closed fold that opens into them."""
     kids, out, i = unit.children, [], 0
     while i < len(kids):
-        j = i
-        sig = getattr(kids[i], "sig", None)
+        sig, j = d.signature.get(kids[i].key), i
         while (sig is not None and kids[i].key not in d.opened and j + 1 < len(kids)
-               and getattr(kids[j + 1], "sig", None) == sig):
+               and d.signature.get(kids[j + 1].key) == sig):
             j += 1
         run = kids[i:j + 1]
         if len(run) >= FOLD_MIN:
-            fold = L.Unit(len(d.units) + 1000000, False, children=run[1:-1])
+            middle = run[1:-1]
+            fold = L.Unit(len(d.units) + 1000000, False, children=middle)
             d.units[fold.key], d.kinds[fold.key] = fold, "fold"
-            middle = [n for r in run[1:-1] for n in members[r.key]]
-            members[fold.key] = middle
-            first_path = d.lines[run[1].key][0].split(": ")[0]
-            last_path = d.lines[run[-2].key][0].split(": ")[0]
-            block, _, _, params = sig
-            d.lines[fold.key] = (f"{first_path} … {last_path}: {len(run) - 2} × {block}",
-                                 d.lines[run[1].key][1].rsplit(" · ", 1)[0] + f" · {len(run) - 2} alike")
-            d.titles[fold.key] = (f"{len(run) - 2} identical instances of block {block}, {first_path} … {last_path}\n"
-                                  f"{params:,} params each, {(len(run) - 2) * params:,} in all\n"
-                                  "click to open the run")
+            first, last = scopes[middle[0].key][0], scopes[middle[-1].key][0]
+            block, in_shape, out_shape, params = sig
+            d.lines[fold.key] = (f"{first} … {last}: {len(middle)} × {block}",
+                                 f"{shape_text(in_shape)} → {shape_text(out_shape)} · {len(middle)} × {params:,} params")
+            d.titles[fold.key] = (f"{len(middle)} identical instances of block {block}: {first} … {last}\n"
+                                  f"{params:,} params each, {len(middle) * params:,} in all")
             out += [run[0], fold, run[-1]]
         else:
             out += run
@@ -164,52 +162,7 @@ def _fold(d: Drawing, unit: L.Unit, members: dict) -> None:
     unit.children[:] = out
     for child in unit.children:
         if not child.leaf and d.kinds[child.key] != "fold":
-            _fold(d, child, members)
-
-
-# ---- drawing: the same arithmetic as the page's script below (keep the two in step) ----
-
-def _visible(d: Drawing, opened: set[int]) -> dict[int, str]:
-    """What each shown unit is drawn as: `node`, `block` (a closed group) or `frame` (an open one)."""
-    shown: dict[int, str] = {}
-
-    def visit(unit: L.Unit) -> None:
-        for child in unit.children:
-            if child.leaf:
-                shown[child.key] = "node"
-            elif child.key in opened:
-                shown[child.key] = "frame"
-                visit(child)
-            else:
-                shown[child.key] = "block"
-    visit(d.root)
-    return shown
-
-
-def _anchor(d: Drawing, key: int, shown: dict[int, str]) -> int:
-    """The shown unit that stands for leaf ``key``: itself, or its outermost closed group."""
-    chain, unit = [], d.units[key]
-    while unit is not None and unit is not d.root:
-        chain.append(unit.key)
-        unit = unit.parent
-    return next(k for k in reversed(chain) if shown.get(k) in ("node", "block"))
-
-
-def _edge_path(a: L.Box, b: L.Box) -> str:
-    ax, ay, bx, by = a.x + a.w / 2, a.y + a.h, b.x + b.w / 2, b.y
-    if ax == bx:
-        return f"M{ax:g},{ay:g}V{by:g}"
-    mid = max(ay, by - 22)
-    return f"M{ax:g},{ay:g}V{mid:g}C{ax:g},{by - 4:g} {bx:g},{mid:g} {bx:g},{by:g}"
-
-
-def _skip_path(a: L.Box, b: L.Box, lx: float) -> str:
-    sx, sy, tx, ty = a.x + a.w, a.y + a.h * 0.7, b.x + b.w, b.y + b.h * 0.3
-    if a is b:  # both ends inside one closed box: a loop on its side
-        return f"M{sx:g},{sy:g}C{sx + 28:g},{sy:g} {sx + 28:g},{ty:g} {tx:g},{ty:g}"
-    r = min(10, abs(ty - sy) / 2) * (1 if ty >= sy else -1)
-    return (f"M{sx:g},{sy:g}H{lx - abs(r):g}Q{lx:g},{sy:g} {lx:g},{sy + r:g}V{ty - r:g}"
-            f"Q{lx:g},{ty:g} {lx - abs(r):g},{ty:g}H{tx:g}")
+            _fold(d, child, scopes)
 
 
 def _fit(text: str, chars: int = _CHARS) -> str:
@@ -217,17 +170,16 @@ def _fit(text: str, chars: int = _CHARS) -> str:
 
 
 def _unit_svg(d: Drawing, key: int, kind: str, box: L.Box | None) -> str:
-    """One unit as a group of SVG elements; ``box`` None: hidden until the script shows it."""
-    x, y, w, h = (box.x, box.y, box.w, box.h) if box else (0, 0, L.NODE_W, L.NODE_H)
+    """One unit as an SVG group (a node, a closed block or an open frame); ``box`` None: hidden."""
+    x, y, w, h = (box.x, box.y, box.w, box.h) if box else (0, 0, L.NODE_W, L.NODE_H if kind == "node" else L.BOX_H)
     where = f' transform="translate({x:g},{y:g})"' + ("" if box else ' style="display:none"')
     title = f"<title>{escape(d.titles.get(key, ''))}</title>"
     line1, line2 = d.lines.get(key, ("", ""))
     if kind == "frame":
-        label = escape(_fit(line1, 60))
         return (f'<g class="frame" id="f{key}"{where}><rect width="{w:g}" height="{h:g}" rx="6"/>'
-                f'<text class="toggle" x="8" y="16">− {label}</text>{title}</g>')
+                f'<text class="toggle" x="8" y="16">− {escape(_fit(line1, 60))}</text>{title}</g>')
     cls = "node" if kind == "node" else "block fold" if d.kinds[key] == "fold" else "block"
-    mark = '<text class="toggle" x="{0:g}" y="17" text-anchor="end">+</text>'.format(w - 8) if kind == "block" else ""
+    mark = f'<text class="toggle" x="{w - 8:g}" y="17" text-anchor="end">+</text>' if kind == "block" else ""
     return (f'<g class="{cls}" id="{"n" if kind == "node" else "b"}{key}"{where}>'
             f'<rect width="{w:g}" height="{h:g}" rx="{4 if kind == "node" else 7}"/>'
             f'<text x="8" y="16" class="l1">{escape(_fit(line1))}</text>'
@@ -237,13 +189,15 @@ def _unit_svg(d: Drawing, key: int, kind: str, box: L.Box | None) -> str:
 _STYLE = """
 .skd text{font:12px sans-serif;fill:#222}.skd .l2{font-size:11px;fill:#555}
 .skd .node rect{fill:#eef3fb;stroke:#6f8fc6}.skd .block rect{fill:#fff5dc;stroke:#c8952c;stroke-width:1.5}
-.skd .fold rect{fill:#fdebc8;stroke-dasharray:5 3}.skd .frame rect{fill:#f7f7f7;fill-opacity:.5;stroke:#b5b5b5;stroke-dasharray:4 3}
+.skd .fold rect{fill:#fdebc8;stroke-dasharray:6 3}.skd .block,.skd .frame .toggle{cursor:pointer}
+.skd .frame rect{fill:#f4f4f4;fill-opacity:.55;stroke:#b0b0b0;stroke-dasharray:4 3}
+.skd .frame text,.skd .merge{paint-order:stroke;stroke:#fff;stroke-width:3px}
 .skd .frame text{font-weight:bold;fill:#666}.skd .toggle{font-weight:bold;fill:#9a6a00}
 .skd .edge{fill:none;stroke:#555;stroke-width:1.4;marker-end:url(#skd-a)}
 .skd .skip{fill:none;stroke:#2f8a4a;stroke-width:1.6;marker-end:url(#skd-s)}
 .skd .skip.projected{stroke:#d9480f;stroke-width:2.2;marker-end:url(#skd-p)}
 .skd .merge{font-size:10px;fill:#2f8a4a}.skd .proj rect{fill:#fff0e6;stroke:#d9480f}
-.skd .proj text{font-size:11px;fill:#a33a00}.skd .lead{stroke:#d9480f;stroke-dasharray:2 2}
+.skd .proj text{font-size:11px;fill:#a33a00}.skd .lead{stroke:#d9480f;stroke-dasharray:2 2;fill:none}
 """
 
 
@@ -253,62 +207,58 @@ def _marker(name: str, color: str) -> str:
 
 
 def _svg(d: Drawing, opened: set[int], everything: bool) -> str:
-    """The SVG of one state; ``everything``: also the hidden units, for the page's script to show."""
-    shown = _visible(d, opened)
+    """The SVG of one state; ``everything``: every unit's every form, the hidden ones for the page's script."""
+    kinds = L.shown(d.root, opened)
     boxes = L.geometry(d.root, opened)
-    right = max(b.x + b.w for k, b in boxes.items() if k in shown)
-    left = min(b.x for k, b in boxes.items() if k in shown)
-    lane_x = right + 24
-    top_lane = max((s["lane"] for s in d.skips), default=-1)
-    label_x = lane_x + (top_lane + 1) * L.LANE_GAP + 16
+    left = min(boxes[k].x for k in kinds)
+    lane_x = max(boxes[k].x + boxes[k].w for k in kinds) + 24
+    label_x = lane_x + (max((s["lane"] for s in d.skips), default=-1) + 1) * L.LANE_GAP + 16
     frames, units, edges, skips, labels = [], [], [], [], []
-    keys = [u.key for u in d.root.walk() if u is not d.root]
-    for key in keys:
-        kind = shown.get(key)
-        if kind is None and not everything:
+    for unit in d.root.walk():
+        key, kind = unit.key, kinds.get(unit.key)
+        if unit is d.root or (kind is None and not everything):
             continue
-        if d.units[key].leaf:
-            units.append(_unit_svg(d, key, "node", boxes.get(key) if kind else None))
-            continue
-        target = frames if kind == "frame" else units
-        target.append(_unit_svg(d, key, kind or "block", boxes.get(key) if kind else None))
-        if everything:  # the other form of the group, hidden
-            other = "block" if kind == "frame" else "frame"
-            (units if other == "block" else frames).append(_unit_svg(d, key, other, None))
-    seen: set[tuple[int, int]] = set()
+        forms = ["node"] if unit.leaf else ["block", "frame"] if everything else [kind]
+        for form in forms:
+            (frames if form == "frame" else units).append(
+                _unit_svg(d, key, form, boxes[key] if form == kind else None))
+    anchors = {k: L.anchor(d.units[k], kinds) for k in d.units if d.units[k].leaf}
+    drawn: set[tuple[int, int]] = set()
     for i, (s, t) in enumerate(d.edges):
-        a, b = _anchor(d, s, shown), _anchor(d, t, shown)
-        if a == b or ((a, b) in seen and not everything):
-            continue
-        seen.add((a, b))
-        edges.append(f'<path class="edge" id="e{i}" d="{_edge_path(boxes[a], boxes[b])}"/>')
+        a, b = anchors[s], anchors[t]
+        if everything:  # one path per edge, for the script to move or hide
+            path = f'd="{L.edge_path(boxes[a], boxes[b])}"' if a != b else 'style="display:none"'
+            edges.append(f'<path class="edge" id="e{i}" {path}/>')
+        elif a != b and (a, b) not in drawn:
+            drawn.add((a, b))
+            edges.append(f'<path class="edge" d="{L.edge_path(boxes[a], boxes[b])}"/>')
     placed: list[float] = []
-    width = label_x
+    width, merges = label_x, set()
     for i, skip in enumerate(d.skips):
-        a, b = boxes[_anchor(d, skip["s"], shown)], boxes[_anchor(d, skip["t"], shown)]
+        a, b = boxes[anchors[skip["s"]]], boxes[anchors[skip["t"]]]
         lx = lane_x + skip["lane"] * L.LANE_GAP
-        cls = "skip projected" if "proj" in skip else "skip"
-        skips.append(f'<path class="{cls}" id="s{i}" d="{_skip_path(a, b, lx)}"><title>'
-                     f'{escape(skip["title"])}</title></path>')
-        skips.append(f'<text class="merge" id="m{i}" x="{b.x + b.w + 12:g}" y="{b.y + b.h * 0.3 - 5:g}">'
-                     f'{escape(skip["merge"])}</text>')
+        skips.append(f'<path class="{"skip projected" if "proj" in skip else "skip"}" id="s{i}" '
+                     f'd="{L.skip_path(a, b, lx)}"><title>{escape(skip["title"])}</title></path>')
+        where = (b.x + b.w + 12, b.y + b.h * 0.3 - 5)
+        if everything or (where, skip["merge"]) not in merges:  # one label where many loops overlap
+            merges.add((where, skip["merge"]))
+            skips.append(f'<text class="merge" id="m{i}" x="{where[0]:g}" y="{where[1]:g}">'
+                         f'{escape(skip["merge"])}</text>')
         if "proj" in skip:
-            y = (a.y + a.h * 0.7 + b.y + b.h * 0.3) / 2 - 17
-            y = max([y] + [p + 40 for p in placed if p + 40 > y and p < y + 40])
-            placed.append(y)
-            text = [escape(_fit(line, 64)) for line in skip["proj"]]
-            w = 12 + 6.4 * max(len(t) for t in skip["proj"])
+            y = L.label_y((a.y + a.h * 0.7 + b.y + b.h * 0.3) / 2 - 17, placed)
+            w = 12 + 6.4 * max(len(_fit(t, 64)) for t in skip["proj"])
             width = max(width, label_x + w)
+            line1, line2 = (escape(_fit(t, 64)) for t in skip["proj"])
             labels.append(f'<g class="proj" id="p{i}" transform="translate({label_x:g},{y:g})">'
                           f'<path class="lead" d="M{lx - label_x:g},17H0"/><rect width="{w:g}" height="34" rx="4"/>'
-                          f'<text x="6" y="14">{text[0]}</text><text x="6" y="28">{text[1]}</text>'
+                          f'<text x="6" y="14">{line1}</text><text x="6" y="28">{line2}</text>'
                           f'<title>{escape(skip["title"])}</title></g>')
-    height = boxes[d.root.key].h + 2 * L.Y0
-    view = f"{left - L.X0:g} 0 {width + 20 - left + L.X0:g} {height:g}"
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="skd" viewBox="{view}" '
-            f'width="{width + 20 - left + L.X0:g}" height="{height:g}" font-family="sans-serif">'
+    height, full = boxes[d.root.key].h + 2 * L.Y0, width + 20 - left + L.X0
+    named = ' id="skd-svg"' if everything else ""
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="skd"{named} '
+            f'viewBox="{left - L.X0:g} 0 {full:g} {height:g}" width="{full:g}" height="{height:g}">'
             f'<style>{_STYLE}</style><defs>{_marker("a", "#555")}{_marker("s", "#2f8a4a")}{_marker("p", "#d9480f")}'
-            f'</defs><g id="skd-frames">{"".join(frames)}</g><g>{"".join(edges)}</g><g>{"".join(units)}</g>'
+            f'</defs><g>{"".join(frames)}</g><g>{"".join(edges)}</g><g>{"".join(units)}</g>'
             f'<g>{"".join(skips)}</g><g>{"".join(labels)}</g></svg>')
 
 
@@ -319,12 +269,50 @@ def render_svg(plan: ModelPlan, collapse: bool = True) -> str:
     return _svg(d, opened, everything=False)
 
 
+def _model_json(d: Drawing) -> str:
+    """What the page's script needs: the units' rows, columns and children, the edges and the lanes."""
+    model = {"root": d.root.key, "open": sorted(d.opened), "edges": d.edges,
+             "units": {u.key: [int(u.leaf), u.row, u.col, [c.key for c in u.children]] for u in d.root.walk()},
+             "skips": [[s["s"], s["t"], s["lane"]] for s in d.skips],
+             "lanes": max((s["lane"] for s in d.skips), default=-1),
+             "C": {name: getattr(L, name) for name in ("NODE_W", "NODE_H", "BOX_H", "ROW_GAP", "COL_GAP", "HEAD",
+                                                       "PAD", "LANE_GAP", "X0", "Y0")}}
+    return json.dumps(model, separators=(",", ":")).replace("</", "<\\/")
+
+
+def diagram_section(plan: ModelPlan) -> str:
+    """The interactive diagram as one HTML fragment (buttons, the SVG, its data and script) for a page
+    such as the run report; one per page (its element ids are fixed)."""
+    d = build(plan)
+    return ('<div class="skd-page"><p class="skd-tools"><button id="skd-reset">default</button> '
+            '<button id="skd-open">open all</button> <button id="skd-close">close all</button> '
+            '<span>click a block to open it, its title to close it; hover for details</span></p>'
+            '<div class="skd-body"><div class="skd-scroll">' + _svg(d, d.opened, everything=True) +
+            '</div><pre id="skd-info">hover over a node</pre></div>'
+            f'<script type="application/json" id="skd-model">{_model_json(d)}</script>'
+            f"<script>{L.SCRIPT}</script></div>")
+
+
+_PAGE_STYLE = """
+body{font:14px sans-serif;margin:16px;color:#222}h1{font-size:20px;margin:0 0 4px}
+.skd-body{display:flex;gap:16px;align-items:flex-start}.skd-scroll{overflow:auto;max-width:calc(100vw - 380px)}
+#skd-info{position:sticky;top:8px;width:320px;white-space:pre-wrap;font:12px monospace;background:#f6f6f6;
+border:1px solid #ddd;padding:8px;margin:0}.skd-tools span{color:#666;margin-left:8px}
+"""
+
+
 def render_html(plan: ModelPlan) -> str:
-    """A full self-contained page: the diagram, its summary and a legend; no network, no external files."""
+    """A full self-contained page: summary, legend and the diagram; no network, fonts or external files."""
     graph = plan.graph
     compute = count(plan)
     summary = (f"{len(graph.nodes)} nodes · {len(graph.skips)} skips · {len(plan.projections)} projections · "
-               f"{plan.params:,} parameters · {macs_text(compute.macs)}MACs per sample")
+               f"{plan.params:,} parameters · {macs_text(compute.macs)}MACs per sample · input "
+               f"{shape_text(graph.input_shape)} → output {shape_text(plan.output_shape)}")
+    legend = ('<p class="skd-legend">blue: a layer · yellow: a block instance (closed) · dashed frame: an open '
+              'instance · green: a skip and its merge · orange: a skip with a projection, labelled with its '
+              'kind, parameters and multiply-adds</p>')
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(graph.name)}</title>'
-            f"<style>body{{font:14px sans-serif;margin:16px;color:#222}}</style></head><body>"
-            f"<h1>{escape(graph.name)}</h1><p>{escape(summary)}</p>{render_svg(plan)}</body></html>\n")
+            f'<style>{_PAGE_STYLE}</style><script>window.onerror=function(m){{document.documentElement'
+            f'.setAttribute("data-error",String(m));}};</script></head><body><h1>{escape(graph.name)}</h1>'
+            f"<p>{escape(summary)}</p>{legend}{diagram_section(plan)}<p class=\"skd-made\">skiptrain graph, "
+            f"{time.strftime('%Y-%m-%d')}</p></body></html>\n")

@@ -114,23 +114,23 @@ def _arrange(group: Unit, edges: list[tuple[int, int]], owner: dict[int, Unit], 
 
 
 def lanes(spans: list[tuple[int, int]]) -> list[int]:
-    """A lane per skip (source, target positions) such that skips whose spans overlap differ.
+    """A lane per skip (source, target positions): skips whose spans overlap never share one.
 
-    Greedy interval colouring in order of start: optimal for intervals. Spans are half-open, so a
-    skip that ends where the next begins (consecutive residual blocks) shares its lane."""
-    order = sorted(range(len(spans)), key=lambda i: (spans[i][0], -spans[i][1]))
-    ends: list[int] = []
+    Shorter skips are placed first, each in the lowest free lane, so a long skip runs outside the
+    short ones it spans (a U-Net's nest without crossings). Spans are half-open: a skip that ends
+    where the next begins (consecutive residual blocks) shares its lane."""
+    held: list[list[tuple[int, int]]] = []  # per lane, the spans in it
     result = [0] * len(spans)
-    for i in order:
+    for i in sorted(range(len(spans)), key=lambda i: (spans[i][1] - spans[i][0], spans[i][0])):
         start, end = spans[i]
-        for lane, until in enumerate(ends):
-            if until <= start:
-                ends[lane] = end
-                result[i] = lane
+        for lane, taken in enumerate(held):
+            if all(end <= a or b <= start for a, b in taken):
                 break
         else:
-            result[i] = len(ends)
-            ends.append(end)
+            lane = len(held)
+            held.append([])
+        held[lane].append((start, end))
+        result[i] = lane
     return result
 
 
@@ -150,6 +150,120 @@ def geometry(root: Unit, expanded: set[int]) -> dict[int, Box]:
     boxes: dict[int, Box] = {}
     _place(root, expanded, boxes, Y0, True)
     return boxes
+
+
+def shown(root: Unit, expanded: set[int]) -> dict[int, str]:
+    """What each shown unit is drawn as: `node`, `block` (a closed group) or `frame` (an open one)."""
+    kinds: dict[int, str] = {}
+
+    def visit(unit: Unit) -> None:
+        for child in unit.children:
+            if child.leaf:
+                kinds[child.key] = "node"
+            elif child.key in expanded:
+                kinds[child.key] = "frame"
+                visit(child)
+            else:
+                kinds[child.key] = "block"
+    visit(root)
+    return kinds
+
+
+def anchor(leaf: Unit, kinds: dict[int, str]) -> int:
+    """The shown unit that stands for ``leaf``: itself, or its outermost closed group."""
+    chain: list[int] = []
+    unit: Unit | None = leaf
+    while unit is not None and unit.parent is not None:
+        chain.append(unit.key)
+        unit = unit.parent
+    return next(k for k in reversed(chain) if kinds.get(k) in ("node", "block"))
+
+
+def edge_path(a: Box, b: Box) -> str:
+    """A data edge from the bottom of ``a`` to the top of ``b``: straight in one column; between
+    columns it turns near the side branch's end, so the line runs down the side column."""
+    ax, ay, bx, by = a.x + a.w / 2, a.y + a.h, b.x + b.w / 2, b.y
+    if ax == bx:
+        return f"M{ax:g},{ay:g}V{by:g}"
+    if bx < ax:  # out to a side column: turn at once, then down
+        turn = min(ay + 16, by)
+        return f"M{ax:g},{ay:g}C{ax:g},{turn:g} {bx:g},{ay:g} {bx:g},{turn:g}V{by:g}"
+    turn = max(ay, by - 16)  # back to the main chain: down, then turn
+    return f"M{ax:g},{ay:g}V{turn:g}C{ax:g},{by:g} {bx:g},{turn:g} {bx:g},{by:g}"
+
+
+def skip_path(a: Box, b: Box, lx: float) -> str:
+    """A skip from the right side of ``a`` out to lane ``lx``, down, and into the right side of ``b``."""
+    sx, sy, tx, ty = a.x + a.w, a.y + a.h * 0.7, b.x + b.w, b.y + b.h * 0.3
+    if a is b:  # both ends inside one closed box: a loop on its side
+        return f"M{sx:g},{sy:g}C{sx + 28:g},{sy:g} {sx + 28:g},{ty:g} {tx:g},{ty:g}"
+    r = min(10, abs(ty - sy) / 2) * (1 if ty >= sy else -1)
+    return (f"M{sx:g},{sy:g}H{lx - abs(r):g}Q{lx:g},{sy:g} {lx:g},{sy + r:g}V{ty - r:g}"
+            f"Q{lx:g},{ty:g} {lx - abs(r):g},{ty:g}H{tx:g}")
+
+
+def label_y(wanted: float, placed: list[float], height: float = 40) -> float:
+    """A projection label's top: where wanted, or pushed below the labels ``placed`` so far."""
+    for p in sorted(placed):
+        if p - height < wanted < p + height:
+            wanted = p + height
+    placed.append(wanted)
+    return wanted
+
+
+# The page's copy of `geometry`, `shown`, `anchor` and the paths (same constants, same arithmetic),
+# so opening a block in the browser moves what is below it without a round trip to Python.
+SCRIPT = r"""
+(function(){
+var M=JSON.parse(document.getElementById("skd-model").textContent),C=M.C,U=M.units,open=new Set(M.open),parent={};
+Object.keys(U).forEach(function(k){U[k][3].forEach(function(c){parent[c]=+k;});});
+function $(id){return document.getElementById(id);}
+function height(k,root){var u=U[k];if(u[0])return C.NODE_H;if(!root&&!open.has(k))return C.BOX_H;var rows={};
+ u[3].forEach(function(c){rows[U[c][1]]=Math.max(rows[U[c][1]]||0,height(c,false));});var hs=Object.values(rows);
+ var inner=hs.reduce(function(a,b){return a+b;},0)+C.ROW_GAP*Math.max(hs.length-1,0);return root?inner:C.HEAD+inner+C.PAD;}
+function place(k,y,root,boxes){var u=U[k],x=C.X0+u[2]*(C.NODE_W+C.COL_GAP),b;
+ if(u[0]||(!root&&!open.has(k))){b={x:x,y:y,w:C.NODE_W,h:u[0]?C.NODE_H:C.BOX_H};boxes[k]=b;return b;}
+ var hs={};u[3].forEach(function(c){hs[U[c][1]]=Math.max(hs[U[c][1]]||0,height(c,false));});
+ var tops={},top=y+(root?0:C.HEAD);Object.keys(hs).map(Number).sort(function(a,b){return a-b;}).forEach(function(r){tops[r]=top;top+=hs[r]+C.ROW_GAP;});
+ var left=x,right=x+C.NODE_W;u[3].forEach(function(c){var kb=place(c,tops[U[c][1]],false,boxes);left=Math.min(left,kb.x);right=Math.max(right,kb.x+kb.w);});
+ var pad=root?0:C.PAD;b={x:left-pad,y:y,w:right-left+2*pad,h:u[3].length?top-C.ROW_GAP-y+pad:C.HEAD+pad};boxes[k]=b;return b;}
+function visit(k,kinds){U[k][3].forEach(function(c){if(U[c][0])kinds[c]="node";else if(open.has(c)){kinds[c]="frame";visit(c,kinds);}else kinds[c]="block";});}
+function anchor(k,kinds){var chain=[];for(var u=k;u!==M.root;u=parent[u])chain.push(u);
+ for(var i=chain.length-1;i>=0;i--){var s=kinds[chain[i]];if(s==="node"||s==="block")return chain[i];}}
+function edgePath(a,b){var ax=a.x+a.w/2,ay=a.y+a.h,bx=b.x+b.w/2,by=b.y,t;if(ax===bx)return "M"+ax+","+ay+"V"+by;
+ if(bx<ax){t=Math.min(ay+16,by);return "M"+ax+","+ay+"C"+ax+","+t+" "+bx+","+ay+" "+bx+","+t+"V"+by;}
+ t=Math.max(ay,by-16);return "M"+ax+","+ay+"V"+t+"C"+ax+","+by+" "+bx+","+t+" "+bx+","+by;}
+function skipPath(a,b,lx){var sx=a.x+a.w,sy=a.y+a.h*0.7,tx=b.x+b.w,ty=b.y+b.h*0.3;
+ if(a===b)return "M"+sx+","+sy+"C"+(sx+28)+","+sy+" "+(sx+28)+","+ty+" "+tx+","+ty;
+ var r=Math.min(10,Math.abs(ty-sy)/2)*(ty>=sy?1:-1),q=Math.abs(r);
+ return "M"+sx+","+sy+"H"+(lx-q)+"Q"+lx+","+sy+" "+lx+","+(sy+r)+"V"+(ty-r)+"Q"+lx+","+ty+" "+(lx-q)+","+ty+"H"+tx;}
+function labelY(w,placed){placed.slice().sort(function(a,b){return a-b;}).forEach(function(p){if(p-40<w&&w<p+40)w=p+40;});placed.push(w);return w;}
+function draw(){var kinds={},boxes={};visit(M.root,kinds);place(M.root,C.Y0,true,boxes);var left=1e9,right=-1e9,drawn=0;
+ Object.keys(U).forEach(function(k){k=+k;if(k===M.root)return;var s=kinds[k],b=boxes[k];
+  ["n","b","f"].forEach(function(p){var e=$(p+k);if(!e)return;var on=(p==="n"&&s==="node")||(p==="b"&&s==="block")||(p==="f"&&s==="frame");
+   e.style.display=on?"":"none";if(!on)return;e.setAttribute("transform","translate("+b.x+","+b.y+")");
+   if(p==="f"){var r=e.querySelector("rect");r.setAttribute("width",b.w);r.setAttribute("height",b.h);}
+   left=Math.min(left,b.x);right=Math.max(right,b.x+b.w);});});
+ M.edges.forEach(function(e,i){var a=anchor(e[0],kinds),b=anchor(e[1],kinds),p=$("e"+i);p.style.display=a===b?"none":"";if(a!==b)p.setAttribute("d",edgePath(boxes[a],boxes[b]));});
+ var laneX=right+24,labelX=laneX+(M.lanes+1)*C.LANE_GAP+16,placed=[],width=labelX;
+ M.skips.forEach(function(s,i){var a=boxes[anchor(s[0],kinds)],b=boxes[anchor(s[1],kinds)],lx=laneX+s[2]*C.LANE_GAP;
+  $("s"+i).setAttribute("d",skipPath(a,b,lx));var m=$("m"+i);m.setAttribute("x",b.x+b.w+12);m.setAttribute("y",b.y+b.h*0.3-5);
+  var g=$("p"+i);if(!g)return;var y=labelY((a.y+a.h*0.7+b.y+b.h*0.3)/2-17,placed);g.setAttribute("transform","translate("+labelX+","+y+")");
+  g.querySelector("path").setAttribute("d","M"+(lx-labelX)+",17H0");width=Math.max(width,labelX+(+g.querySelector("rect").getAttribute("width")));});
+ var svg=$("skd-svg"),w=width+20-left+C.X0,h=boxes[M.root].h+2*C.Y0;svg.setAttribute("viewBox",(left-C.X0)+" 0 "+w+" "+h);
+ svg.setAttribute("width",w);svg.setAttribute("height",h);
+ svg.querySelectorAll("g.node,g.block,g.frame").forEach(function(e){var r=e.getBoundingClientRect();if(e.style.display!=="none"&&r.width>0&&r.height>0)drawn++;});
+ svg.setAttribute("data-drawn",drawn);}
+function unit(e){return e.target.closest("g.node,g.block,g.frame,g.proj,path.skip");}
+var svg=$("skd-svg"),info=$("skd-info");
+svg.addEventListener("click",function(e){var g=unit(e);if(!g)return;var k=+g.id.slice(1);
+ if(g.id[0]==="b"){open.add(k);draw();}else if(g.id[0]==="f"&&e.target.classList.contains("toggle")){open.delete(k);draw();}});
+svg.addEventListener("mouseover",function(e){var g=unit(e);if(g&&info){var t=g.querySelector("title");info.textContent=t?t.textContent:"";}});
+function all(v){Object.keys(U).forEach(function(k){if(!U[k][0]&&+k!==M.root){if(v)open.add(+k);else open.delete(+k);}});draw();}
+var b=$("skd-open");if(b)b.onclick=function(){all(true);};b=$("skd-close");if(b)b.onclick=function(){all(false);};
+b=$("skd-reset");if(b)b.onclick=function(){open=new Set(M.open);draw();};
+draw();})();
+"""
 
 
 def _height(unit: Unit, expanded: set[int], is_root: bool = False) -> float:

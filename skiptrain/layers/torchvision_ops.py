@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torchvision.ops
 from torch import nn
-from torchvision.models import swin_transformer
+from torchvision.models import convnext, swin_transformer
 
 from ..errors import ConfigError, warn
 from ..registry import LAYERS, LayerType, add, axis_of, get
@@ -34,7 +34,8 @@ _EXCLUDED = {"DeformConv2d", "FeaturePyramidNetwork", "MultiScaleRoIAlign", "PSR
              "RoIAlign", "RoIPool", "Permute"}
 _SWIN = ("ShiftedWindowAttention", "ShiftedWindowAttentionV2", "PatchMerging", "PatchMergingV2")
 # torchvision's argument name -> skiptrain's inferred one, per class
-_RENAMED = {"MLP": {"in_channels": "in_features"}, **{name: {"dim": "embed_dim"} for name in _SWIN}}
+_RENAMED = {"MLP": {"in_channels": "in_features"}, **{name: {"dim": "embed_dim"} for name in _SWIN},
+            "LayerNorm2d": {"normalized_shape": "num_channels"}}  # ConvNeXt's: the channels of [C, H, W]
 _CLASS_ARGS = {"activation_layer", "norm_layer", "activation", "scale_activation"}
 _DEFAULTS = {"StochasticDepth": {"mode": "row"}}  # torchvision's models use "row"
 _ALIASES = {"StochasticDepth": ("drop_path",)}  # timm's name
@@ -51,6 +52,8 @@ _DOCS = {
     "DropBlock2d": "drop contiguous `block_size` squares of a feature map with probability `p` while training",
     "DropBlock3d": "drop contiguous `block_size` cubes of a volume with probability `p` while training",
     "FrozenBatchNorm2d": "batchnorm2d whose statistics and affine parameters are buffers, never trained",
+    "LayerNorm2d": "ConvNeXt's layer norm over the channels of a `[C, H, W]` sample (layernorm between two "
+                   "permutes, one module: torchvision's keys `weight`, `bias`)",
     "MLP": "linear layers of `hidden_channels` widths on the last axis, each but the last followed by "
            "a norm (optional), an activation and dropout",
     "SqueezeExcitation": "squeeze-and-excitation: scale each channel by a gate computed from the pooled input "
@@ -146,10 +149,12 @@ def _register(cls: type[nn.Module]) -> None:
 
 
 def register_all() -> None:
-    """Every one-tensor module of torchvision.ops, and Swin's blocks (skipping names already registered)."""
+    """Every one-tensor module of torchvision.ops, Swin's blocks and ConvNeXt's LayerNorm2d (skipping names
+    already registered)."""
     for class_name in sorted(dir(torchvision.ops)):
         cls = getattr(torchvision.ops, class_name)
         if isinstance(cls, type) and issubclass(cls, nn.Module) and class_name not in _EXCLUDED:
             _register(cls)
     for class_name in _SWIN:
         _register(getattr(swin_transformer, class_name))
+    _register(convnext.LayerNorm2d)

@@ -1,0 +1,213 @@
+"""import_layers / import_functions: every leaf module and traced call of nine torchvision models as a layer.
+
+Each result is rebuilt here through the registry on its own (not by the code under test): the same
+state-dict keys and shapes, and bitwise-equal eval-mode outputs on a small random input.
+"""
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from skiptrain import import_functions, registry
+from skiptrain.import_layers import ImportGap, function_of, is_leaf, layer_of, match
+from skiptrain.merges import MERGES
+
+torchvision = pytest.importorskip("torchvision")
+
+MODELS = {  # name -> (constructor kwargs, input): small inputs keep it fast; vit at 32x32 has 4 patches
+    "resnet18": ({}, (3, 32, 32)), "resnet50": ({}, (3, 32, 32)), "mobilenet_v2": ({}, (3, 32, 32)),
+    "mobilenet_v3_small": ({}, (3, 32, 32)), "efficientnet_b0": ({}, (3, 32, 32)),
+    "densenet121": ({}, (3, 32, 32)), "regnet_y_400mf": ({}, (3, 32, 32)), "convnext_tiny": ({}, (3, 32, 32)),
+    "vit_b_16": ({"image_size": 32}, (3, 32, 32)),
+}
+# Calls the tracer maps itself, not to one layer: ViT's class token (`class_token.expand(n, -1, -1)`, then
+# cat: the `class_token` layer). Unused nodes (attention's weights in `x, _ = self_attention(...)`) are dropped.
+TRACER_OWN = {"vit_b_16": {"expand"}}
+
+
+class Tracer(fx.Tracer):
+    def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+        return is_leaf(module)
+
+
+def traced(name: str) -> tuple[nn.Module, fx.GraphModule]:
+    kwargs, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+    graph = fx.GraphModule(model, Tracer().trace(model))
+    ShapeProp(graph).propagate(torch.randn(1, *shape))
+    return model, graph
+
+
+def sample_shape(node: fx.Node) -> tuple[int, ...]:
+    return tuple(node.meta["tensor_meta"].shape[1:])
+
+
+def rebuilt(kind: str, args: dict, in_shape: tuple[int, ...]) -> nn.Module:
+    layer = registry.get(kind)
+    return layer.build(layer.resolve_args(args, in_shape, "test", {}, None)).eval()
+
+
+def outputs(module, x: torch.Tensor) -> torch.Tensor:
+    out = module(x, x, x, need_weights=False) if type(module) is nn.MultiheadAttention else module(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.fixture(scope="module")
+def graphs() -> dict[str, tuple[nn.Module, fx.GraphModule]]:
+    return {name: traced(name) for name in MODELS}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_leaf_module_rebuilds(graphs, name):
+    model, graph = graphs[name]
+    checked = set()
+    for node in graph.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = model.get_submodule(node.target)
+        in_shape = sample_shape(node.args[0])
+        key = (repr(module), in_shape, tuple(sorted((k, tuple(v.shape)) for k, v in module.state_dict().items())))
+        if key in checked:
+            continue
+        checked.add(key)
+        kind, args = match(module, in_shape)
+        copy = rebuilt(kind, args, in_shape)
+        assert {k: v.shape for k, v in copy.state_dict().items()} == \
+            {k: v.shape for k, v in module.state_dict().items()}, node.target
+        copy.load_state_dict(module.state_dict())
+        x = torch.randn(2, *in_shape)
+        with torch.no_grad():
+            assert torch.equal(outputs(copy, x.clone()), outputs(module, x.clone())), (node.target, kind, args)
+    assert checked
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_traced_call_is_a_layer_or_a_merge(graphs, name):
+    _, graph = graphs[name]
+    env = {}
+    for node in graph.graph.nodes:
+        if node.op not in ("call_function", "call_method") or import_functions.ignorable(node) or not node.users:
+            continue
+        result = function_of(node)
+        if node.name in TRACER_OWN.get(name, set()) or (node.op == "call_method" and node.target in
+                                                        TRACER_OWN.get(name, set())):
+            assert result is None
+            continue
+        assert result is not None, (node.name, import_functions.why_not(node))
+        operands = import_functions.operands(node)
+        if result[0] == import_functions.MERGE:
+            assert result[1] in MERGES and len(operands) >= 2, node.name
+            continue
+        kind, args = result
+        if kind == "identity":
+            continue
+        in_shape = sample_shape(operands[0])
+        x = torch.randn(2, *in_shape)
+        env = {operands[0]: x}
+        with torch.no_grad():
+            expected = import_functions._run(node, env)
+            if isinstance(expected, tuple):
+                expected = expected[0]
+            got = rebuilt(kind, args, in_shape)(x.clone())
+        assert torch.equal(got, expected), (node.name, kind, args)
+
+
+def test_the_layers_read_back():
+    assert match(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)) == \
+        ("conv2d", {"out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1, "bias": False})
+    assert match(nn.Conv2d(3, 8, (1, 3), padding=(0, 1))) == \
+        ("conv2d", {"out_channels": 8, "kernel_size": [1, 3], "padding": [0, 1]})
+    assert match(nn.ReLU(inplace=True)) == ("relu", {})  # in place is skiptrain's choice
+    assert match(nn.BatchNorm2d(8, eps=1e-3, momentum=0.01)) == ("batchnorm2d", {"eps": 1e-3, "momentum": 0.01})
+    assert match(nn.LayerNorm((4, 5)), (3, 4, 5)) == ("layernorm", {"normalized_shape": [4, 5]})
+    assert match(nn.MultiheadAttention(16, 4, batch_first=True)) == ("self_attention", {"num_heads": 4})
+    from torchvision.models.convnext import LayerNorm2d
+    assert match(LayerNorm2d(8, eps=1e-6), (8, 4, 4)) == ("layer_norm2d", {"eps": 1e-6})
+    from torchvision.ops import StochasticDepth
+    assert match(StochasticDepth(0.1, "row")) == ("stochastic_depth", {"p": 0.1})
+    assert match(StochasticDepth(0.1, "batch")) == ("stochastic_depth", {"p": 0.1, "mode": "batch"})
+
+
+def test_what_does_not_rebuild_says_why():
+    class Custom(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    class Conv(nn.Conv2d):  # a subclass may compute anything: not torch.nn's conv2d
+        pass
+
+    for module in (Custom(), Conv(3, 4, 3)):
+        assert layer_of(module) is None and not is_leaf(module)
+        with pytest.raises(ImportGap, match="no registered layer type builds"):
+            match(module)
+    with pytest.raises(ImportGap, match="batch_first"):  # attention over the batch axis: not self_attention
+        match(nn.MultiheadAttention(16, 4))
+    assert is_leaf(nn.MultiheadAttention(16, 4))  # torch.nn's own: the tracer names it in its error
+    with pytest.raises(ImportGap, match="in_channels"):  # the input shape disagrees with the module
+        match(nn.Conv2d(3, 8, 3), (4, 8, 8))
+    from torchvision.ops import SqueezeExcitation
+    with pytest.raises(ImportGap, match="squeeze_channels"):  # not kept on the module: the tracer looks inside
+        match(SqueezeExcitation(16, 4))
+    assert not is_leaf(SqueezeExcitation(16, 4))
+
+
+class Calls(nn.Module):
+    def forward(self, x):  # x: [batch, 4, 6, 6]
+        a = F.leaky_relu(x, 0.2) + F.gelu(x, approximate="tanh")
+        first, second = x.chunk(2, dim=1)
+        b = torch.cat([second, first], dim=-3)
+        c = b.mean((2, 3), keepdim=True) * b
+        d = c.view(c.size(0), -1)[:, 1:5]
+        e = x.transpose(1, 2).contiguous()[..., 0]
+        return a, b, c, d, e, x * 0.5, x.reshape(2, -1), F.dropout(x, 0.3, training=False), torch.sigmoid(x)
+
+
+def test_function_forms():
+    graph = fx.symbolic_trace(Calls())
+    ShapeProp(graph).propagate(torch.randn(2, 4, 6, 6))
+    got = {node.name: function_of(node) for node in graph.graph.nodes
+           if node.op in ("call_function", "call_method") and not import_functions.ignorable(node)}
+    assert got["leaky_relu"] == ("leakyrelu", {"negative_slope": 0.2})
+    assert got["gelu"] == ("gelu", {"approximate": "tanh"})
+    assert got["add"] == ("merge", "add", {})
+    assert got["getitem"] == ("chunk", {"chunks": 2, "index": 0})
+    assert got["getitem_1"] == ("chunk", {"chunks": 2, "index": 1})
+    assert got["cat"] == ("merge", "concat", {"axis": 0})
+    assert got["mean"] == ("mean", {"dim": [1, 2], "keepdim": True})
+    assert got["mul"] == ("merge", "mul", {})
+    assert got["view"] == ("reshape", {"shape": [144]})
+    assert got["getitem_2"] == ("slice", {"start": 1, "end": 5})
+    assert got["transpose"] == ("transpose", {"dims": [0, 1]})
+    assert got["contiguous"] == ("identity", {})
+    assert got["getitem_3"] == ("select", {"index": 0, "dim": 2})
+    assert got["dropout"] == ("dropout", {"p": 0.3})
+    assert got["sigmoid"] == ("sigmoid", {})
+    assert got["mul_1"] is None  # by a constant: no layer type scales
+    mul_1 = next(n for n in graph.graph.nodes if n.name == "mul_1")
+    assert "constants" in import_functions.why_not(mul_1)
+    assert got["reshape"] is None  # [2, -1] folds the batch in: the batch of 3 gives away
+    reshape = next(n for n in graph.graph.nodes if n.name == "reshape")
+    assert "batch" in import_functions.why_not(reshape)
+
+
+def test_module_owned_functionals_are_gaps():
+    class Owned(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(4, 4, 1, 1))
+
+        def forward(self, x):
+            return F.conv2d(x, self.weight) - x
+
+    graph = fx.symbolic_trace(Owned())
+    ShapeProp(graph).propagate(torch.randn(2, 4, 3, 3))
+    for node in graph.graph.nodes:
+        if node.op in ("call_function", "call_method"):
+            assert function_of(node) is None and import_functions.why_not(node), node.name
+    assert operator.sub not in import_functions._MERGES

@@ -220,3 +220,20 @@ def test_a_pass_cut_short_does_not_decode_the_whole_split(tmp_path, decodes):
     assert len(decodes) == 16 and bundle.train.memory is None
     passes(bundle, 2)  # whole passes: from the second one on, in memory
     assert bundle.train.memory is not None and len(set(decodes)) == 27
+
+
+def test_a_resumed_run_reuses_its_cache_file_and_ends_the_same(tmp_path, monkeypatch):
+    """Over the budget the samples live in RUN_DIR/cache: --resume reads them back instead of decoding,
+    and ends with the weights of the run that was never interrupted."""
+    monkeypatch.setattr(decode_cache, "MEMORY_BUDGET", 0)
+    root = class_folder(tmp_path / "data")
+    cfg = config("classification", root, cache=True)
+    whole, _ = trained(cfg, tmp_path / "whole")
+    skiptrain.train(cfg, run_dir=tmp_path / "part", epochs=1, quiet=True)
+    assert len(list((tmp_path / "part" / "cache").glob("decoded-*.bin"))) == 1  # val: complete after one pass
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        skiptrain.train(resume=tmp_path / "part", epochs=2, quiet=True)
+    assert not [w for w in caught if "decode cache" in str(w.message)]  # the file was valid and read back
+    resumed = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(value, resumed[name]) for name, value in whole.items())

@@ -248,6 +248,8 @@ class CachedBatches(LoaderBatches):
                 self.enabled = False
                 return
         self.store.put(positions, x, y)
+        if self.store.seen.all():
+            self.store.finish()  # a file store is complete: in place now, should the run stop before the next pass
 
     def _mostly_seen(self) -> bool:
         """The passes so far read at least half of this process's share: decoding the rest once is

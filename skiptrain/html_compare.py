@@ -30,7 +30,7 @@ def compare_page(result: dict[str, Any], folder: Path) -> str:
             if all(any(k in row for row in run["history"]) for run in runs)]
     charts = [line_chart([Series(label, [r.get("epoch") for r in run["history"]], [r.get(key) for r in run["history"]])
                           for label, run in zip(labels, runs)],
-                         title=key.replace("_", " "), ylabel=key.split("_", 1)[-1], chart_id=f"chart-{key}",
+                         title="learning rate" if key == "lr" else key.replace("_", " "), ylabel=key.split("_", 1)[-1], chart_id=f"chart-{key}",
                          log_y=key == "lr")
               for key in keys if key.endswith("loss") or key.startswith("val_") or key == "lr"]
     tests = [k for k in dict.fromkeys(k for run in runs for k in run) if k.startswith("test_")]

@@ -41,7 +41,7 @@ h1{font-size:22px;margin:6px 0 2px}h2{font-size:17px;margin:26px 0 10px;border-b
 .charts svg,.panel{background:#fff;border:1px solid #dde1e7;border-radius:6px}
 svg.chart{width:100%;height:auto}svg.heatmap{width:100%;height:auto}
 .panel{padding:10px;overflow:auto}
-.diagram{max-height:900px}.diagram svg{max-width:100%;height:auto}
+.diagram{max-height:900px;flex:0 1 auto}.diagram svg{max-width:100%;height:auto}#totals{flex:1 1 260px;line-height:1.7}
 table{border-collapse:collapse;font-size:13px;background:#fff}
 td,th{border:1px solid #e3e6eb;padding:3px 8px;text-align:left}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .scroll{max-height:420px;overflow:auto;display:inline-block}
@@ -79,6 +79,9 @@ def write_report(source: str | Path, output: str | Path | None = None, *, overwr
     if not run.is_dir() or run_id(run) is None:
         raise CheckpointError(f"{run} is not a run directory", Location(str(run)),
                               "give a folder written by `skiptrain train` (it holds config.yaml and metrics.jsonl)")
+    if which not in (None, "best", "last"):
+        raise CheckpointError(f"--checkpoint {which!r}: a run's checkpoint is best or last", Location("--checkpoint"),
+                              "pass --checkpoint best or --checkpoint last")
     target = run / "report.html" if output is None else check_output(output, [run], overwrite=overwrite)
     page = run_page(run, device=device, which=which, samples=samples)
     write_text(target, page, option=str(target) if output is None else "--output")
@@ -186,16 +189,15 @@ def _plan(config_text: str | None):
 
 
 def _diagram(plan) -> str:
-    # --- the network diagram: skiptrain.diagram.render_svg (engineer D1) -----------------------------
+    """The network (``diagram.render_svg``: repeated blocks collapsed, projections highlighted) and its totals."""
     if plan is None:
         return "<p class='note'>The config does not build a model here.</p>"
-    try:
-        from .diagram import render_svg
-    except ImportError:  # PLACEHOLDER until skiptrain/diagram.py lands
-        from .report import summary_lines
+    from .diagram import render_svg
+    from .report import summary_lines
 
-        return "<div class='panel diagram' id='diagram'><pre>" + escape("\n".join(summary_lines(plan))) + "</pre></div>"
-    return f"<div class='panel diagram' id='diagram'>{render_svg(plan, collapse=True)}</div>"
+    totals = "".join(f"<div>{escape(line)}</div>" for line in summary_lines(plan))
+    return (f"<div class='row'><div class='panel diagram' id='diagram'>{render_svg(plan, collapse=True)}</div>"
+            f"<div class='panel note' id='totals'>{totals}</div></div>")
 
 
 def _section(title: str, body: str) -> str:

@@ -65,7 +65,7 @@ def _finite(value) -> bool:
 def line_chart(series: Sequence[Series], *, title: str, xlabel: str = "epoch", ylabel: str = "",
                width: int = 460, height: int = 270, log_y: bool = False, chart_id: str = "") -> str:
     """A line chart as a standalone ``<svg>`` (scales to its container; hover a point for its value).
-    ``log_y`` draws y on a log scale when every value is positive (learning rates, losses)."""
+    ``log_y`` draws y on a log scale when every value is positive and they span a decade (learning rates)."""
     points = [(x, y) for s in series for x, y in zip(s.xs, s.ys) if _finite(x) and _finite(y)]
     left, right, top, bottom = 58, 12, 28, 42
     inner_w, inner_h = width - left - right, height - top - bottom
@@ -78,7 +78,7 @@ def line_chart(series: Sequence[Series], *, title: str, xlabel: str = "epoch", y
     if not points:
         out.append(f"<text x='{width / 2}' y='{height / 2}' text-anchor='middle' fill='#888'>no values</text></svg>")
         return "".join(out)
-    log_y = log_y and all(y > 0 for _, y in points)
+    log_y = log_y and all(y > 0 for _, y in points) and max(y for _, y in points) >= 10 * min(y for _, y in points)
     fy = math.log10 if log_y else (lambda v: v)
     x0, x1 = min(x for x, _ in points), max(x for x, _ in points)
     y0, y1 = min(fy(y) for _, y in points), max(fy(y) for _, y in points)
@@ -171,7 +171,7 @@ def heatmap(matrix: Sequence[Sequence[float]], labels: Sequence[str], *, title: 
     k = len(matrix)
     cell = max(6, min(40, 480 // max(1, k)))
     label_w = 8 + 7 * min(18, max((len(str(n)) for n in labels), default=1)) if k <= RECT_CELLS else 30
-    left, top = label_w + 22, 30 + (label_w if k <= RECT_CELLS else 30)
+    left, top = label_w + 22, 36 + (label_w if k <= RECT_CELLS else 0)
     size = cell * k
     width, height = left + size + 10, top + size + 10
     ident = f" id='{escape(chart_id, quote=True)}'" if chart_id else ""
@@ -180,8 +180,7 @@ def heatmap(matrix: Sequence[Sequence[float]], labels: Sequence[str], *, title: 
            f"style='max-width:{max(width, 320)}px'>",
            f"<text x='{left + size / 2}' y='16' text-anchor='middle' font-size='13' font-weight='600'>"
            f"{escape(title)}</text>",
-           f"<text x='{left + size / 2}' y='{top - (label_w if k <= RECT_CELLS else 30) + 2}' "
-           f"text-anchor='middle' fill='#444'>{escape(xlabel)} →</text>",
+           f"<text x='{left + size / 2}' y='30' text-anchor='middle' fill='#444'>{escape(xlabel)} →</text>",
            f"<text transform='translate(12 {top + size / 2}) rotate(-90)' text-anchor='middle' fill='#444'>"
            f"{escape(ylabel)} →</text>"]
     totals = [sum(row) or 1 for row in matrix]

@@ -115,6 +115,8 @@ def test_report_command_writes_a_new_file_atomically_and_never_over_run_files(ru
         refused = invoke("report", run, "-o", run / own, "--force")
         assert refused.exit_code == 1 and "never writes over a run's own files" in refused.stderr
         assert (run / own).read_bytes() == before
+    bogus = invoke("report", run, "-o", tmp_path / "y.html", "--checkpoint", "../x")
+    assert bogus.exit_code == 1 and "best or last" in bogus.stderr and not (tmp_path / "y.html").exists()
     refreshed = invoke("report", run)  # the run's own report.html is the default, rewritten in place
     assert refreshed.exit_code == 0 and str(run / "report.html") in refreshed.stderr
 
@@ -162,16 +164,29 @@ def test_segmentation_report_has_per_class_iou(write_yaml, tmp_path):
     assert {"confusion-matrix", "per-class", "samples", "chart-val_miou"} <= ids
     assert "<th class='n'>IoU</th>" in page
     assert page.count("alt='prediction'") == page.count("alt='truth'") >= 1  # masks as images
+    (tmp_path / "seg" / "report.html").unlink()
+    resumed = invoke("train", "--resume", tmp_path / "seg", "--quiet")  # nothing left to train: finish runs again
+    assert resumed.exit_code == 0, resumed.output
+    assert "IoU" in (tmp_path / "seg" / "report.html").read_text()
 
 
-def test_compare_writes_an_html_page_linking_each_run(write_yaml, tmp_path):
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory) -> Path:
+    """A real comparison of two tiny MLPs (2 epochs each): its folder."""
     from .test_compare import MLP
 
-    small = write_yaml(MLP.format(name="small", width=4), "small.yaml")
-    wide = write_yaml(MLP.format(name="wide<i>", width=8), "wide.yaml")
-    out = tmp_path / "cmp"
-    result = invoke("compare", small, wide, "--epochs", 2, "--output-dir", out, "--quiet")
+    folder = tmp_path_factory.mktemp("compare")
+    (folder / "small.yaml").write_text(MLP.format(name="small", width=4))
+    (folder / "wide.yaml").write_text(MLP.format(name="wide", width=8))
+    out = folder / "cmp"
+    result = invoke("compare", folder / "small.yaml", folder / "wide.yaml", "--epochs", 2, "--output-dir", out,
+                    "--quiet")
     assert result.exit_code == 0, result.output
+    return out
+
+
+def test_compare_writes_an_html_page_linking_each_run(comparison):
+    out = comparison
     page = (out / "report.html").read_text()
     self_contained(page)
     ids = checked(page).ids
@@ -179,3 +194,54 @@ def test_compare_writes_an_html_page_linking_each_run(write_yaml, tmp_path):
     assert "href='small/report.html'" in page and "href='wide/report.html'" in page
     assert (out / "small" / "report.html").is_file() and (out / "wide" / "report.html").is_file()
     assert json.loads((out / "compare.json").read_text())["html"] == str(out / "report.html")
+
+
+# Measures, once the page has loaded, the rendered size of what the report must show (a test-only script in a
+# copy of the page: the report itself needs none).
+MEASURE = """<script>window.addEventListener('load', () => {
+  const out = {};
+  for (const sel of SELECTORS) {
+    const all = document.querySelectorAll(sel);
+    out[sel] = Array.from(all, el => { const r = el.getBoundingClientRect(); return [r.width, r.height]; });
+  }
+  const pre = document.createElement('pre'); pre.id = 'measured'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});</script>"""
+
+
+def rendered(browser, page: Path, selectors: list[str]) -> dict[str, list[list[float]]]:
+    """The width and height of every element each selector matches, laid out by Chromium (JavaScript on);
+    fails on any console error."""
+    import re
+
+    copy = page.with_name(f"measured-{page.name}")
+    script = MEASURE.replace("SELECTORS", json.dumps(selectors))
+    copy.write_text(page.read_text(encoding="utf-8").replace("</body>", script + "</body>"), encoding="utf-8")
+    dom, errors = browser.load(copy)
+    copy.unlink()
+    assert errors == [], errors
+    found = re.search(r"<pre id=\"measured\">(.*?)</pre>", dom, re.S)
+    assert found, dom[-2000:]
+    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
+def test_pages_render_in_headless_chromium(run, comparison, tmp_path):
+    from . import browser
+
+    browser.need_chromium()
+    report = run / "report.html"
+    sizes = rendered(browser, report, ["#diagram svg", "#curves svg", "#confusion-matrix", "#confusion-matrix rect",
+                                       "#per-class tr", "#samples img"])
+    (diagram,), (confusion,) = sizes["#diagram svg"], sizes["#confusion-matrix"]
+    assert diagram[0] > 150 and diagram[1] > 300, diagram  # a dozen nodes, one above the other
+    assert len(sizes["#curves svg"]) == 4 and all(w > 250 and 150 < h < w for w, h in sizes["#curves svg"])
+    assert confusion[0] > 250 and confusion[1] > 250, confusion
+    assert len(sizes["#confusion-matrix rect"]) == 10 * 10 + 1 and len(sizes["#per-class tr"]) == 10 + 1
+    assert sizes["#samples img"] and all(size == [74, 74] for size in sizes["#samples img"])  # 72 and a border
+    browser.screenshot(report, tmp_path / "report.png", (1300, 2400))
+
+    page = comparison / "report.html"
+    sizes = rendered(browser, page, ["#curves svg", "#runs tr", "#curves polyline"])
+    assert len(sizes["#runs tr"]) == 3 and all(w > 250 and h > 150 for w, h in sizes["#curves svg"])
+    assert len(sizes["#curves polyline"]) >= 2 * len(sizes["#curves svg"])  # a line per run in every chart
+    browser.screenshot(page, tmp_path / "compare.png", (1300, 1400))

@@ -19,13 +19,12 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import ConfigError
-from .import_layers import EXECUTION_ONLY, ImportGap, call, candidates, same, sample, written
+from .import_layers import EXECUTION_ONLY, MERGE, ImportGap, call, candidates, same, sample, written
 from .layers.indexing import Chunk, Select, Slice, Split
 from .layers.own import Mean, Permute, Reshape, Transpose
 from .merges import Add, Concat, Mul
 from .registry import LAYERS, Shape
 
-MERGE = "merge"
 # Calls that compute no tensor: shape reads, integer arithmetic on them, assertions.
 _SHAPE_METHODS = {"size", "dim", "numel", "ndimension"}
 _SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device"}

@@ -1,6 +1,6 @@
 """From a torch module back to a skiptrain layer: the layer registry read in reverse, for `skiptrain import`.
 
-The tracer (``importer.py``) asks three things of every traced node:
+The tracer (``importer.py``) asks these of every traced node (drop unused nodes first: ``x, _ = mha(...)``):
 
 - ``is_leaf(module)``: does torch.fx stop at this module? Yes when one registered layer type rebuilds it,
   and for torch.nn's own classes that fx would not enter anyway (``layer_of`` then says why it fails).
@@ -10,19 +10,23 @@ The tracer (``importer.py``) asks three things of every traced node:
   for the error message. The arguments are read from the module's attributes through the type's
   constructor signature, and checked by rebuilding: same class, state-dict keys and shapes, attributes
   and repr, and with ``in_shape`` (one sample, batch excluded) a bitwise-equal eval-mode forward.
+- ``call_gap(node)``: why a ``call_module`` node is not its layer on one tensor (attention must be ``mha(x, x, x)``
+  without masks); None when it is.
 - ``function_of(node, shapes=None)``: a ``call_function``/``call_method`` node (``F.relu``, ``x.flatten(1)``,
   ``torch.cat``, ``x[:, 0]``, ...) as a layer or a merge (``import_functions.py``). It returns
     * ``(type, args)``: one registered layer applied to ``operands(node)[0]``;
-    * ``("merge", merge_name, args)``: a merge (``merges.MERGES``: ``add``, ``mul``, ``concat`` with
-      ``args = {"axis": sample_axis}``) of ``operands(node)`` in that order (a merge layer with
-      ``input: [...]``, or a skip);
+    * ``(MERGE, merge_name, args)`` (``MERGE == "merge"``): a merge (``merges.MERGES``: ``add``, ``mul``,
+      ``concat`` with ``args = {"axis": sample_axis}``) of ``operands(node)``, two or more, in that order (a
+      merge layer with ``input: [...]``, or a skip); an operand may be a ``get_attr`` (ViT's ``x + pos_embedding``,
+      ConvNeXt's ``layer_scale * x``), which the tracer turns into its learnable-tensor layer;
     * ``("identity", {})``: the node's value is its operand's (``x.contiguous()``, ``mha(x, x, x)[0]``):
       drop the node and read the operand;
     * ``None``: nothing expressible (``why_not(node, shapes)`` says why); ``ignorable(node)`` is True for
       nodes that compute no tensor (``x.shape``, ``x.size(0) // 2``, ``torch._assert``, a ``chunk`` whose
       pieces are read by ``getitem`` nodes): skip those.
-  ``shapes`` maps nodes to their per-sample shapes (batch axis excluded), or is a list in ``operands``
-  order; without it, fx's ShapeProp ``node.meta["tensor_meta"]`` is read.
+  ``shapes`` maps nodes (or their names) to their per-sample shapes (batch axis excluded), or is a list in
+  ``operands`` order; without it, fx's ShapeProp ``node.meta["tensor_meta"]`` is read. ``F.dropout(x, p,
+  training=self.training)`` is a ``dropout`` layer: fx records ``training`` as a constant, so it is ignored.
 ``get_attr`` tensors (class tokens, layer scales) are the tracer's: see ``layers/tensors.py``.
 """
 from __future__ import annotations
@@ -303,8 +307,46 @@ def _forward_difference(layer: LayerType, module: nn.Module, args: dict[str, Any
     return None
 
 
+def call_gap(node: torch.fx.Node) -> str | None:
+    """Why a ``call_module`` node is not its layer applied to one tensor (None when it is): every tensor
+    argument is the same node (attention as ``mha(x, x, x)``), with no masks or other tensors."""
+    tensors = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, torch.fx.Node)]
+    if not tensors:
+        return f"`{node.target}` is called on no tensor"
+    if any(t is not tensors[0] for t in tensors):
+        return (f"`{node.target}` is called on several tensors ({', '.join(t.name for t in tensors)}); its layer "
+                "takes one (attention: self-attention only, no masks)")
+    extra = {k: v for k, v in node.kwargs.items() if not isinstance(v, torch.fx.Node)
+             and k not in ("need_weights", "average_attn_weights") and v is not None}
+    return f"`{node.target}` is called with {extra}, which its layer does not take" if extra else None
+
+
+MERGE = "merge"  # the first item of function_of's merge form
+
+
 def function_of(node: torch.fx.Node, shapes: Any = None) -> tuple | None:
-    """A traced function or method call as a layer or a merge (see the module docstring for the forms)."""
+    """A traced function or method call as a layer or a merge (the forms: this module's docstring)."""
     from . import import_functions
 
     return import_functions.function_of(node, shapes)
+
+
+def why_not(node: torch.fx.Node, shapes: Any = None) -> str | None:
+    """Why ``function_of`` gives None for ``node``; None when it gives a layer or a merge."""
+    from . import import_functions
+
+    return import_functions.why_not(node, shapes)
+
+
+def ignorable(node: torch.fx.Node) -> bool:
+    """True for nodes that compute no tensor (shapes, integer arithmetic on them, asserts, a tuple of pieces)."""
+    from . import import_functions
+
+    return import_functions.ignorable(node)
+
+
+def operands(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The tensors that ``function_of``'s layer or merge reads, in order."""
+    from . import import_functions
+
+    return import_functions.operands(node)

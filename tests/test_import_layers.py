@@ -14,7 +14,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from skiptrain import import_functions, registry
-from skiptrain.import_layers import ImportGap, function_of, is_leaf, layer_of, match
+from skiptrain.import_layers import ImportGap, call_gap, function_of, is_leaf, layer_of, match
 from skiptrain.merges import MERGES
 
 torchvision = pytest.importorskip("torchvision")
@@ -211,3 +211,17 @@ def test_module_owned_functionals_are_gaps():
         if node.op in ("call_function", "call_method"):
             assert function_of(node) is None and import_functions.why_not(node), node.name
     assert operator.sub not in import_functions._MERGES
+
+
+def test_module_calls_take_one_tensor():
+    class Attend(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x, y):
+            return self.mha(x, x, x, need_weights=False)[0] + self.mha(x, y, y)[0] + self.mha(x, x, x, attn_mask=y)[0]
+
+    calls = [node for node in fx.symbolic_trace(Attend()).graph.nodes if node.op == "call_module"]
+    assert call_gap(calls[0]) is None
+    assert "several tensors" in call_gap(calls[1]) and "several tensors" in call_gap(calls[2])

@@ -162,6 +162,8 @@ def train(
                                                 help="At most this many batches per split and epoch (a smoke test)."),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1,
                                         help="Train in N processes on this machine (DDP through torch.distributed.run)."),
+    max_restarts: int = typer.Option(0, "--max-restarts", min=0, help="With --nproc: after a process fails, restart "
+                                     "all up to K times, each time from the run directory's last checkpoint."),
 ) -> None:
     """Train a config: checkpoints, metrics, curves and test metrics in a run directory."""
     if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -175,9 +177,12 @@ def train(
                 from .api import load
 
                 check_launch(load(config, overrides), nproc, device)
-        raise typer.Exit(launch(nproc, relaunch_args(ctx, leave_out=("nproc",))))
+        raise typer.Exit(launch(nproc, relaunch_args(ctx, leave_out=("nproc", "max_restarts")), max_restarts))
     with user_errors():
         from . import api
+        from .distributed import restart_resume
+
+        resume, force = restart_resume(run_dir, resume, force)  # torchrun restarted us: from the last checkpoint
 
         if config is None and resume is None:
             raise typer.BadParameter("give a CONFIG, or --resume RUN_DIR", param_hint="CONFIG")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import itertools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -42,8 +43,36 @@ def join(device: str) -> World:
         check_gpus(world.local_rank + 1, device)
         torch.cuda.set_device(world.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        store = _restart_store(world)
+        if store is None:
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        else:
+            dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=world.rank,
+                                    world_size=world.world_size)
     return world
+
+
+def _restart_store(world: World):
+    """After a restart, torchrun's agent hands the workers the store it kept from the first attempt
+    (``TORCHELASTIC_USE_AGENT_STORE``), which still holds the dead processes' addresses: gloo then connects
+    to their ports and fails (pytorch/pytorch#135712). One agent counts restarts for all its workers, so
+    a prefix of the count keeps attempts apart; several agents count each on their own, so there the
+    store must not be shared (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, which ``--nproc`` sets)."""
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if int(os.environ.get("GROUP_WORLD_SIZE", "1")) > 1:
+        from .errors import SkiptrainError
+
+        raise SkiptrainError("torchrun restarted this job of several nodes with the first attempt's store, "
+                             "which still holds the failed processes' addresses", None,
+                             "start torchrun on every node with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its "
+                             "environment (docs/distributed.md)")
+    from datetime import timedelta
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world.world_size,
+                          is_master=False, timeout=timedelta(minutes=10))
+    return dist.PrefixStore(f"skiptrain/attempt{restart}/", store)
 
 
 def check_gpus(processes: int, device: str) -> None:
@@ -94,11 +123,71 @@ def check_sync_bn(train, processes: int, device: str) -> None:
                           "batch_size / processes samples), or train on CUDA GPUs")
 
 
-def leave(world: World) -> None:
-    """A barrier first: without it some ranks died with SIGABRT at exit (platform notes)."""
-    if world.enabled and dist.is_initialized():
+def leave(world: World, clean: bool = True) -> None:
+    """A barrier first: without it some ranks died with SIGABRT at exit (platform notes). A rank that
+    failed leaves without it: the others may be waiting in another collective (a gradient all-reduce),
+    and a barrier there would hang every rank; this one exits, and torchrun stops (or restarts) the rest."""
+    if world.enabled and dist.is_initialized() and clean:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def peer_lost(world: World, error: BaseException) -> BaseException:
+    """A collective that failed because another process died (killed, or it raised: its own message is
+    already printed) becomes one line instead of a second traceback; anything else stays as it is."""
+    text = str(error)
+    if not (world.enabled and isinstance(error, RuntimeError) and ("closed by peer" in text or "reset by peer" in text)):
+        return error
+    from .errors import SkiptrainError
+
+    return SkiptrainError(f"rank {world.rank} lost another process of the group (it failed or was killed)", None,
+                          "that process's own message comes first; with --max-restarts torchrun starts the "
+                          "group again from the last checkpoint")
+
+
+def restart_resume(run_dir: str | None, resume: str | None, force: bool) -> tuple[str | None, bool]:
+    """``(resume, force)`` for this process. When ``run_dir`` holds a run that this torchrun job started
+    (its marker holds ``TORCHELASTIC_RUN_ID``: --standalone's own id, or --rdzv-id), the job was restarted:
+    every process continues from the run's last checkpoint, or, when the restart
+    (``TORCHELASTIC_RESTART_COUNT`` > 0) came before the first one, starts the run again. A run directory
+    of another job is left as asked. Agents count restarts each on its own (one whose workers did not
+    fail counts none), so the checkpoint, which every node sees, decides."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_dir is None or not job or job == "none":  # "none": torchrun's default --rdzv-id names no job
+        return resume, force
+    from pathlib import Path
+
+    from .training.rundir import job_of, resumable
+
+    if job_of(Path(run_dir)) != job:
+        return resume, force
+    if resumable(Path(run_dir)):  # also on a node whose own agent did not count the restart
+        if os.environ.get("RANK", "0") == "0":
+            print(f"torchrun restarted the job: every process continues from {run_dir}'s last checkpoint",
+                  file=sys.stderr)
+        return str(run_dir), False
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    return (None, True) if restarted else (resume, force)  # stopped before its first checkpoint: again
+
+
+# A test hook: SKIPTRAIN_TEST_FAULT=RANK:STEP:kill|raise:MARKER makes process RANK SIGKILL itself (or raise)
+# right after optimizer step STEP, once: only while the file MARKER does not exist (it is created first).
+FAULT = os.environ.get("SKIPTRAIN_TEST_FAULT")
+
+
+def fault_point(world: World, step: int) -> None:
+    """Where the test hook fires (called after each optimizer step only when SKIPTRAIN_TEST_FAULT is set)."""
+    rank, at, action, marker = FAULT.split(":", 3)
+    if world.rank != int(rank) or step != int(at) or os.path.exists(marker):
+        return
+    open(marker, "w").close()
+    if action == "kill":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    from .errors import SkiptrainError
+
+    raise SkiptrainError(f"a fault injected on rank {world.rank} after step {step} (SKIPTRAIN_TEST_FAULT)")
 
 
 def shard(world: World, batches: int) -> range:
@@ -131,12 +220,17 @@ def all_sum(world: World, *values: torch.Tensor) -> list[torch.Tensor]:
     return list(values)
 
 
-def launch(nproc: int, train_args: list[str]) -> int:
-    """Run ``skiptrain train ARGS`` in ``nproc`` processes on this machine through torch.distributed.run."""
+def launch(nproc: int, train_args: list[str], max_restarts: int = 0) -> int:
+    """Run ``skiptrain train ARGS`` in ``nproc`` processes on this machine through torch.distributed.run;
+    after a failure torchrun restarts them all up to ``max_restarts`` times (see ``restart_resume``)."""
     from torch.distributed import run
 
+    # A restarted group must not meet the previous attempt's addresses in a store the agent keeps: without
+    # this, gloo connected to the dead processes' ports after a restart (pytorch/pytorch#135712).
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     args = run.get_args_parser().parse_args(
-        ["--standalone", f"--nproc_per_node={nproc}", "--module", "skiptrain", "train", *train_args])
+        ["--standalone", f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}", "--module", "skiptrain",
+         "train", *train_args])
     try:
         run.run(args)
     except Exception as exc:  # ChildFailedError: the failing rank has printed its own message

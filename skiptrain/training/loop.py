@@ -91,7 +91,7 @@ def run_training(config: Config, *, state: checkpoint.TrainingState | None = Non
     settings = parse_settings(config.train)
     distributed.check_sync_bn(config.train, int(os.environ.get("WORLD_SIZE", "1")), device or settings.device)
     world = distributed.join(device or settings.device)
-    run = None
+    run, clean = None, False
     try:
         run = start(config, settings, world, device, state, run_dir, quiet, force, limit_batches)
         with run.stopper.installed(not world.enabled):  # under torchrun the agent owns signals
@@ -101,13 +101,17 @@ def run_training(config: Config, *, state: checkpoint.TrainingState | None = Non
                     save(run, row)
                 if run.stopper.signum is not None:  # it came during validation or the save
                     _stopped(run)
-        return finish(run)
+        summary = finish(run)
+        clean = True
+        return summary
+    except RuntimeError as error:
+        raise distributed.peer_lost(world, error) from None
     finally:
         if run is not None:
             run.forward = run.model  # the DDP wrapper must go before its process group does
             tensorboard.close(run.tensorboard)
         del run
-        distributed.leave(world)
+        distributed.leave(world, clean)
 
 
 def start(config: Config, settings: TrainSettings, world: distributed.World, device: str | None,
@@ -234,6 +238,8 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
         scaler.update()
         run.step += 1
         run.batch += 1
+        if distributed.FAULT:
+            distributed.fault_point(run.world, run.step)
         loss_sum.add_(loss.detach(), alpha=x.shape[0])
         watch.stepped()
         seen += x.shape[0]
@@ -318,12 +324,12 @@ def finish(run: Run) -> dict[str, Any]:
     """Test metrics, summary.json and curves.png (rank 0); the summary on every rank."""
     summary: dict[str, Any] = {"name": run.plan.graph.name, "epochs": run.settings.epochs, "params": run.plan.params,
                                "device": str(run.device), "world_size": run.world.world_size, "best": run.best}
-    if not run.world.is_main:
-        return summary
     if run.data.test is not None:  # every rank measures its shard
         test = evaluate(run.model, run.batches(run.data.test), run.task, run.data.num_classes,
                         run.autocast, run.prepare, run.world)
         summary.update({f"test_{k}": v for k, v in test.items() if not isinstance(v, list)})
+    if not run.world.is_main:
+        return summary
     run.report.finish()
     tensorboard.close(run.tensorboard)
     summary["run_dir"] = str(run.run_dir.path)

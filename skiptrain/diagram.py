@@ -288,7 +288,7 @@ def diagram_section(plan: ModelPlan) -> str:
             '<button id="skd-open">open all</button> <button id="skd-close">close all</button> '
             '<span>click a block to open it, its title to close it; hover for details</span></p>'
             '<div class="skd-body"><div class="skd-scroll">' + _svg(d, d.opened, everything=True) +
-            '</div><pre id="skd-info">hover over a node</pre></div>'
+            '</div><pre id="skd-info">hover over a box or a skip: its id, type, arguments, output shape, parameters, multiply-adds and YAML line show here</pre></div>'
             f'<script type="application/json" id="skd-model">{_model_json(d)}</script>'
             f"<script>{L.SCRIPT}</script></div>")
 

@@ -50,7 +50,10 @@ def scoped_text(names: list[str]) -> str:
     quoted text). Each token has one reading, so a non-match fails fast (no backtracking blow-up)."""
     word = "(?:" + "|".join(sorted(set(names), key=lambda n: (-len(n), n))) + ")(?![A-Za-z0-9_])"
     number = r"[0-9.]+(?:[eE][-+]?[0-9]+)?(?![0-9.])"
-    token = r"""[^}A-Za-z0-9_.'"]|'[^']*'|"[^"]*"|""" + number + "|" + word
+    from .expr import SHAPE_FUNCTIONS
+
+    reads = "(?:" + "|".join(SHAPE_FUNCTIONS) + r")\(\s*[A-Za-z0-9_.]+\s*\)"  # `channels(conv1)`: an id, not a name
+    token = r"""[^}A-Za-z0-9_.'"]|'[^']*'|"[^"]*"|""" + number + "|" + reads + "|" + word
     return r"^(?:[^$]|\$(?!\{)|\$\{(?:" + token + r")*\})*$"
 
 

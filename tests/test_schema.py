@@ -89,3 +89,87 @@ def test_cli_writes_the_schema(tmp_path):
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     printed = invoke("schema")
     assert json.loads(printed.stdout) == schema
+
+
+# -- a config's own schema (`skiptrain schema CONFIG`): its blocks' arguments and `${...}` names ------------
+OWN = {"model": {"input": [3, 8, 8], "blocks": {
+    "basic": {"args": {"channels": 16, "stride": 1, "act": "relu"}, "layers": [
+        {"type": "conv2d", "out_channels": "${channels}", "kernel_size": 3, "stride": "${stride}"},
+        {"type": "${act}"},
+        {"type": "conv2d", "out_channels": "${make_divisible(channels * 0.25, 8)}", "kernel_size": 1,
+         "when": "${stride == 1 and act != 'gelu'}"},
+        {"type": "dropout", "p": "${1.0e-6 * block_index / (block_count - 1) + 0.5 * (repeat_index % 2)}"},
+        {"type": "conv2d", "out_channels": "${in_channels // 4 + channels(input) * 0}", "kernel_size": 1}],
+        "skips": [{"from": "input", "to": "conv2d_2", "when": "${stride == 1}"}]},
+    "stage": {"args": {"width": None, "n": 2}, "layers": [
+        {"block": "basic", "args": {"channels": "${width}"}, "first_args": {"stride": 2}, "repeat": "${n}"}]}},
+    "layers": [{"block": "stage", "args": {"width": 16}, "copy_id": "s${repeat_index}", "repeat": 2},
+               {"block": "basic", "args": {"channels": 32, "act": "gelu"}}]}}
+
+
+@pytest.fixture(scope="module")
+def own_validator(tmp_path_factory):
+    path = tmp_path_factory.mktemp("own") / "own.yaml"
+    path.write_text(yaml.safe_dump(OWN))
+    return jsonschema.Draft202012Validator(config_schema(path))
+
+
+def test_a_configs_own_schema_accepts_its_blocks(own_validator):
+    assert errors(own_validator, OWN) == []
+
+
+@pytest.mark.parametrize("path,value", [
+    ("model/layers/1/args", {"chanels": 32}),                          # (a) not an argument of `basic`
+    ("model/blocks/stage/layers/0/first_args", {"strid": 2}),          # ... nor in first_args
+    ("model/layers/1/block", "basci"),                                  # not a block
+    ("model/blocks/basic/layers/0/out_channels", "${chanels}"),         # (b) not a name in `basic`
+    ("model/blocks/basic/layers/2/when", "${stride == 1 and width}"),   # `width` is `stage`'s, not `basic`'s
+    ("model/blocks/stage/layers/0/repeat", "${n + chanels}"),
+    ("model/blocks/basic/skips/0/when", "${strides == 1}"),
+])
+def test_a_configs_own_schema_refuses_what_its_blocks_do_not_take(own_validator, path, value):
+    document = json.loads(json.dumps(OWN))
+    *parents, last = path.split("/")
+    node = document
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[last] = value
+    assert errors(own_validator, document)
+
+
+def test_the_generic_schema_cannot_know_block_arguments(validator):
+    document = json.loads(json.dumps(OWN))
+    document["model"]["layers"][1]["args"] = {"chanels": 32}
+    assert errors(validator, document) == []
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS + EXAMPLES if "blocks:" in p.read_text()],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_validate_against_their_own_schema(path):
+    assert errors(jsonschema.Draft202012Validator(config_schema(path)), yaml.safe_load(path.read_text())) == []
+
+
+def test_one_edit_patterns():
+    import re
+
+    from skiptrain.schema_types import one_edit
+
+    pattern = re.compile(one_edit("conv2d"))
+    for near in ("conv2dd", "cnv2d", "conv3d", "ocnv2d", "conv2", "xconv2d", "Conv2d"):
+        assert pattern.search(near), near
+    for far in ("cov1d", "linear", "conv2d_x", ""):
+        assert not pattern.search(far), far
+
+
+def test_cli_writes_a_configs_own_schema_and_never_over_the_config(tmp_path):
+    config = tmp_path / "own.yaml"
+    config.write_text(yaml.safe_dump(OWN))
+    result = invoke("schema", config, "-o", tmp_path / "own.schema.json")
+    assert result.exit_code == 0, result.output
+    schema = json.loads((tmp_path / "own.schema.json").read_text())
+    assert set(schema["$defs"]["block_name"]["anyOf"][0]["enum"]) == {"basic", "stage"}
+    before = config.read_text()
+    refused = invoke("schema", config, "-o", config)
+    assert refused.exit_code == 1 and "Traceback" not in refused.output and config.read_text() == before
+    missing = invoke("schema", tmp_path / "nope.yaml")
+    assert missing.exit_code == 1 and "nope.yaml" in missing.output

@@ -14,6 +14,7 @@ import inspect
 import re
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import Location, SkiptrainError
+from .graph import INPUT
 
 
 class EjectError(SkiptrainError):
@@ -57,7 +59,7 @@ class _Source:
                 if base is not object:
                     self.ref(base)
         source = inspect.getsource(obj)
-        source = re.sub(r"^@register\(.*\)\n", "", source, flags=re.M)  # skiptrain's registry stays behind
+        source = re.sub(r"^@register\(.*\)\n", "", source, flags=re.MULTILINE)  # skiptrain's registry stays behind
         module_globals = vars(inspect.getmodule(obj))
         for word in sorted(set(re.findall(r"\b[A-Za-z_]\w*\b", source)) - {name}):
             value = module_globals.get(word)
@@ -104,12 +106,32 @@ def _value(value: Any, out: _Source) -> str:
     raise TypeError(f"no source for {value!r}")
 
 
-def _call(cls: type, kwargs: dict[str, Any], out: _Source) -> str:
-    args = ", ".join(f"{k}={_value(v, out)}" for k, v in kwargs.items())
-    return f"{out.ref(cls)}({args})"
+@dataclass
+class Leaf:
+    """One constructor argument's value: its source text, and the value (for a parameter's type and name)."""
+
+    text: str
+    value: Any
 
 
-def _layer_call(layer: Any, args: dict[str, Any], module: nn.Module, out: _Source, loc: Location | None) -> str:
+@dataclass
+class Call:
+    """A constructor call kept as data, so that the values that differ between a block's instances can
+    become the block class's constructor arguments. ``args``: positional Calls, or (key, Call) pairs for
+    ``OrderedDict``/dict-built containers (``keyed``: ``"sequential"`` or ``"dict"``)."""
+
+    callee: str
+    kwargs: dict[str, Leaf | Call] = field(default_factory=dict)
+    args: list[Any] = field(default_factory=list)
+    keyed: str = ""
+    factory: Any = None  # the class called, for its defaults
+
+
+def _call(cls: type, kwargs: dict[str, Any], out: _Source) -> Call:
+    return Call(out.ref(cls), {k: Leaf(_value(v, out), v) for k, v in kwargs.items()}, factory=cls)
+
+
+def _layer_call(layer: Any, args: dict[str, Any], module: nn.Module, out: _Source, loc: Location | None) -> Call:
     """The constructor call of a layer node: its class and the arguments the plan resolved."""
     factory = layer.factory
     args = dict(args)
@@ -138,11 +160,11 @@ def _layer_call(layer: Any, args: dict[str, Any], module: nn.Module, out: _Sourc
         raise EjectError(f"layer type `{layer.name}`: {error}", loc, "give the layer plain arguments") from None
 
 
-def _module_call(module: nn.Module, out: _Source, loc: Location | None = None) -> str:
+def _module_call(module: nn.Module, out: _Source, loc: Location | None = None) -> Call:
     """A built module (a projection) as a constructor call, read from its attributes and checked by rebuilding."""
     cls = type(module)
     if cls is nn.Sequential:
-        return "nn.Sequential(" + ", ".join(_module_call(child, out, loc) for child in module) + ")"
+        return Call("nn.Sequential", args=[_module_call(child, out, loc) for child in module])
     kwargs = {}
     for name, param in inspect.signature(cls).parameters.items():
         if name in ("device", "dtype") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -151,12 +173,22 @@ def _module_call(module: nn.Module, out: _Source, loc: Location | None = None) -
             kwargs[name] = module.bias is not None
         elif hasattr(module, name):
             kwargs[name] = getattr(module, name)
-    with torch.device("meta"):
-        rebuilt = cls(**kwargs)
-    if repr(rebuilt) != repr(module) or _shapes(rebuilt) != _shapes(module):
+    if not _rebuilds(cls, kwargs, module):
         raise EjectError(f"cannot write the projection's {cls.__name__} as source", loc, "please report this model")
+    short = {k: v[0] if isinstance(v, tuple) and v and all(type(e) is int and e == v[0] for e in v) else v
+             for k, v in kwargs.items()}
+    kwargs = short if _rebuilds(cls, short, module) else kwargs  # `stride=2`, as written by hand, not `(2, 2)`
     defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
     return _call(cls, {k: v for k, v in kwargs.items() if not _is_default(v, defaults.get(k))}, out)
+
+
+def _rebuilds(cls: type, kwargs: dict[str, Any], module: nn.Module) -> bool:
+    try:
+        with torch.device("meta"):
+            rebuilt = cls(**kwargs)
+    except (TypeError, ValueError):
+        return False
+    return repr(rebuilt) == repr(module) and _shapes(rebuilt) == _shapes(module)
 
 
 def _is_default(value: Any, default: Any) -> bool:
@@ -181,52 +213,63 @@ def _where(loc: Location | None) -> str:
 
 
 def source_of(model: nn.Module, plan: Any, origin: str) -> str:
-    """The standalone file for ``model`` (a SkipNet) built from ``plan``."""
-    from . import registry
+    """The standalone file for ``model`` (a SkipNet) built from ``plan``: a class per block, then the model."""
+    from .eject_blocks import RESERVED, Blocks
+    from .eject_classes import class_source, classes, model_body, name_classes
 
     out = _Source()
     graph = plan.graph
-    built = dict(model.named_modules())
-    lines: list[str] = []
-    for node in graph.order:
-        layer = registry.get(node.type, node.loc)
-        if layer.passthrough:
-            continue
-        where = f"  # {node.type} at {_where(node.loc)}"
-        if layer.tensor:
-            shape = tuple(model.get_parameter(node.id).shape)
-            lines.append(f"_put(self, {node.id!r}, nn.Parameter(torch.zeros({shape!r})))" + where)
-        else:
-            call = _layer_call(layer, node.meta["args"], built[node.id], out, node.loc)
-            lines.append(f"_put(self, {node.id!r}, {call})" + where)
-        for skip in graph.skips_into(node.id):
-            proj = plan.projection_for(skip)
-            if proj is not None:
-                lines.append(f"_put(self, {proj.id!r}, {_module_call(built[proj.id], out, skip.loc)})"
-                             f"  # projection of the skip {skip.source} -> {skip.target} at {_where(skip.loc)}")
-    for node in graph.order:
-        for name, path in node.meta.get("tied", {}).items():
-            owner, _, leaf = f"{node.id}.{name}".rpartition(".")
-            lines.append(f"self.get_submodule({owner!r}).{leaf} = self.get_parameter({path!r})  # tie:")
+    blocks = Blocks(model, plan, out)
+    taken = set(RESERVED) | {_class_name(inst.block) for inst in blocks.instances.values()}
+    found = classes(blocks, taken)
+    template = blocks.template("", 0, graph.order, INPUT, graph.output, taken)
+    names = set(out.copied) | {n for names in out.froms.values() for n in names} | set(RESERVED)
     name = _class_name(graph.name)
+    names.add(name)
+    name_classes(found, names)
+    body = model_body(template)
+    for node in graph.order:
+        for attr, path in node.meta.get("tied", {}).items():
+            owner, _, leaf = f"{node.id}.{attr}".rpartition(".")
+            body.append(f"self.get_submodule({owner!r}).{leaf} = self.get_parameter({path!r})  # tie:")
     lines_at = sorted(n.loc.line for n in graph.order if n.loc is not None and n.loc.line)
     origin = f"{origin}, lines {lines_at[0]}-{lines_at[-1]}" if lines_at else origin
-    forward = model.code.replace("def forward(self, x):", "def forward(self, x: torch.Tensor) -> torch.Tensor:")
-    body = "\n".join(f"        {line}" for line in lines) or "        pass"
-    copied = "".join(s.rstrip("\n") + "\n\n\n" for s in out.copied.values())
-    forward = "\n".join(f"    {line}" if line else "" for line in forward.splitlines())
-    text = _TEMPLATE.format(origin=origin, name=name, graph=graph.name, body=body, copied=copied, forward=forward,
-                            shape=list(graph.input_shape), imports="{imports}")
-    return re.sub(r"\n{4,}", "\n\n\n", text).replace("{imports}", _imports(text, out.froms))
+    init = "\n".join(f"        {line}" for line in ["super().__init__()", *body])
+    forward = "\n".join(f"        {line}" for line in template.forward)
+    put = template.put or any(cls.template.put for cls in found)
+    text = _TEMPLATE.format(origin=origin, name=name, graph=graph.name, init=init, forward=forward,
+                            copied="".join(s.rstrip("\n") + "\n\n\n" for s in out.copied.values()),
+                            put=_PUT if put else "", shape=list(graph.input_shape), imports="{imports}",
+                            classes="".join(cls.token + "\n\n" for cls in found))
+    for cls in found:  # each class's source, then its name wherever it is called
+        text = text.replace(cls.token + "\n", class_source(cls))
+    for cls in found:
+        text = text.replace(cls.token, cls.name)
+    text = re.sub(r"\n{4,}", "\n\n\n", text)
+    return text.replace("{imports}", _imports(text, out.froms))
 
 
 def _imports(text: str, froms: dict[str, set[str]]) -> str:
     """The file's imports in isort's order (ruff's I001), only those it uses."""
-    first = ["import math"] if "math." in text else []
+    first = [*(["from collections import OrderedDict"] if "OrderedDict(" in text else []),
+             *(["import math"] if "math." in text else [])]
     third = ["import torch", *(["import torch.nn.functional as F"] if "F." in text else [])]
     third += [f"from {module} import {', '.join(sorted(names))}" for module, names in sorted(froms.items())]
     return "\n".join([*first, *([""] if first else []), *third])
 
+
+_PUT = '''def _put(root: nn.Module, path: str, module: nn.Module | nn.Parameter) -> None:
+    """Place ``module`` at its dotted ``path`` (as skiptrain does), so the state-dict keys are skiptrain's."""
+    *scopes, leaf = path.split(".")
+    for scope in scopes:
+        if scope not in root._modules:
+            root.add_module(scope, nn.Module())
+        root = root._modules[scope]
+    if isinstance(module, nn.Parameter):
+        root.register_parameter(leaf, module)
+    else:
+        root.add_module(leaf, module)
+'''
 
 _TEMPLATE = '''"""{graph}: ejected by `skiptrain eject` from {origin}. Needs only PyTorch.
 
@@ -239,29 +282,23 @@ from __future__ import annotations
 {imports}
 
 
-def _put(root: nn.Module, path: str, module: nn.Module | nn.Parameter) -> None:
-    """Place ``module`` at its dotted ``path`` (as skiptrain does), so the state-dict keys are skiptrain's."""
-    *scopes, leaf = path.split(".")
-    for scope in scopes:
-        if scope not in root._modules:
-            root.add_module(scope, nn.Module())
-        root = root._modules[scope]
-    if isinstance(module, nn.Parameter):
-        root.register_parameter(leaf, module)
-    else:
-        root.add_module(leaf, module)
+{put}
 
 
 {copied}
 
 
+{classes}
+
+
 class {name}(nn.Module):
-    """The model of {origin} (`{graph}`): each module under its config id, as in skiptrain."""
+    """The model of {origin} (`{graph}`): its blocks are the classes above; every module keeps its
+    config id as its key path, so skiptrain's checkpoints load as they are."""
 
     def __init__(self) -> None:
-        super().__init__()
-{body}
+{init}
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
 {forward}
 '''
 

@@ -54,6 +54,7 @@ class Graph:
     skips: list[Skip]
     output: str
     loc: Location | None = None
+    instance_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # block instance path -> its resolved `args:`
 
     def __post_init__(self) -> None:
         self.check()

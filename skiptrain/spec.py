@@ -79,6 +79,7 @@ class _Expander(BlockCopies):
         self.totals = totals or {}  # block name -> its copies in the model (for ${block_count})
         self.copies: dict[str, int] = {}  # block name -> copies expanded so far (${block_index})
         self.scope: tuple[tuple[str, str], ...] = ()  # (instance path, block name) of the blocks being expanded
+        self.instance_args: dict[str, dict[str, Any]] = {}  # instance path -> its block `args:`, resolved
 
     def _multiplier(self, key: str) -> float:
         value = self.model.get(key, 1.0)
@@ -113,7 +114,7 @@ class _Expander(BlockCopies):
         out, local = self.expand_list(layers, "", INPUT, {}, (), policy)
         self.add_skips(model.get("skips"), where(model, "skips"), local, {}, policy)
         output = self.resolve(model["output"], local, where(model, "output")) if "output" in model else out
-        return Graph(str(name), shape, dtype, self.nodes, self.skips, output, loc=getattr(model, "loc", None))
+        return Graph(str(name), shape, dtype, self.nodes, self.skips, output, getattr(model, "loc", None), self.instance_args)
 
     # -- lists of layers and block instances -------------------------------------------------
     def expand_list(self, layers: list, prefix: str, scope_input: str, env: dict,
@@ -283,6 +284,7 @@ class _Expander(BlockCopies):
         for copy in range(repeat if repeat is not None else 1):
             copy_prefix = f"{base}.{copies[copy]}." if repeat is not None else f"{base}."
             copy_env = self.copy_env(name, block, entry, env, local, out, copy, repeat or 1)
+            self.instance_args[copy_prefix[:-1]] = {k: copy_env[k] for k in block.get("args") or {} if k in copy_env}
             outer, self.scope = self.scope, self.scope + ((copy_prefix[:-1], name),)
             out = self.expand_block(block, copy_prefix, out, copy_env, stack + (name,), inner_policy)
             self.scope = outer

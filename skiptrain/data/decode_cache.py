@@ -117,6 +117,15 @@ def _mapped(path: Path, count: int, x_shape, y_shape, mode: str) -> tuple[np.mem
     return x, y
 
 
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks now: a disk that fills up under a memory map kills the process (SIGBUS)
+    instead of raising, so the space is claimed while running out of it is still an OSError."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, size)
+    else:
+        os.ftruncate(fd, size)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -151,8 +160,10 @@ class Store:
             for old in final.parent.glob(f".decoded-{name}.*.tmp"):  # a build a kill cut short
                 old.unlink(missing_ok=True)
             fd, temp = tempfile.mkstemp(prefix=f".decoded-{name}.", suffix=".tmp", dir=final.parent)
-            os.ftruncate(fd, _layout(count, x_shape, y_shape)[2])
-            os.close(fd)
+            try:
+                _reserve(fd, _layout(count, x_shape, y_shape)[2])
+            finally:
+                os.close(fd)
             x, y = _mapped(Path(temp), count, x_shape, y_shape, "r+")
         except OSError as exc:
             warn(f"cannot write the decode cache in {final.parent} ({exc.strerror or exc}): "
@@ -171,12 +182,18 @@ class Store:
         meta, why = read_header(path)
         if meta is not None and meta["key"] != ident[1]:
             meta, why = None, "stale (files or settings changed since it was written)"
-        if meta is None:
-            warn(f"the decode cache {path} is {why}: rebuilding it")
+        try:
+            if meta is not None:
+                x, y = _mapped(path, meta["count"], meta["x"], meta["y"], "c")  # copy-on-write: never written back
+                return cls(x, y, filled=True)
+        except (OSError, ValueError) as exc:
+            why = f"unreadable ({getattr(exc, 'strerror', None) or exc})"
+        warn(f"the decode cache {path} is {why}: rebuilding it")
+        try:
             path.unlink(missing_ok=True)
-            return None
-        x, y = _mapped(path, meta["count"], meta["x"], meta["y"], "c")  # copy-on-write: never written back
-        return cls(x, y, filled=True)
+        except OSError:
+            pass  # the new one replaces it (or stays in memory) all the same
+        return None
 
     def put(self, positions: list[int], x: torch.Tensor, y: torch.Tensor) -> None:
         self.x[positions] = x.numpy()

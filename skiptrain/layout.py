@@ -12,6 +12,7 @@ HTML page's script repeats that pass in the browser (the same arithmetic, see di
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 NODE_W, NODE_H, BOX_H = 290, 38, 44  # a node, and a collapsed group's box
@@ -45,7 +46,10 @@ def arrange(root: Unit, edges: list[tuple[int, int]]) -> None:
     """Give every unit its row and column. ``edges`` are (source, target) leaf positions, data and skips."""
     _spans(root, 0)
     owner: dict[int, Unit] = {u.first: u for u in root.walk() if u.leaf}
-    _arrange(root, edges, owner, 0)
+    into: dict[int, list[int]] = {}  # target position -> source positions
+    for src, dst in edges:
+        into.setdefault(dst, []).append(src)
+    _arrange(root, into, owner, 0)
 
 
 def _spans(unit: Unit, depth: int) -> None:
@@ -65,17 +69,19 @@ def _child_of(group: Unit, leaf: Unit) -> Unit | None:
     return unit
 
 
-def _arrange(group: Unit, edges: list[tuple[int, int]], owner: dict[int, Unit], col: int) -> None:
-    """Longest-path layers among ``group``'s children; the longest path is column ``col``."""
+def _arrange(group: Unit, into: dict[int, list[int]], owner: dict[int, Unit], col: int) -> None:
+    """Longest-path layers among ``group``'s children; the longest path is column ``col``.
+    Only the edges inside the group's span are read: each position once per enclosing group."""
     kids = group.children
     index = {id(k): i for i, k in enumerate(kids)}
     preds: list[set[int]] = [set() for _ in kids]
-    for src, dst in edges:
-        if not (group.first <= src <= group.last and group.first <= dst <= group.last):
-            continue
-        a, b = _child_of(group, owner[src]), _child_of(group, owner[dst])
-        if a is not None and b is not None and a is not b:
-            preds[index[id(b)]].add(index[id(a)])
+    for dst in range(group.first, group.last + 1):
+        for src in into.get(dst, ()):
+            if src < group.first:
+                continue
+            a, b = _child_of(group, owner[src]), _child_of(group, owner[dst])
+            if a is not None and b is not None and a is not b:
+                preds[index[id(b)]].add(index[id(a)])
     layer = [0] * len(kids)
     for i in range(len(kids)):  # children are in execution order, so every predecessor comes first
         layer[i] = max((layer[p] + 1 for p in preds[i] if p < i), default=0)
@@ -109,7 +115,7 @@ def _arrange(group: Unit, edges: list[tuple[int, int]], owner: dict[int, Unit], 
                 busy.append(end)
             kid.col = col - 1 - c
         if not kid.leaf:
-            _arrange(kid, edges, owner, kid.col)
+            _arrange(kid, into, owner, kid.col)
 
 
 
@@ -119,17 +125,22 @@ def lanes(spans: list[tuple[int, int]]) -> list[int]:
     Shorter skips are placed first, each in the lowest free lane, so a long skip runs outside the
     short ones it spans (a U-Net's nest without crossings). Spans are half-open: a skip that ends
     where the next begins (consecutive residual blocks) shares its lane."""
-    held: list[list[tuple[int, int]]] = []  # per lane, the spans in it
+    starts: list[list[int]] = []  # per lane, its spans' starts and ends, sorted (a lane's spans are disjoint)
+    ends: list[list[int]] = []
     result = [0] * len(spans)
     for i in sorted(range(len(spans)), key=lambda i: (spans[i][1] - spans[i][0], spans[i][0])):
         start, end = spans[i]
-        for lane, taken in enumerate(held):
-            if all(end <= a or b <= start for a, b in taken):
+        for lane in range(len(starts)):
+            k = bisect.bisect_right(starts[lane], start)
+            if (k == 0 or ends[lane][k - 1] <= start) and (k == len(starts[lane]) or end <= starts[lane][k]):
                 break
         else:
-            lane = len(held)
-            held.append([])
-        held[lane].append((start, end))
+            lane = len(starts)
+            starts.append([])
+            ends.append([])
+        k = bisect.bisect_right(starts[lane], start)
+        starts[lane].insert(k, start)
+        ends[lane].insert(k, end)
         result[i] = lane
     return result
 

@@ -37,6 +37,8 @@ _PIECES = {torch.chunk: Chunk, torch.split: Split, ("method", "chunk"): Chunk, (
 _PIECE_ARGS = {"input": "x", "tensor": "x", "chunks": "count", "split_size_or_sections": "count",
                "split_size": "count"}
 _SAME = {("method", "contiguous")}  # the value itself
+_RESHAPES = {torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten, *(
+    ("method", name) for name in ("reshape", "view", "squeeze", "unsqueeze", "unflatten"))}
 # torch.nn.functional's name -> the torch.nn class's, where they differ.
 _NN_NAMES = {"leaky_relu": "LeakyReLU", "interpolate": "Upsample", "rrelu": "RReLU"}
 _NOT_ARGUMENTS = {"training", "_stacklevel"}  # F.dropout's `training` is fx's trace-time constant
@@ -174,7 +176,9 @@ def translate(node: fx.Node, shapes: Any = None) -> tuple:
     env = {ops[0]: x}
     args, kwargs = _evaluate(node.args, env, shapes), _evaluate(node.kwargs, env, shapes)
     translation = _TRANSLATIONS.get(key(node))
-    if _reads_pieces(node):
+    if key(node) in _RESHAPES:
+        factory, layer_args = _reshaped(node, x, shapes)
+    elif _reads_pieces(node):
         factory, layer_args = _piece(node, x, shapes)
     elif translation is not None:
         factory, layer_args = translation(*args, **kwargs)
@@ -219,6 +223,8 @@ def _check(node: fx.Node, operand: fx.Node, layer_name: str, args: dict[str, Any
     layer = LAYERS.get(layer_name)
     try:
         module = layer.build(layer.resolve_args(args, tuple(in_shape), node.name, {}, None)).eval()
+        if any(True for _ in module.parameters()):
+            raise ImportGap(f"`{layer_name}` would learn parameters that `{node.name}` does not have")
         x = sample(in_shape)
         with torch.no_grad():
             expected, got = _run(node, {operand: x.clone()}, shapes), call(module, x.clone())
@@ -245,7 +251,9 @@ def _by_name(node: fx.Node, name: str, args: tuple, kwargs: dict) -> tuple[type,
         raise ImportGap(f"`{name}` is not torch.nn.functional's `{base}`")
     function = getattr(F, base, None)
     accepted = inspect.signature(factory).parameters
-    if not inspect.isfunction(function):  # a builtin (torch.sigmoid, F.gelu): positions in the class's order
+    variadic = inspect.isfunction(function) and any(  # F.max_pool2d dispatches through fn(*args, **kwargs)
+        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in inspect.signature(function).parameters.values())
+    if not inspect.isfunction(function) or variadic:  # a builtin (torch.sigmoid, F.gelu): the class's order
         named = [p for p in accepted if p not in EXECUTION_ONLY]
         if len(args) - 1 > len(named) or any(k not in accepted and k not in EXECUTION_ONLY for k in kwargs):
             raise ImportGap(f"`{name}`'s arguments {list(args[1:])} {kwargs} do not fit torch.nn's {factory.__name__}")
@@ -258,8 +266,8 @@ def _by_name(node: fx.Node, name: str, args: tuple, kwargs: dict) -> tuple[type,
     params = inspect.signature(function).parameters
     result = {}
     for i, (param, value) in enumerate(bound.arguments.items()):
-        if i == 0 or param in EXECUTION_ONLY or param in _NOT_ARGUMENTS:
-            continue
+        if i == 0 or param in EXECUTION_ONLY or param in _NOT_ARGUMENTS or same(value, params[param].default):
+            continue  # left at the default: the class's own (the check below runs both)
         if param in accepted:
             result[param] = value
         elif not same(value, params[param].default):
@@ -290,10 +298,11 @@ def _transpose(x: torch.Tensor, dim0: int, dim1: int) -> tuple[type, dict]:
     return Transpose, {"dims": [_axis(dim0, x.dim(), "transpose"), _axis(dim1, x.dim(), "transpose")]}
 
 
-def _reshape(x: torch.Tensor, *shape: Any) -> tuple[type, dict]:
-    out = x.reshape(_dims(shape))
-    if out.shape[0] != x.shape[0]:
-        raise ImportGap(f"reshape to {list(out.shape)} changes the batch axis")
+def _reshaped(node: fx.Node, x: torch.Tensor, shapes: Any) -> tuple[type, dict]:
+    """view/reshape/squeeze/unsqueeze/unflatten as ``reshape`` to the shape the call gives one sample."""
+    out = _run(node, {operands(node)[0]: x}, shapes)
+    if out.dim() == 0 or out.shape[0] != x.shape[0]:
+        raise ImportGap(f"`{node.name}` gives {list(out.shape)} for a batch of {x.shape[0]}: it changes the batch axis")
     return Reshape, {"shape": list(out.shape[1:])}
 
 
@@ -362,7 +371,6 @@ def _cat(node: fx.Node, ops: list[fx.Node], in_shapes: list[Shape]) -> tuple:
 _TRANSLATIONS: dict[Any, Callable[..., tuple[type, dict]]] = {
     torch.permute: _permute, ("method", "permute"): _permute,
     torch.transpose: _transpose, ("method", "transpose"): _transpose,
-    torch.reshape: _reshape, ("method", "reshape"): _reshape, ("method", "view"): _reshape,
     torch.mean: _mean, ("method", "mean"): _mean,
     torch.flatten: _flatten, ("method", "flatten"): _flatten,
     operator.getitem: _getitem,

@@ -196,6 +196,34 @@ def test_function_forms():
     assert "batch" in import_functions.why_not(reshape)
 
 
+class MoreCalls(nn.Module):
+    def forward(self, x):  # x: [batch, 4, 6, 6]
+        return (F.interpolate(x, scale_factor=2.0), F.max_pool2d(x, 2), F.avg_pool2d(x, 3, 1, 1), F.softmax(x, -1),
+                x.unsqueeze(1).squeeze(1), F.layer_norm(x, (6,)), x.flatten(2).unflatten(2, (6, 6)),
+                F.adaptive_avg_pool2d(x, 1), torch.relu(x), x.sum(1), F.group_norm(x, 2))
+
+
+def test_more_function_forms():
+    graph = fx.symbolic_trace(MoreCalls())
+    ShapeProp(graph).propagate(torch.randn(2, 4, 6, 6))
+    got = {node.name: function_of(node) for node in graph.graph.nodes
+           if node.op in ("call_function", "call_method") and not import_functions.ignorable(node)}
+    assert got["interpolate"] == ("upsample", {"scale_factor": 2.0})
+    assert got["max_pool2d"] == ("maxpool2d", {"kernel_size": 2})
+    assert got["avg_pool2d"] == ("avgpool2d", {"kernel_size": 3, "stride": 1, "padding": 1})
+    assert got["softmax"] == ("softmax", {"dim": -1})
+    assert got["unsqueeze"] == ("reshape", {"shape": [1, 4, 6, 6]})
+    assert got["squeeze"] == ("reshape", {"shape": [4, 6, 6]})
+    assert got["unflatten"] == ("reshape", {"shape": [4, 6, 6]})
+    assert got["adaptive_avg_pool2d"] == ("adaptive_avgpool2d", {"output_size": 1})
+    assert got["relu"] == ("relu", {})
+    assert got["layer_norm"] is None  # without weight and bias: nn.LayerNorm would add them
+    assert got["sum_1"] is None
+    assert got["group_norm"] is None  # nn.GroupNorm would learn a weight and a bias that the call has not
+    group_norm = next(n for n in graph.graph.nodes if n.name == "group_norm")
+    assert "parameters" in import_functions.why_not(group_norm)
+
+
 def test_module_owned_functionals_are_gaps():
     class Owned(nn.Module):
         def __init__(self):

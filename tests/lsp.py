@@ -125,18 +125,28 @@ class LanguageServer:
 
     def diagnose(self, path: Path, text: str | None = None) -> list[dict[str, Any]]:
         """The diagnostics the server publishes for this text (the first set for its version)."""
-        pending = self._queue(self.diagnostics, path.resolve().as_uri())
-        while not pending.empty():  # an earlier text's diagnostics
-            pending.get_nowait()
-        uri = self.open(path, text)
-        version = self.versions[uri]
-        while True:
-            try:
-                params = pending.get(timeout=self.timeout)
-            except queue.Empty:
-                raise TimeoutError(f"no diagnostics for {path.name} in {self.timeout} s") from None
-            if params.get("version") in (None, version):
-                return params["diagnostics"]
+        return self.diagnose_all([(path, text)])[0]
+
+    def diagnose_all(self, documents: list[tuple[Path, str | None]]) -> list[list[dict[str, Any]]]:
+        """Each document's diagnostics: all opened first, so the server's 200 ms validation delays overlap."""
+        opened = []
+        for path, text in documents:
+            pending = self._queue(self.diagnostics, path.resolve().as_uri())
+            while not pending.empty():  # an earlier text's diagnostics
+                pending.get_nowait()
+            uri = self.open(path, text)
+            opened.append((path, pending, self.versions[uri]))
+        results = []
+        for path, pending, version in opened:
+            while True:
+                try:
+                    params = pending.get(timeout=self.timeout)
+                except queue.Empty:
+                    raise TimeoutError(f"no diagnostics for {path.name} in {self.timeout} s") from None
+                if params.get("version") in (None, version):
+                    results.append(params["diagnostics"])
+                    break
+        return results
 
     def completion(self, uri: str, line: int, character: int) -> list[dict[str, Any]]:
         result = self.request("textDocument/completion", {"textDocument": {"uri": uri},

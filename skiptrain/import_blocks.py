@@ -132,7 +132,7 @@ class Blocks:
             child = self.body(entry.call)
             if child.repeat_of is not None:
                 entry.kind = "repeat"
-                entries.append(head + ("repeat", child.repeat_of[0].name, child.repeat_of[1]))
+                entries.append(head + ("repeat", child.repeat_of[0].name, child.repeat_of[1], child.repeat_of[2]))
             else:
                 entries.append(head + ("block", child.group.name))
         skips = [tuple(sorted((k, str(v)) for k, v in s.items())) for s in body.skips]
@@ -148,20 +148,22 @@ class Blocks:
         if call.parent is None or body.repeat_of is not None:
             return
         cls = (call.cls.__module__, call.cls.__qualname__)
+        # containers of different lengths are different lists, not one list with optional tails
+        unify = self.unify and not issubclass(call.cls, _CONTAINERS)
         for group in self.groups:
-            if group.cls == cls and group.output == body.output_ref and self._join(group, body, entries, skips):
+            if group.cls == cls and group.output == body.output_ref and self._join(group, body, entries, skips, unify):
                 return
         group = Group(cls, self._name(call), output=body.output_ref)
         self.groups.append(group)
-        self._join(group, body, entries, skips)
+        self._join(group, body, entries, skips, unify)
 
-    def _join(self, group: Group, body: Body, entries: list[tuple], skips: list[tuple]) -> bool:
+    def _join(self, group: Group, body: Body, entries: list[tuple], skips: list[tuple], unify: bool) -> bool:
         """Add ``body`` to ``group`` if its entries match the group's (or, unifying, merge into them)."""
         if group.members and entries == group.union and sorted(skips) == sorted(group.skips):
             union, entry_map = group.union, list(range(len(entries)))
         elif not group.members:
             union, entry_map = list(entries), list(range(len(entries)))
-        elif self.unify:
+        elif unify:
             merged = _merge(group.union, entries)
             if merged is None:
                 return False
@@ -191,7 +193,10 @@ class Blocks:
         entries = body.entries
         if (call.parent is None or not issubclass(call.cls, _CONTAINERS) or not entries or body.skips
                 or body.output_ref is not None
-                or any(e.kind != "block" or e.refs is not None or e.id != str(k) for k, e in enumerate(entries))):
+                or any(e.kind != "block" or e.refs is not None for e in entries)):
+            return
+        copy_id = _copy_id([str(e.id) for e in entries])
+        if copy_id is False:
             return
         groups = {id(self.body(e.call).group) for e in entries}
         if len(groups) != 1 or self.body(entries[0].call).group is None:
@@ -199,7 +204,7 @@ class Blocks:
         rest = [self._concrete(self.body(e.call)) for e in entries[1:]]
         if any(v != rest[0] for v in rest):
             return
-        body.repeat_of = (self.body(entries[0].call).group, len(entries))
+        body.repeat_of = (self.body(entries[0].call).group, len(entries), copy_id)
 
     def _concrete(self, body: Body) -> Any:
         """Everything a body's copies must share to be one `repeat:`: its structure and values, recursively."""
@@ -207,7 +212,7 @@ class Blocks:
                                            for e in body.entries))
 
     def _name(self, call: Call) -> str:
-        base = _snake(call.name.split(".")[-1]) if issubclass(call.cls, _CONTAINERS) else _snake(call.cls.__name__)
+        base = _snake(call.name.split(".")[-1]) if call.cls in _CONTAINERS else _snake(call.cls.__name__)
         base = re.sub(r"[^A-Za-z0-9_]", "_", base)
         if not base or base[0].isdigit():
             base = "block_" + base
@@ -235,6 +240,21 @@ class Blocks:
         for group in self.groups:
             visit(group)
         return done
+
+
+def _copy_id(ids: list[str]) -> str | None | bool:
+    """How the copies of a repeat are named: None for `0, 1, ...`; a `copy_id:` for a numbered name
+    (`encoder_layer_${repeat_index}`, `denselayer${repeat_index + 1}`); False for names that are not."""
+    if ids == [str(k) for k in range(len(ids))]:
+        return None
+    parts = [re.fullmatch(r"(.*?)(\d+)(\D*)", i) for i in ids]
+    if any(p is None for p in parts) or len({(p.group(1), p.group(3)) for p in parts}) != 1:
+        return False
+    first = int(parts[0].group(2))
+    if [p.group(2) for p in parts] != [str(first + k) for k in range(len(ids))]:
+        return False
+    prefix, suffix = parts[0].group(1), parts[0].group(3)
+    return f"{prefix}${{repeat_index{f' + {first}' if first else ''}}}{suffix}"
 
 
 def _merge(a: list[tuple], b: list[tuple]) -> tuple[list[tuple], list[int], list[int]] | None:

@@ -103,7 +103,7 @@ def user_location(stack: str | None) -> Location | None:
                 line = int(frame.split("line ")[1].split(",")[0])
             except (IndexError, ValueError):
                 line = None
-            return Location(file, line)
+            return Location(file, line, 1 if line is not None else None)
     return None
 
 
@@ -131,7 +131,7 @@ def trace(model: nn.Module, example: torch.Tensor, leaf: Callable[[nn.Module], b
     except Exception as error:  # fx's TraceError, or the model's own code failing on a Proxy
         frames = traceback.extract_tb(error.__traceback__)
         user = [f for f in frames if "/torch/" not in f.filename and "/skiptrain/" not in f.filename]
-        loc = Location(user[-1].filename, user[-1].lineno) if user else None
+        loc = Location(user[-1].filename, user[-1].lineno, 1) if user else None
         path = tracer.where[-1] if tracer.where else ""
         what = f"module `{path}` ({type(model.get_submodule(path)).__name__})" if path else \
             f"the model ({type(model).__name__})"
@@ -139,7 +139,8 @@ def trace(model: nn.Module, example: torch.Tensor, leaf: Callable[[nn.Module], b
                            loc, "data-dependent Python control flow (`if x.sum() > 0:`, loops over tensor "
                                 "values) has no fixed graph; write it with tensor operations, or import the "
                                 "submodules that trace") from None
-    order = [n for n in tracer.order if n.graph is graph and n in set(graph.nodes)]
+    alive = set(graph.nodes)
+    order = [n for n in tracer.order if n in alive]
     index = {n: i for i, n in enumerate(order)}
     calls = []
     for call in tracer.calls:  # creation indices -> indices among the nodes that stayed in the graph
@@ -161,8 +162,10 @@ def trace(model: nn.Module, example: torch.Tensor, leaf: Callable[[nn.Module], b
 def _nest(root: Call, calls: list[Call]) -> None:
     """Build the call tree from the ranges (a call's range holds its children's)."""
     stack = [root]
-    for call in sorted(calls, key=lambda c: (c.start, -c.end)):
-        while not (stack[-1].start <= call.start and call.end <= stack[-1].end):
+    # a module whose forward is one call of a child has the child's range: the shorter path is the outer
+    for call in sorted(calls, key=lambda c: (c.start, -c.end, c.path.count(".") if c.path else -1)):
+        while not (stack[-1].start <= call.start and call.end <= stack[-1].end
+                   and (not stack[-1].path or call.path.startswith(stack[-1].path + "."))):
             stack.pop()
         call.parent = stack[-1]
         stack[-1].children.append(call)

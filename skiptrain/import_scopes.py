@@ -18,6 +18,7 @@ from torch import fx
 
 from .import_graph import ADDS, CATS, MULS, Call, ImportError_, Trace, node_location
 from .merges import MERGES
+from .registry import LAYERS
 
 MERGE_OF = [(ADDS, "add"), (MULS, "mul"), (CATS, "concat")]
 
@@ -48,7 +49,7 @@ class Body:
     prefix_ids: dict[fx.Node, str] = field(default_factory=dict)
     output_ref: str | None = None
     group: Any = None
-    repeat_of: Any = None  # set when the call is a chain of copies of one block: (the group, count)
+    repeat_of: Any = None  # a chain of copies of one block: (its group, the count, a `copy_id:` or None)
 
 
 def _functions() -> Any:
@@ -58,6 +59,16 @@ def _functions() -> Any:
     except ImportError:
         return None
     return import_functions
+
+
+def _param_of(node: fx.Node) -> fx.Node | None:
+    """The model's own tensor (a get_attr node) that ``node`` is, or expands; None otherwise."""
+    if node.op == "get_attr":
+        return node
+    if node.op == "call_method" and node.target in ("expand", "expand_as") and isinstance(node.args[0], fx.Node) \
+            and node.args[0].op == "get_attr":
+        return node.args[0]
+    return None
 
 
 def _hashable(target: Any) -> bool:
@@ -145,7 +156,9 @@ class Scopes:
 
     # -- one call's body ------------------------------------------------------------------------
     def body(self, call: Call) -> Body:
+        hoisted = {}
         for child in call.children:
+            hoisted[child.start] = self._hoist(child, call)
             self.body(child)
         entries: list[Entry] = []
         skips: list[dict[str, Any]] = []
@@ -161,6 +174,8 @@ class Scopes:
         while i < call.end:
             if i in children:
                 child = children[i]
+                if hoisted[i] is not None:  # DenseNet's torch.cat(inputs) of the child's list: the parent's
+                    prev = self._direct(hoisted[i], call, prev, scope_input, entries, skips) or prev
                 out = self._call_output(child)
                 if self.real(self.one_input_of_call(child)) != prev:
                     entry = Entry("block", out, child.name, call=child, inputs=[self.one_input_of_call(child)])
@@ -172,6 +187,8 @@ class Scopes:
                 continue
             node = self.trace.order[i]
             i += 1
+            if self.owner.get(node) is not call:
+                continue
             made = self._direct(node, call, prev, scope_input, entries, skips)
             if made is not None:
                 prev = made
@@ -179,6 +196,23 @@ class Scopes:
         body = Body(call, entries, skips, output)
         self.bodies[id(call)] = body
         return body
+
+    def _hoist(self, child: Call, parent: Call) -> fx.Node | None:
+        """A child called with several tensors (DenseNet's layer takes the list of earlier features) whose
+        forward first concatenates them: that concat is the parent's, and its result the child's input."""
+        inputs = {self.real(n) for n in child.inputs if _tensor(self.values.get(n))}
+        if len(inputs) < 2:
+            return None
+        readers = {user for n in inputs for user in n.users if child.start <= self.trace.index[user] < child.end}
+        if len(readers) != 1:
+            return None
+        cat = readers.pop()
+        if not (_hashable(cat.target) and cat.target in CATS and self.owner.get(cat) is child
+                and {self.real(n) for n in _nodes(cat.args[0])} == inputs):
+            return None
+        self.owner[cat] = parent
+        child.inputs = [cat]
+        return cat
 
     def one_input_of_call(self, call: Call) -> fx.Node:
         return next(self.real(n) for n in call.inputs if _tensor(self.values.get(n)))
@@ -204,15 +238,21 @@ class Scopes:
             return None
         if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node) \
                 and node.args[0].op == "call_module" and isinstance(self.values.get(node.args[0]), tuple):
+            if node.args[1] != 0 and not node.users:  # `x, _ = attention(...)`: the weights, unread
+                return None
             if node.args[1] != 0:  # torch's attention returns (output, weights): the output is the layer's
                 raise ImportError_(f"{describe(node)} reads item {node.args[1]} of what {describe(node.args[0])} "
                                    "returns; its skiptrain layer gives only the first", node_location(node))
             self.alias[node] = node.args[0]
             return prev
+        if node.op == "call_module":  # attention's (output, weights) too: its getitem 0 is the layer's value
+            return self._module(node, call, prev, entries)
         if not _tensor(value):
             return None  # sizes and assertions: what the layers need of them, function_of reads as numbers
-        if node.op == "call_module":
-            return self._module(node, call, prev, entries)
+        if _param_of(node) is not None:
+            return None  # `class_token.expand(n, -1, -1)`: part of the layer that reads it
+        if any(_param_of(n) is not None for n in _nodes(node.args)):
+            return self._tensor_layer(node, call, prev, entries)
         merge = next((name for targets, name in MERGE_OF if _hashable(node.target) and node.target in targets), None)
         if merge is not None and sum(_tensor(self.values.get(n)) for n in _nodes(node.args)) >= 2:
             return self._merge(node, merge, prev, scope_input, entries, skips)
@@ -230,6 +270,42 @@ class Scopes:
         layer_type, args = found
         source = self.one_input(node, describe(node))
         entries.append(Entry("layer", node, None, layer_type, dict(args), None if source == prev else [source]))
+        return node
+
+    def _tensor_layer(self, node: fx.Node, call: Call, prev: fx.Node, entries: list[Entry]) -> fx.Node:
+        """A model's own tensor read by ``+`` (a position embedding), ``*`` (a layer scale) or prepended by
+        ``torch.cat`` (a class token): the learnable-tensor layer whose id is the tensor's attribute."""
+        from .layers.tensors import ClassToken, LayerScale, PositionEmbedding
+
+        args = [n for n in _nodes(node.args) if _tensor(self.values.get(n))]
+        params = [n for n in args if _param_of(n) is not None]
+        others = [self.real(n) for n in args if _param_of(n) is None]
+        if len(params) != 1 or len(others) != 1:
+            raise ImportError_(f"{describe(node)} reads the model's tensors in a way no skiptrain layer does",
+                               node_location(node))
+        param, x = _param_of(params[0]), others[0]
+        weight, sample = tuple(self.values[param].shape), tuple(self.values[x].shape[1:])
+        layer, layer_args = None, {}
+        if _hashable(node.target) and node.target in ADDS and weight == (1, *sample):
+            layer = PositionEmbedding
+        elif _hashable(node.target) and node.target in MULS:
+            dims = [d for d in range(len(sample)) if weight == (sample[d], *(1,) * (len(sample) - d - 1))]
+            if dims:
+                layer = LayerScale
+                dim = dims[0] - len(sample) if dims[0] == len(sample) - 1 and dims[0] else dims[0]
+                layer_args = {"dim": dim} if dim else {}
+        elif (_hashable(node.target) and node.target in CATS and len(sample) == 2 and weight == (1, 1, sample[-1])
+              and args[0] is params[0] and node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0) == 1):
+            layer = ClassToken
+        relative = str(param.target)[len(call.path) + 1:] if call.path else str(param.target)
+        if layer is None or "." in relative:
+            raise ImportError_(f"{describe(node)} reads the model's tensor `{param.target}` {list(weight)} in a way "
+                               "no skiptrain layer does", node_location(node),
+                               "learnable tensors import as a position embedding (x + p, p [1, *sample]), a "
+                               "layer scale (p * x, p [C, 1, 1]) or a class token (cat([p.expand(n, -1, -1), x], 1)), "
+                               "read in the forward of the module that holds them")
+        name = next(n for n, t in LAYERS.items() if t.factory is layer)
+        entries.append(Entry("layer", node, relative, name, layer_args, None if x == prev else [x]))
         return node
 
     def _module(self, node: fx.Node, call: Call, prev: fx.Node, entries: list[Entry]) -> fx.Node:

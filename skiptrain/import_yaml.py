@@ -118,7 +118,7 @@ class Writer:
                     when[where] = f"${{not {flag}}}"
                     break
             else:
-                base = group.union[where[1]][0] if where[0] == "entry" else "skip"
+                base = group.union[where[1]][0] if where[0] == "entry" else "residual"
                 flag = self._name(str(base) if re.match(r"[A-Za-z_]", str(base)) else f"with_{base}", None, names)
                 flags[flag] = column
                 when[where] = f"${{{flag}}}"
@@ -197,6 +197,8 @@ class Writer:
         out: dict[str, Any] = {"block": child.name}
         if skeleton[3] == "repeat":
             out["repeat"] = skeleton[5]
+            if skeleton[6] is not None:
+                out["copy_id"] = skeleton[6]
         args, first = {}, {}
         for name in child.args:
             rest = exprs[(u, ("args", name))]

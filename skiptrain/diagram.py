@@ -175,9 +175,10 @@ def _unit_svg(d: Drawing, key: int, kind: str, box: L.Box | None) -> str:
     where = f' transform="translate({x:g},{y:g})"' + ("" if box else ' style="display:none"')
     title = f"<title>{escape(d.titles.get(key, ''))}</title>"
     line1, line2 = d.lines.get(key, ("", ""))
-    if kind == "frame":
-        return (f'<g class="frame" id="f{key}"{where}><rect width="{w:g}" height="{h:g}" rx="6"/>'
-                f'<text class="toggle" x="8" y="16">− {escape(_fit(line1, 60))}</text>{title}</g>')
+    if kind == "frame":  # its title is a separate element, drawn above the edges that cross it
+        return (f'<g class="frame" id="f{key}"{where}><rect width="{w:g}" height="{h:g}" rx="6"/>{title}</g>'
+                f'<g class="head" id="h{key}"{where}><text class="toggle" x="8" y="16">− '
+                f'{escape(_fit(line1, 60))}</text>{title}</g>')
     cls = "node" if kind == "node" else "block fold" if d.kinds[key] == "fold" else "block"
     mark = f'<text class="toggle" x="{w - 8:g}" y="17" text-anchor="end">+</text>' if kind == "block" else ""
     return (f'<g class="{cls}" id="{"n" if kind == "node" else "b"}{key}"{where}>'
@@ -189,10 +190,10 @@ def _unit_svg(d: Drawing, key: int, kind: str, box: L.Box | None) -> str:
 _STYLE = """
 .skd text{font:12px sans-serif;fill:#222}.skd .l2{font-size:11px;fill:#555}
 .skd .node rect{fill:#eef3fb;stroke:#6f8fc6}.skd .block rect{fill:#fff5dc;stroke:#c8952c;stroke-width:1.5}
-.skd .fold rect{fill:#fdebc8;stroke-dasharray:6 3}.skd .block,.skd .frame .toggle{cursor:pointer}
+.skd .fold rect{fill:#fdebc8;stroke-dasharray:6 3}.skd .block,.skd .head{cursor:pointer}
 .skd .frame rect{fill:#f4f4f4;fill-opacity:.55;stroke:#b0b0b0;stroke-dasharray:4 3}
-.skd .frame text,.skd .merge{paint-order:stroke;stroke:#fff;stroke-width:3px}
-.skd .frame text{font-weight:bold;fill:#666}.skd .toggle{font-weight:bold;fill:#9a6a00}
+.skd .head text,.skd .merge{paint-order:stroke;stroke:#fff;stroke-width:3px}
+.skd .head text{font-weight:bold;fill:#666}.skd .toggle{font-weight:bold;fill:#9a6a00}
 .skd .edge{fill:none;stroke:#555;stroke-width:1.4;marker-end:url(#skd-a)}
 .skd .skip{fill:none;stroke:#2f8a4a;stroke-width:1.6;marker-end:url(#skd-s)}
 .skd .skip.projected{stroke:#d9480f;stroke-width:2.2;marker-end:url(#skd-p)}
@@ -213,25 +214,36 @@ def _svg(d: Drawing, opened: set[int], everything: bool) -> str:
     left = min(boxes[k].x for k in kinds)
     lane_x = max(boxes[k].x + boxes[k].w for k in kinds) + 24
     label_x = lane_x + (max((s["lane"] for s in d.skips), default=-1) + 1) * L.LANE_GAP + 16
-    frames, units, edges, skips, labels = [], [], [], [], []
+    frames, heads, units, edges, skips, labels = [], [], [], [], [], []
     for unit in d.root.walk():
         key, kind = unit.key, kinds.get(unit.key)
         if unit is d.root or (kind is None and not everything):
             continue
         forms = ["node"] if unit.leaf else ["block", "frame"] if everything else [kind]
         for form in forms:
-            (frames if form == "frame" else units).append(
-                _unit_svg(d, key, form, boxes[key] if form == kind else None))
+            text = _unit_svg(d, key, form, boxes[key] if form == kind else None)
+            if form == "frame":
+                frame, head = text.split('<g class="head"')
+                frames.append(frame)
+                heads.append('<g class="head"' + head)
+            else:
+                units.append(text)
     anchors = {k: L.anchor(d.units[k], kinds) for k in d.units if d.units[k].leaf}
+    tops: dict[float, list[float]] = {}
+    for k, kind in kinds.items():
+        if kind != "frame":
+            tops.setdefault(boxes[k].x, []).append(boxes[k].y)
+    for ys in tops.values():
+        ys.sort()
     drawn: set[tuple[int, int]] = set()
     for i, (s, t) in enumerate(d.edges):
         a, b = anchors[s], anchors[t]
+        path = L.edge_path(boxes[a], boxes[b], L.between(tops, boxes[a], boxes[b])) if a != b else ""
         if everything:  # one path per edge, for the script to move or hide
-            path = f'd="{L.edge_path(boxes[a], boxes[b])}"' if a != b else 'style="display:none"'
-            edges.append(f'<path class="edge" id="e{i}" {path}/>')
-        elif a != b and (a, b) not in drawn:
+            edges.append(f'<path class="edge" id="e{i}" ' + (f'd="{path}"/>' if path else 'style="display:none"/>'))
+        elif path and (a, b) not in drawn:
             drawn.add((a, b))
-            edges.append(f'<path class="edge" d="{L.edge_path(boxes[a], boxes[b])}"/>')
+            edges.append(f'<path class="edge" d="{path}"/>')
     placed: list[float] = []
     width, merges = label_x, set()
     for i, skip in enumerate(d.skips):
@@ -258,7 +270,7 @@ def _svg(d: Drawing, opened: set[int], everything: bool) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="skd"{named} '
             f'viewBox="{left - L.X0:g} 0 {full:g} {height:g}" width="{full:g}" height="{height:g}">'
             f'<style>{_STYLE}</style><defs>{_marker("a", "#555")}{_marker("s", "#2f8a4a")}{_marker("p", "#d9480f")}'
-            f'</defs><g>{"".join(frames)}</g><g>{"".join(edges)}</g><g>{"".join(units)}</g>'
+            f'</defs><g>{"".join(frames)}</g><g>{"".join(edges)}</g><g>{"".join(heads)}</g><g>{"".join(units)}</g>'
             f'<g>{"".join(skips)}</g><g>{"".join(labels)}</g></svg>')
 
 

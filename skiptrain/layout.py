@@ -190,10 +190,21 @@ def anchor(leaf: Unit, kinds: dict[int, str]) -> int:
     return next(k for k in reversed(chain) if kinds.get(k) in ("node", "block"))
 
 
-def edge_path(a: Box, b: Box) -> str:
-    """A data edge from the bottom of ``a`` to the top of ``b``: straight in one column; between
-    columns it turns near the side branch's end, so the line runs down the side column."""
+def between(tops: dict[float, list[float]], a: Box, b: Box) -> bool:
+    """Whether a shown box of ``a``'s column lies between ``a`` and ``b`` (``tops``: each column's
+    box tops, sorted): a straight edge would run behind it."""
+    ys = tops.get(a.x, [])
+    return bisect.bisect_left(ys, b.y) > bisect.bisect_right(ys, a.y)
+
+
+def edge_path(a: Box, b: Box, hidden: bool = False) -> str:
+    """A data edge from the bottom of ``a`` to the top of ``b``: straight in one column, or round the
+    left of the boxes between (``hidden``); between columns it turns near the side branch's end,
+    so the line runs down the side column."""
     ax, ay, bx, by = a.x + a.w / 2, a.y + a.h, b.x + b.w / 2, b.y
+    if ax == bx and hidden:
+        sy, ty, lx = a.y + a.h * 0.7, b.y + b.h * 0.3, a.x - 14
+        return f"M{a.x:g},{sy:g}H{lx + 8:g}Q{lx:g},{sy:g} {lx:g},{sy + 8:g}V{ty - 8:g}Q{lx:g},{ty:g} {lx + 8:g},{ty:g}H{b.x:g}"
     if ax == bx:
         return f"M{ax:g},{ay:g}V{by:g}"
     if bx < ax:  # out to a side column: turn at once, then down
@@ -241,7 +252,11 @@ function place(k,y,root,boxes){var u=U[k],x=C.X0+u[2]*(C.NODE_W+C.COL_GAP),b;
 function visit(k,kinds){U[k][3].forEach(function(c){if(U[c][0])kinds[c]="node";else if(open.has(c)){kinds[c]="frame";visit(c,kinds);}else kinds[c]="block";});}
 function anchor(k,kinds){var chain=[];for(var u=k;u!==M.root;u=parent[u])chain.push(u);
  for(var i=chain.length-1;i>=0;i--){var s=kinds[chain[i]];if(s==="node"||s==="block")return chain[i];}}
-function edgePath(a,b){var ax=a.x+a.w/2,ay=a.y+a.h,bx=b.x+b.w/2,by=b.y,t;if(ax===bx)return "M"+ax+","+ay+"V"+by;
+function between(tops,a,b){var ys=tops[a.x]||[];function lo(v,right){var i=0,j=ys.length;while(i<j){var m=(i+j)>>1;if(ys[m]<v||(right&&ys[m]===v))i=m+1;else j=m;}return i;}
+ return lo(b.y,false)>lo(a.y,true);}
+function edgePath(a,b,hidden){var ax=a.x+a.w/2,ay=a.y+a.h,bx=b.x+b.w/2,by=b.y,t;
+ if(ax===bx&&hidden){var sy=a.y+a.h*0.7,ty=b.y+b.h*0.3,lx=a.x-14;return "M"+a.x+","+sy+"H"+(lx+8)+"Q"+lx+","+sy+" "+lx+","+(sy+8)+"V"+(ty-8)+"Q"+lx+","+ty+" "+(lx+8)+","+ty+"H"+b.x;}
+ if(ax===bx)return "M"+ax+","+ay+"V"+by;
  if(bx<ax){t=Math.min(ay+16,by);return "M"+ax+","+ay+"C"+ax+","+t+" "+bx+","+ay+" "+bx+","+t+"V"+by;}
  t=Math.max(ay,by-16);return "M"+ax+","+ay+"V"+t+"C"+ax+","+by+" "+bx+","+t+" "+bx+","+by;}
 function skipPath(a,b,lx){var sx=a.x+a.w,sy=a.y+a.h*0.7,tx=b.x+b.w,ty=b.y+b.h*0.3;
@@ -251,11 +266,14 @@ function skipPath(a,b,lx){var sx=a.x+a.w,sy=a.y+a.h*0.7,tx=b.x+b.w,ty=b.y+b.h*0.
 function labelY(w,placed){placed.slice().sort(function(a,b){return a-b;}).forEach(function(p){if(p-40<w&&w<p+40)w=p+40;});placed.push(w);return w;}
 function draw(){var kinds={},boxes={};visit(M.root,kinds);place(M.root,C.Y0,true,boxes);var left=1e9,right=-1e9,drawn=0;
  Object.keys(U).forEach(function(k){k=+k;if(k===M.root)return;var s=kinds[k],b=boxes[k];
-  ["n","b","f"].forEach(function(p){var e=$(p+k);if(!e)return;var on=(p==="n"&&s==="node")||(p==="b"&&s==="block")||(p==="f"&&s==="frame");
+  ["n","b","f","h"].forEach(function(p){var e=$(p+k);if(!e)return;var on=(p==="n"&&s==="node")||(p==="b"&&s==="block")||((p==="f"||p==="h")&&s==="frame");
    e.style.display=on?"":"none";if(!on)return;e.setAttribute("transform","translate("+b.x+","+b.y+")");
    if(p==="f"){var r=e.querySelector("rect");r.setAttribute("width",b.w);r.setAttribute("height",b.h);}
    left=Math.min(left,b.x);right=Math.max(right,b.x+b.w);});});
- M.edges.forEach(function(e,i){var a=anchor(e[0],kinds),b=anchor(e[1],kinds),p=$("e"+i);p.style.display=a===b?"none":"";if(a!==b)p.setAttribute("d",edgePath(boxes[a],boxes[b]));});
+ var tops={};Object.keys(kinds).forEach(function(k){if(kinds[k]!=="frame"){var b=boxes[k];(tops[b.x]=tops[b.x]||[]).push(b.y);}});
+ Object.keys(tops).forEach(function(x){tops[x].sort(function(a,b){return a-b;});});
+ M.edges.forEach(function(e,i){var a=anchor(e[0],kinds),b=anchor(e[1],kinds),p=$("e"+i);p.style.display=a===b?"none":"";
+  if(a!==b)p.setAttribute("d",edgePath(boxes[a],boxes[b],between(tops,boxes[a],boxes[b])));});
  var laneX=right+24,labelX=laneX+(M.lanes+1)*C.LANE_GAP+16,placed=[],width=labelX;
  M.skips.forEach(function(s,i){var a=boxes[anchor(s[0],kinds)],b=boxes[anchor(s[1],kinds)],lx=laneX+s[2]*C.LANE_GAP;
   $("s"+i).setAttribute("d",skipPath(a,b,lx));var m=$("m"+i);m.setAttribute("x",b.x+b.w+12);m.setAttribute("y",b.y+b.h*0.3-5);
@@ -265,10 +283,10 @@ function draw(){var kinds={},boxes={};visit(M.root,kinds);place(M.root,C.Y0,true
  svg.setAttribute("width",w);svg.setAttribute("height",h);
  svg.querySelectorAll("g.node,g.block,g.frame").forEach(function(e){var r=e.getBoundingClientRect();if(e.style.display!=="none"&&r.width>0&&r.height>0)drawn++;});
  svg.setAttribute("data-drawn",drawn);}
-function unit(e){return e.target.closest("g.node,g.block,g.frame,g.proj,path.skip");}
+function unit(e){return e.target.closest("g.node,g.block,g.head,g.frame,g.proj,path.skip");}
 var svg=$("skd-svg"),info=$("skd-info");
 svg.addEventListener("click",function(e){var g=unit(e);if(!g)return;var k=+g.id.slice(1);
- if(g.id[0]==="b"){open.add(k);draw();}else if(g.id[0]==="f"&&e.target.classList.contains("toggle")){open.delete(k);draw();}});
+ if(g.id[0]==="b"){open.add(k);draw();}else if(g.id[0]==="h"){open.delete(k);draw();}});
 svg.addEventListener("mouseover",function(e){var g=unit(e);if(g&&info){var t=g.querySelector("title");info.textContent=t?t.textContent:"";}});
 function all(v){Object.keys(U).forEach(function(k){if(!U[k][0]&&+k!==M.root){if(v)open.add(+k);else open.delete(+k);}});draw();}
 var b=$("skd-open");if(b)b.onclick=function(){all(true);};b=$("skd-close");if(b)b.onclick=function(){all(false);};

@@ -11,7 +11,7 @@ import pytest
 
 from skiptrain.api import check_model
 from skiptrain.diagram import build, render_html, render_svg
-from skiptrain.layout import geometry, lanes, shown
+from skiptrain.layout import Box, between, edge_path, geometry, lanes, shown
 
 from .browser import load, need_chromium, screenshot
 from .conftest import CONFIGS, EXAMPLES, ROOT, TINY_RESIDUAL, invoke
@@ -96,6 +96,14 @@ def test_branches_take_side_columns(write_yaml):
     assert x["a"] == x["b"] == x["c"] == x["out"] and x["side"] < x["a"]
 
 
+def test_an_edge_over_boxes_in_its_column_goes_round_them():
+    a, mid, b = Box(20, 0, 290, 38), Box(20, 54, 290, 38), Box(20, 108, 290, 38)
+    tops = {20: [0, 54, 108]}
+    assert not between(tops, a, mid) and between(tops, a, b)
+    assert edge_path(a, mid) == "M165,38V54"  # straight down to the next box
+    assert edge_path(a, b, True).startswith("M20,")  # from the left side, round the box between
+
+
 def test_lanes_nest_and_never_overlap():
     spans = [(1, 20), (3, 17), (5, 14), (20, 30), (30, 40)]  # a U-Net's nest, then two residuals in a row
     got = lanes(spans)
@@ -159,11 +167,15 @@ def test_page_renders_in_chromium_and_blocks_open(tmp_path):
     # the same page, which notes how many boxes were drawn, then opens the first block
     clicked.write_text(page.read_text().replace("</body>", (
         '<script>var s=document.getElementById("skd-svg");s.setAttribute("data-before",s.getAttribute("data-drawn"));'
-        f'document.getElementById("b{first}").dispatchEvent(new MouseEvent("click",{{bubbles:true}}));</script></body>')))
+        f'document.getElementById("b{first}").dispatchEvent(new MouseEvent("click",{{bubbles:true}}));'
+        's.setAttribute("data-opened",s.getAttribute("data-drawn"));'
+        f'document.querySelector("#h{first} text").dispatchEvent(new MouseEvent("click",{{bubbles:true}}));'
+        "</script></body>")))
     dom, errors = load(clicked)
     assert errors == [] and not script_error(dom)
     assert 'data-before="15"' in dom  # every shown box of the closed view has a non-zero size in the browser
-    assert 'data-drawn="21"' in dom  # the box became a frame around its 6 nodes
+    assert 'data-opened="21"' in dom  # the box became a frame around its 6 nodes
+    assert 'data-drawn="15"' in dom  # and clicking the frame's title closed it again
     assert len(shown(d.root, d.opened | {first})) == 21
     png = screenshot(page, tmp_path / "graph.png", (1400, 1000))
     assert png.stat().st_size > 10_000

@@ -115,6 +115,7 @@ def run_page(run: Path, *, device: Any = "auto", which: str | None = None, sampl
         dev = select_device(str(device)) if not hasattr(device, "type") else device
         restored = restore(run, which, device=dev)
         measured = measure(restored, dev, samples)
+        note = "The data has no validation or test split, so the checkpoint was not measured."
     else:
         note = "This run has no checkpoint yet, so nothing was measured."
     plan = restored.plan if restored is not None else _plan(config_text)

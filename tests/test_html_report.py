@@ -170,6 +170,31 @@ def test_segmentation_report_has_per_class_iou(write_yaml, tmp_path):
     assert "IoU" in (tmp_path / "seg" / "report.html").read_text()
 
 
+def test_regression_and_language_model_runs_get_the_parts_that_apply(tmp_path):
+    from skiptrain import api
+
+    from .test_data_text import SAMPLE
+    from .test_sample import gpt_config
+
+    regression = {"model": {"name": "reg", "input": [6], "layers": [
+        {"id": "fc", "type": "linear", "out_features": 8}, {"type": "relu"}, {"id": "head", "type": "linear",
+                                                                             "out_features": 2}]},
+        "data": {"dataset": "synthetic", "num_samples": 96, "num_classes": 2, "batch_size": 32},
+        "train": {"task": "regression", "epochs": 1, "device": "cpu"}}
+    api.train(regression, run_dir=tmp_path / "reg", quiet=True)
+    page = (tmp_path / "reg" / "report.html").read_text()
+    ids = checked(page).ids
+    assert {"diagram", "chart-loss", "samples"} <= ids and "confusion-matrix" not in ids
+    assert "prediction: " in page and "<polyline" in page  # values, and the 1-D input as a curve
+
+    (tmp_path / "corpus.txt").write_text(SAMPLE)
+    api.train(gpt_config(tmp_path / "corpus.txt"), run_dir=tmp_path / "lm", quiet=True)
+    page = (tmp_path / "lm" / "report.html").read_text()
+    ids = checked(page).ids
+    assert {"diagram", "chart-loss", "chart-val_ppl"} <= ids and not {"samples", "confusion-matrix"} & ids
+    assert ">ppl</span>" in page  # the checkpoint measured: loss, perplexity, bits per character
+
+
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory) -> Path:
     """A real comparison of two tiny MLPs (2 epochs each): its folder."""

@@ -127,8 +127,8 @@ def _label_groups(d: Drawing, unit: L.Unit, members: dict, scopes: dict, params:
         total = sum(params[pos[n.id]] for n in nodes)
         work = sum(macs[pos[n.id]] for n in nodes)
         d.signature[child.key] = (block, tuple(first.meta["in_shape"]), tuple(last.meta["shape"]), total)
-        d.lines[child.key] = (f"{path}: {block}", f"{shape_text(first.meta['in_shape'])} → "
-                              f"{shape_text(last.meta['shape'])} · {total:,} params")
+        shapes = f"{shape_text(first.meta['in_shape'])} → {shape_text(last.meta['shape'])}"
+        d.lines[child.key] = (f"{path}: {block}", f"{shapes} · {total:,} params")
         d.titles[child.key] = (f"{path}: block {block}\n{len(nodes)} nodes, {first.id} … {last.id}\ninput "
                                f"{shape_text(first.meta['in_shape'])} -> output {shape_text(last.meta['shape'])}\n"
                                f"params: {total:,}   MACs: {work:,}\nYAML: {first.loc or '-'} (its first node)")
@@ -166,7 +166,14 @@ def _fold(d: Drawing, unit: L.Unit, scopes: dict) -> None:
 
 
 def _fit(text: str, chars: int = _CHARS) -> str:
-    return text if len(text) <= chars else text[:chars - 1] + "…"
+    """``text`` cut to ``chars``; an `id: type` line loses the start of its id instead, since the end
+    of a path (`…denselayer12`) and the type tell one box from the next (the full text is on hover)."""
+    if len(text) <= chars:
+        return text
+    head, sep, tail = text.rpartition(": ")
+    if sep and len(tail) < chars - 8:
+        return "…" + head[len(head) - (chars - len(tail) - 3):] + sep + tail
+    return text[:chars - 1] + "…"
 
 
 def _unit_svg(d: Drawing, key: int, kind: str, box: L.Box | None) -> str:

@@ -28,8 +28,8 @@ class Unit:
 
     key: int
     leaf: bool
-    children: list["Unit"] = field(default_factory=list)
-    parent: "Unit | None" = None
+    children: list[Unit] = field(default_factory=list)
+    parent: Unit | None = None
     row: int = 0
     col: int = 0  # absolute column: 0 is the main chain's
     depth: int = 0  # nesting depth: frames inset by it

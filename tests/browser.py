@@ -42,7 +42,7 @@ def _run(html_path: Path, *flags: str, wait_ms: int = 0) -> subprocess.Completed
                    "--disable-extensions", "--disable-background-networking", f"--user-data-dir={profile}",
                    *([f"--virtual-time-budget={wait_ms}"] if wait_ms else []), "--enable-logging=stderr", "--v=0", *flags,
                    Path(html_path).resolve().as_uri()]
-        return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=TIMEOUT,
                               env={**os.environ, "HOME": profile})
 
 

@@ -72,8 +72,10 @@ def arguments_schema(name: str, declared: dict[str, Any]) -> dict[str, Any]:
     props = {arg: {"description": f"argument of block `{name}`; "
                                   + ("required" if default is None else f"default {default!r}")}
              for arg, default in declared.items()}
-    return {"type": "object", "title": f"arguments of block {name}", "properties": props,
-            "additionalProperties": False, "errorMessage": f"not an argument of block `{name}`: it takes {listed}"}
+    # the message is the editor's for any error of the inner schema: only unknown names can fail there
+    return {"type": "object", "title": f"arguments of block {name}",
+            "allOf": [{"properties": props, "additionalProperties": False,
+                       "errorMessage": f"not an argument of block `{name}`: it takes {listed}"}]}
 
 
 def specialise(schema: dict[str, Any], blocks: dict[str, dict[str, Any]]) -> None:

@@ -164,6 +164,6 @@ class LanguageServer:
             self.request("shutdown", {}, timeout=5)
             self.notify("exit", {})
             self.process.wait(timeout=5)
-        except Exception:
+        except (TimeoutError, RuntimeError, OSError, subprocess.TimeoutExpired):  # a hung or dead server
             self.process.kill()
             self.process.wait()

@@ -173,3 +173,10 @@ def test_cli_writes_a_configs_own_schema_and_never_over_the_config(tmp_path):
     assert refused.exit_code == 1 and "Traceback" not in refused.output and config.read_text() == before
     missing = invoke("schema", tmp_path / "nope.yaml")
     assert missing.exit_code == 1 and "nope.yaml" in missing.output
+
+
+def test_the_schema_file_stays_light():
+    """What the editor loads: every type's description and did-you-mean patterns, well under a megabyte."""
+    from skiptrain.schema import schema_text
+
+    assert len(schema_text()) < 800_000

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import re
 from pathlib import Path
 
 import pytest
 
-from skiptrain.schema import config_schema, schema_text
+from skiptrain.schema import schema_text
 from skiptrain.schema_blocks import read_blocks
 
 from .conftest import CONFIGS, EXAMPLES
@@ -164,7 +163,7 @@ def test_mistakes_are_underlined_on_their_lines(editor):
     on the right line; the misspelled type gets a short did-you-mean, not a list of 300 names (f)."""
     found = editor.diagnose(MISTAKES)
     lines = MISTAKES.splitlines()
-    assert sorted(set(line for line, _ in found)) == [2, 4, 5, 6, 7, 8, 10, 11], [(lines[n], m) for n, m in found]
+    assert sorted({line for line, _ in found}) == [2, 4, 5, 6, 7, 8, 10, 11], [(lines[n], m) for n, m in found]
     messages = {}
     for line, message in found:
         messages.setdefault(line, []).append(message)
@@ -224,7 +223,7 @@ def test_hovering_a_type_shows_that_types_description(editor):
     assert len(argument) < 600 and "conv2d" in argument
 
 
-def test_the_schema_files_stay_light():
-    """The schema the editor loads: every type's did-you-mean patterns included, well under a megabyte."""
-    assert len(schema_text()) < 800_000
-    assert "blocks" in config_schema()["$defs"]["model"]["properties"]
+def test_args_of_the_wrong_kind_are_not_called_unknown_arguments(editor):
+    text = BLOCKS.replace("{chanels: 64}", "3")
+    found = editor.diagnose(text, editor.schema_for(text))
+    assert (line_of(text, "args: 3"), 'Incorrect type. Expected "arguments of block basic".') in found

@@ -86,7 +86,8 @@ def specialise(schema: dict[str, Any], blocks: dict[str, dict[str, Any]]) -> Non
 
     defs = schema["$defs"]
     names = list(blocks)
-    defs["block_name"] = {"anyOf": [{"enum": names}, EXPR], "description": "a block defined in `blocks:`"}
+    # the description on the enum itself: on the anyOf, the editor's hover joins both alternatives' texts
+    defs["block_name"] = {"anyOf": [{"enum": names, "description": "a block defined in `blocks:`"}, EXPR]}
     defs["instance"]["allOf"] = [
         {"if": {"properties": {"block": {"const": name}}, "required": ["block"]},
          "then": {"properties": {"args": arguments_schema(name, declared), "first_args": arguments_schema(name, declared)}}}

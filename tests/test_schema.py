@@ -180,3 +180,13 @@ def test_the_schema_file_stays_light():
     from skiptrain.schema import schema_text
 
     assert len(schema_text()) < 800_000
+
+
+def test_a_configs_own_schema_follows_its_model_file(tmp_path):
+    """`model: net.yaml` is read as the loader reads it; a config with no blocks gets the generic schema."""
+    (tmp_path / "net.yaml").write_text(yaml.safe_dump(OWN["model"]))
+    (tmp_path / "run.yaml").write_text("model: net.yaml\ndata: {dataset: digits}\n")
+    own = config_schema(tmp_path / "run.yaml")
+    assert set(own["$defs"]["block_name"]["anyOf"][0]["enum"]) == {"basic", "stage"}
+    (tmp_path / "plain.yaml").write_text("model: {input: [4], layers: [{type: relu}]}\n")
+    assert config_schema(tmp_path / "plain.yaml") == config_schema()

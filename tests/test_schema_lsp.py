@@ -125,6 +125,8 @@ def test_block_arguments_and_references_are_checked_with_the_configs_own_schema(
     assert "`channels`, `stride`" in messages[line_of(BLOCKS, "{chanels: 64}")]
     assert "block `basic`" in messages[line_of(BLOCKS, '"${chanels}"')]
     assert '"basic"' in messages[line_of(BLOCKS, "basci")]
+    shown = editor.hover(BLOCKS, line_of(BLOCKS, "{channels: 32}"), 14, editor.schema_for(BLOCKS))
+    assert "a block defined in" in shown and "||" not in shown  # one description, not the alternatives joined
 
 
 def test_a_misspelled_section_is_one_error_on_its_line(editor):

@@ -49,7 +49,26 @@ def join(device: str) -> World:
         else:
             dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=world.rank,
                                     world_size=world.world_size)
+    if not use_cuda:
+        share_cores(world)
     return world
+
+
+def share_cores(world: World) -> int:
+    """CPU processes that share a machine share its cores: at most cores / processes-on-this-machine
+    threads each. torchrun sets OMP_NUM_THREADS=1 only for --nproc_per_node > 1, so two agents of one
+    process each on one machine (``--nnodes 2``) ran 2 x all-cores threads, whose waiting threads took
+    the cores from the other process: a tiny model's epoch took 22 s instead of 1 s on 2 cores. Lowers
+    the count, never raises it (one process per machine keeps all its cores); returns the threads used."""
+    import socket
+
+    here = socket.gethostname()
+    local = sum(name == here for name in gather(world, here))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = min(torch.get_num_threads(), max(1, cores // max(1, local)))
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
 
 
 def _restart_store(world: World):

@@ -198,3 +198,34 @@ def test_the_loop_evaluates_on_every_rank_with_one_process_figures(runs):
     last = json.loads((runs / "double" / "metrics.jsonl").read_text().splitlines()[-1])
     assert (summary["test_loss"], summary["test_acc"]) == (test["loss"], test["acc"])
     assert (last["val_loss"], last["val_acc"]) == (val["loss"], val["acc"])
+
+
+def test_two_agents_on_one_machine_act_as_two_nodes(runs):
+    """Two torchrun agents of one process each, meeting at a c10d rendezvous on 127.0.0.1 only, train as one
+    agent of 2 processes does. Neither agent sets OMP_NUM_THREADS (torchrun does only for --nproc_per_node > 1):
+    each process must still take only its share of the cores (all of them each made an epoch 20x slower)."""
+    import socket
+
+    with socket.socket() as probe:  # a free port on the loopback interface
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    for key in ("OMP_NUM_THREADS", "WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT"):
+        env.pop(key, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+               "-m", "skiptrain", "train", "c.yaml", "--run-dir", "nodes"]
+    agents = [subprocess.Popen(command, cwd=runs, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    outputs = [agent.communicate(timeout=300) for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], "\n".join(err[-2000:] for _, err in outputs)
+    line = next(line for out, _ in outputs for line in out.splitlines() if "x 2 processes" in line)
+    threads = int(line.split(" of ")[-1].split()[0])
+    cores = len(os.sched_getaffinity(0))
+    assert threads == 1 or 2 * threads <= cores, line
+    one, two = [[json.loads(r)["train_loss"] for r in (runs / name / "metrics.jsonl").read_text().splitlines()]
+                for name in ("double", "nodes")]
+    assert two == pytest.approx(one, rel=1e-6, abs=0)
+    single, nodes = weights(runs / "double"), weights(runs / "nodes")
+    for key in single:
+        torch.testing.assert_close(nodes[key], single[key], rtol=1e-6, atol=1e-7)

@@ -171,6 +171,8 @@ def start(config: Config, settings: TrainSettings, world: distributed.World, dev
         run.report.info(f"run directory: {run.run_dir.path}")
     precision = str(autocast_dtype).removeprefix("torch.") if autocast_dtype else "fp32"
     processes = f" x {world.world_size} processes" if world.enabled else ""
+    if world.enabled and dev.type == "cpu":  # distributed.share_cores: what each process may use
+        processes += f" of {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
     run.report.info(f"model {plan.graph.name}: {plan.params:,} parameters; data {data.name}: "
                     f"{data.train.num_samples} train samples; device {dev}{processes}; precision {precision}")
     if built.transfer is not None and world.is_main:  # train.init seeded this new run

@@ -41,7 +41,10 @@ h1{font-size:22px;margin:6px 0 2px}h2{font-size:17px;margin:26px 0 10px;border-b
 .charts svg,.panel{background:#fff;border:1px solid #dde1e7;border-radius:6px}
 svg.chart{width:100%;height:auto}svg.heatmap{width:100%;height:auto}
 .panel{padding:10px;overflow:auto}
-.diagram{max-height:900px;flex:0 1 auto}.diagram svg{max-width:100%;height:auto}#totals{flex:1 1 260px;line-height:1.7}
+#totals{margin-bottom:10px;line-height:1.6}.skd-tools{font-size:13px;margin:0 0 8px}.skd-tools span{color:#5b6474;margin-left:8px}
+.skd-body{display:flex;gap:16px;align-items:flex-start}.skd-scroll{overflow:auto;max-height:900px;flex:0 1 auto}
+#skd-info{position:sticky;top:8px;flex:0 0 300px;white-space:pre-wrap;font:12px monospace;background:#f6f7f9;
+border:1px solid #dde1e7;padding:8px;margin:0}
 table{border-collapse:collapse;font-size:13px;background:#fff}
 td,th{border:1px solid #e3e6eb;padding:3px 8px;text-align:left}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .scroll{max-height:420px;overflow:auto;display:inline-block}
@@ -190,15 +193,16 @@ def _plan(config_text: str | None):
 
 
 def _diagram(plan) -> str:
-    """The network (``diagram.render_svg``: repeated blocks collapsed, projections highlighted) and its totals."""
+    """The network (``diagram.diagram_section``: repeated blocks collapsed and opened by a click, projections
+    highlighted, hover for a node's details) and its totals."""
     if plan is None:
         return "<p class='note'>The config does not build a model here.</p>"
-    from .diagram import render_svg
+    from .diagram import diagram_section
     from .report import summary_lines
 
     totals = "".join(f"<div>{escape(line)}</div>" for line in summary_lines(plan))
-    return (f"<div class='row'><div class='panel diagram' id='diagram'>{render_svg(plan, collapse=True)}</div>"
-            f"<div class='panel note' id='totals'>{totals}</div></div>")
+    return (f"<div class='panel note' id='totals'>{totals}</div>"
+            f"<div class='panel diagram' id='diagram'>{diagram_section(plan)}</div>")
 
 
 def _section(title: str, body: str) -> str:
@@ -289,7 +293,7 @@ def _per_class(confusion: list[list[int]], names: list[str], m: Measured) -> str
 
 def _sample(s: dict[str, Any]) -> str:
     prediction, truth = s["shown"]
-    right = isinstance(prediction, str) and isinstance(truth, str) and prediction.split(" (")[0] == truth
+    right = isinstance(prediction, str) and isinstance(truth, str) and prediction.rsplit(" (", 1)[0] == truth
     images = s["input"] + "".join(_image(v, label) for v, label in ((prediction, "prediction"), (truth, "truth"))
                                   if not isinstance(v, str))
     texts = "".join(f"<div class='{'ok' if right else 'wrong'}'>{label}: {escape(v)}</div>"

@@ -358,12 +358,17 @@ def _transfer(transfer: dict) -> str:
     rows += [(f"cast {pair}", n) for pair, n in (transfer.get("cast") or {}).items()]
     table = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in rows)
     missing = transfer.get("not_loaded") or []
-    shown = "".join(f"<tr><td>{escape(str(e.get('key', e.get('name', ''))))}</td><td>{escape(str(e.get('reason', '')))}"
-                    f"</td></tr>" for e in missing[:200])
+    shown = "".join(f"<tr><td>{escape(str(e.get('key', '')))}</td><td>{escape(str(e.get('reason', '')))}</td>"
+                    f"<td>{escape(_shapes(e))}</td></tr>" for e in missing[:200])
     more = f"<p class='note'>and {len(missing) - 200} more (all in transfer.json)</p>" if len(missing) > 200 else ""
     rest = (f"<h3>not loaded ({len(missing)}): kept their fresh initialisation</h3><div class='scroll'><table>"
-            f"<tr><th>tensor</th><th>reason</th></tr>{shown}</table></div>{more}") if missing else ""
+            f"<tr><th>tensor</th><th>reason</th><th>file vs model</th></tr>{shown}</table></div>{more}") if missing else ""
     return f"<table id='transfer'>{table}</table>{rest}"
+
+
+def _shapes(entry: dict) -> str:
+    file, model = entry.get("file_shape"), entry.get("model_shape")
+    return f"{file} vs {model}" if file is not None or model is not None else ""
 
 
 def _details(summary: dict, history: list[dict], config: dict, restored) -> str:

@@ -195,6 +195,42 @@ def test_regression_and_language_model_runs_get_the_parts_that_apply(tmp_path):
     assert ">ppl</span>" in page  # the checkpoint measured: loss, perplexity, bits per character
 
 
+def test_a_fine_tuned_run_shows_its_transfer_report(write_yaml, tmp_path):
+    import torch
+
+    import skiptrain
+
+    from .conftest import TINY_RESIDUAL, TINY_RESIDUAL_MODEL
+
+    source = skiptrain.build_model(write_yaml(TINY_RESIDUAL_MODEL, "source.yaml"), ["model.layers.7.out_features=10"])
+    torch.save(source.state_dict(), tmp_path / "pretrained.pth")
+    result = invoke("train", write_yaml(TINY_RESIDUAL, "tiny.yaml"), "--set", f"train.init={tmp_path / 'pretrained.pth'}",
+                    "--run-dir", tmp_path / "run", "--epochs", 1, "--limit-batches", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "transfer" in checked(page).ids
+    assert "<td>head.weight</td><td>shape differs</td><td>[10, 16] vs [4, 16]</td>" in page
+    assert "15 of 17 (88.2%)" in page  # tensors loaded
+
+
+def test_a_report_that_fails_at_the_end_of_train_is_a_warning(write_yaml, tmp_path, monkeypatch):
+    from skiptrain import html_report
+    from skiptrain.errors import DataError
+
+    from .conftest import TINY_RESIDUAL
+
+    def moved(*args, **kwargs):
+        raise DataError("the data folder is gone")
+
+    monkeypatch.setattr(html_report, "measure", moved)
+    result = invoke("train", write_yaml(TINY_RESIDUAL, "tiny.yaml"), "--run-dir", tmp_path / "run", "--epochs", 1,
+                    "--limit-batches", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "report.html was not written (the data folder is gone)" in result.stderr
+    assert f"skiptrain report {tmp_path / 'run'}" in result.stderr and "Traceback" not in result.output
+    assert (tmp_path / "run" / "summary.json").is_file() and not (tmp_path / "run" / "report.html").exists()
+
+
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory) -> Path:
     """A real comparison of two tiny MLPs (2 epochs each): its folder."""

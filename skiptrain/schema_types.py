@@ -13,8 +13,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-NEVER = "(?!)"  # a pattern nothing matches: a branch that always fails with its own message
 UNKNOWN = "unknown layer type (docs/layers.md lists them all; `${...}` is substituted from block arguments)"
+
+
+def failing(message: str) -> dict[str, Any]:
+    """A branch that always fails with `message`: the editor shows `patternErrorMessage`; other validators
+    (jsonschema, check-jsonschema in CI) print the pattern, so it reads as the message too."""
+    escaped = re.sub(r"([\\^$.*+?()\[\]{}|/])", r"\\\1", message)  # escapes valid in Python and JS `u` regexes
+    return {"pattern": "(?!)" + escaped, "patternErrorMessage": message}
 
 
 def type_names() -> tuple[list[str], dict[str, str]]:
@@ -51,15 +57,15 @@ def type_schema(summaries: dict[str, str], expr: dict[str, Any]) -> dict[str, An
     """`type:`: a did-you-mean chain first (see the module docstring), `${...}`, then one const per name."""
     names, aliases = type_names()
     everything = names + list(aliases)
-    chain: dict[str, Any] = {"pattern": NEVER, "patternErrorMessage": UNKNOWN}
+    chain: dict[str, Any] = failing(UNKNOWN)
     # first match wins: a chain over first letters, each a chain of names (not one chain 300 deep); a typo
     # in the first letter gets the pointer to the list instead of a guess
     initials = sorted({name[0].lower() for name in everything}, reverse=True)
     for initial in initials:
-        inner: dict[str, Any] = {"pattern": NEVER, "patternErrorMessage": UNKNOWN}
+        inner: dict[str, Any] = failing(UNKNOWN)
         for name in reversed([n for n in everything if n[0].lower() == initial]):
             inner = {"if": {"pattern": one_edit(name)},
-                     "then": {"pattern": NEVER, "patternErrorMessage": f"unknown layer type: did you mean `{name}`?"},
+                     "then": failing(f"unknown layer type: did you mean `{name}`?"),
                      "else": inner}
         chain = {"if": {"pattern": f"^[{initial}{initial.upper()}]"}, "then": inner, "else": chain}
     guard = {"if": {"pattern": exact(everything) + r"|\$\{"}, "then": True, "else": chain}

@@ -21,7 +21,7 @@ from torch import fx, nn
 from .errors import ConfigError
 from .import_layers import EXECUTION_ONLY, MERGE, ImportGap, call, candidates, same, sample, written
 from .layers.indexing import Chunk, Select, Slice, Split
-from .layers.own import Mean, Permute, Reshape, Transpose
+from .layers.own import Mean, Permute, Reshape, Scale, Transpose
 from .merges import Add, Concat, Mul
 from .registry import LAYERS, Shape
 
@@ -165,7 +165,7 @@ def translate(node: fx.Node, shapes: Any = None) -> tuple:
                         "gives only the first")
     in_shapes = _shape_of(node, shapes, ops)
     merge = _MERGES.get(key(node))
-    if merge is not None:
+    if merge is not None and not (len(ops) == 1 and key(node) in _TRANSLATIONS):  # x * 0.5 is a layer
         return merge(node, ops, in_shapes)
     if len(ops) != 1:
         raise ImportGap(f"`{name}` reads {len(ops)} tensors; a layer reads one")
@@ -313,6 +313,14 @@ def _mean(x: torch.Tensor, dim: Any = None, keepdim: bool = False, *, dtype: Any
     return Mean, {"dim": dims[0] if not isinstance(dim, (list, tuple)) else dims, "keepdim": keepdim}
 
 
+def _scale(a: Any, b: Any) -> tuple[type, dict]:
+    """``x * 0.5`` or ``0.5 * x``: a ``scale`` layer (a constant factor, not learned)."""
+    factor = b if isinstance(a, torch.Tensor) else a
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise ImportGap(f"multiplying by {factor!r}: only a number is a `scale` layer")
+    return Scale, {"factor": factor}
+
+
 def _flatten(x: torch.Tensor, start_dim: int = 0, end_dim: int = -1) -> tuple[type, dict]:
     return nn.Flatten, {"start_dim": start_dim, "end_dim": end_dim}
 
@@ -374,6 +382,7 @@ _TRANSLATIONS: dict[Any, Callable[..., tuple[type, dict]]] = {
     torch.mean: _mean, ("method", "mean"): _mean,
     torch.flatten: _flatten, ("method", "flatten"): _flatten,
     operator.getitem: _getitem,
+    **dict.fromkeys([operator.mul, torch.mul, ("method", "mul")], _scale),
 }
 _MERGES: dict[Any, Callable[..., tuple]] = {
     **dict.fromkeys([operator.add, operator.iadd, torch.add, ("method", "add"), ("method", "add_")], _merge(Add)),

@@ -165,7 +165,8 @@ class Calls(nn.Module):
         c = b.mean((2, 3), keepdim=True) * b
         d = c.view(c.size(0), -1)[:, 1:5]
         e = x.transpose(1, 2).contiguous()[..., 0]
-        return a, b, c, d, e, x * 0.5, x.reshape(2, -1), F.dropout(x, 0.3, training=False), torch.sigmoid(x)
+        return (a, b, c, d, e, x * 0.5, x.reshape(2, -1), F.dropout(x, 0.3, training=False), torch.sigmoid(x),
+                x + 1.0)
 
 
 def test_function_forms():
@@ -188,9 +189,10 @@ def test_function_forms():
     assert got["getitem_3"] == ("select", {"index": 0, "dim": 2})
     assert got["dropout"] == ("dropout", {"p": 0.3})
     assert got["sigmoid"] == ("sigmoid", {})
-    assert got["mul_1"] is None  # by a constant: no layer type scales
-    mul_1 = next(n for n in graph.graph.nodes if n.name == "mul_1")
-    assert "constants" in import_functions.why_not(mul_1)
+    assert got["mul_1"] == ("scale", {"factor": 0.5})
+    assert got["add_1"] is None  # adding a constant: no layer type
+    add_1 = next(n for n in graph.graph.nodes if n.name == "add_1")
+    assert "constants" in import_functions.why_not(add_1)
     assert got["reshape"] is None  # [2, -1] folds the batch in: the batch of 3 gives away
     reshape = next(n for n in graph.graph.nodes if n.name == "reshape")
     assert "batch" in import_functions.why_not(reshape)

@@ -105,6 +105,7 @@ SAMPLE_ARGS = {
     "permute": {"dims": [1, 2, 0]},
     "transpose": {"dims": [0, 1]},
     "reshape": {"shape": [-1, 8]},
+    "scale": {"factor": 0.5},
     "select": {"index": 1}, "slice": {"start": 1, "end": 3}, "chunk": {"chunks": 2, "index": 1},
     "split": {"sizes": [1, 3], "index": 1}, "roll": {"shifts": [1, -2], "dims": [1, 2]},
     "layer_scale": {"init": "normal"},  # not the tiny default, so a wrong broadcast shows

@@ -99,6 +99,20 @@ class Transpose(nn.Module):
         return x.transpose(self.dim0, self.dim1)
 
 
+@register("scale")
+class Scale(nn.Module):
+    """Multiply by a constant ``factor``, not learned: ``x * 0.5``, a residual branch's fixed scaling."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            raise ValueError(f"scale: `factor: {factor!r}` must be a number")
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
 @register("reshape")
 class Reshape(nn.Module):
     """Give each sample a new shape (one entry may be -1): ``shape: [16, 8, 8]``."""

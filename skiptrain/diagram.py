@@ -18,14 +18,11 @@ from html import escape
 from . import layout as L
 from .compute import count, macs_text
 from .graph import INPUT
+from .report import shape_text
 from .shapes import ModelPlan
 
 FOLD_MIN = 6  # a run of at least this many identical collapsed instances keeps its first and last
 _CHARS = 42  # characters that fit on a box's line
-
-
-def shape_text(shape) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 @dataclass
@@ -41,6 +38,14 @@ class Drawing:
     edges: list[tuple[int, int]] = field(default_factory=list)  # data edges between leaf keys
     skips: list[dict] = field(default_factory=list)
     signature: dict[int, tuple] = field(default_factory=dict)  # a group's block, shapes and parameters
+    groups: int = 0  # how many group units so far
+
+    def group(self, kind: str, children: list[L.Unit] | None = None) -> L.Unit:
+        """A new group unit (`block` or `fold`); its key follows the leaves' (0 to N) and the root's (N + 1)."""
+        self.groups += 1
+        unit = L.Unit(self.root.key + self.groups, False, children=children or [])
+        self.units[unit.key], self.kinds[unit.key] = unit, kind
+        return unit
 
 
 def build(plan: ModelPlan) -> Drawing:
@@ -56,10 +61,8 @@ def build(plan: ModelPlan) -> Drawing:
     for proj in plan.projections.values():
         own_params[pos[proj.skip.target]] += proj.params
         own_macs[pos[proj.skip.target]] += proj.skip.meta["macs"]
-    root = L.Unit(key=len(pos), leaf=False)
-    d = Drawing(root, {root.key: root})
-    leaf = L.Unit(0, True)
-    d.units[0], d.kinds[0] = leaf, "node"
+    leaf, root = L.Unit(0, True), L.Unit(key=len(pos), leaf=False)
+    d = Drawing(root, {0: leaf, root.key: root}, kinds={0: "node"})
     d.lines[0] = (f"{INPUT}: {graph.input_dtype}", shape_text(graph.input_shape))
     d.titles[0] = f"{INPUT}\nshape: {shape_text(graph.input_shape)} {graph.input_dtype}\n{graph.loc or ''}".strip()
     root.children.append(leaf)
@@ -76,11 +79,9 @@ def build(plan: ModelPlan) -> Drawing:
             depth += 1
         del open_scopes[depth:]
         for scope in node.scope[depth:]:
-            group = L.Unit(len(d.units) + 1000000, False)  # keys apart from leaf positions
-            d.units[group.key] = group
+            group = d.group("block")
             (open_scopes[-1][1] if open_scopes else root).children.append(group)
             open_scopes.append((scope, group))
-            d.kinds[group.key] = "block"
             members[group.key] = []
             scopes[group.key] = scope
             if len(uses[scope[1]]) < 2:
@@ -147,8 +148,7 @@ def _fold(d: Drawing, unit: L.Unit, scopes: dict) -> None:
         run = kids[i:j + 1]
         if len(run) >= FOLD_MIN:
             middle = run[1:-1]
-            fold = L.Unit(len(d.units) + 1000000, False, children=middle)
-            d.units[fold.key], d.kinds[fold.key] = fold, "fold"
+            fold = d.group("fold", middle)
             first, last = scopes[middle[0].key][0], scopes[middle[-1].key][0]
             block, in_shape, out_shape, params = sig
             d.lines[fold.key] = (f"{first} … {last}: {len(middle)} × {block}",
@@ -176,16 +176,25 @@ def _fit(text: str, chars: int = _CHARS) -> str:
     return text[:chars - 1] + "…"
 
 
-def _unit_svg(d: Drawing, key: int, kind: str, box: L.Box | None) -> str:
-    """One unit as an SVG group (a node, a closed block or an open frame); ``box`` None: hidden."""
-    x, y, w, h = (box.x, box.y, box.w, box.h) if box else (0, 0, L.NODE_W, L.NODE_H if kind == "node" else L.BOX_H)
-    where = f' transform="translate({x:g},{y:g})"' + ("" if box else ' style="display:none"')
+def _place(box: L.Box | None) -> str:
+    """Where a unit's SVG group goes; without a box it is hidden until the page's script places it."""
+    return f' transform="translate({box.x:g},{box.y:g})"' if box else ' transform="translate(0,0)" style="display:none"'
+
+
+def _frame_svg(d: Drawing, key: int, box: L.Box | None) -> tuple[str, str]:
+    """An open group: its frame, and its title, which is drawn above the edges that cross it (and closes it)."""
+    w, h = (box.w, box.h) if box else (L.NODE_W, L.BOX_H)
     title = f"<title>{escape(d.titles.get(key, ''))}</title>"
+    return (f'<g class="frame" id="f{key}"{_place(box)}><rect width="{w:g}" height="{h:g}" rx="6"/>{title}</g>',
+            (f'<g class="head" id="h{key}"{_place(box)}><text class="toggle" x="8" y="16">− '
+             f'{escape(_fit(d.lines[key][0], 60))}</text>{title}</g>'))
+
+
+def _unit_svg(d: Drawing, key: int, kind: str, box: L.Box | None) -> str:
+    """A node or a closed group as an SVG group: a box with two lines of text; ``box`` None: hidden."""
+    w, h = L.NODE_W, L.NODE_H if kind == "node" else L.BOX_H
+    where, title = _place(box), f"<title>{escape(d.titles.get(key, ''))}</title>"
     line1, line2 = d.lines.get(key, ("", ""))
-    if kind == "frame":  # its title is a separate element, drawn above the edges that cross it
-        return (f'<g class="frame" id="f{key}"{where}><rect width="{w:g}" height="{h:g}" rx="6"/>{title}</g>'
-                f'<g class="head" id="h{key}"{where}><text class="toggle" x="8" y="16">− '
-                f'{escape(_fit(line1, 60))}</text>{title}</g>')
     cls = "node" if kind == "node" else "block fold" if d.kinds[key] == "fold" else "block"
     mark = f'<text class="toggle" x="{w - 8:g}" y="17" text-anchor="end">+</text>' if kind == "block" else ""
     return (f'<g class="{cls}" id="{"n" if kind == "node" else "b"}{key}"{where}>'
@@ -228,13 +237,13 @@ def _svg(d: Drawing, opened: set[int], everything: bool) -> str:
             continue
         forms = ["node"] if unit.leaf else ["block", "frame"] if everything else [kind]
         for form in forms:
-            text = _unit_svg(d, key, form, boxes[key] if form == kind else None)
+            box = boxes[key] if form == kind else None
             if form == "frame":
-                frame, head = text.split('<g class="head"')
+                frame, head = _frame_svg(d, key, box)
                 frames.append(frame)
-                heads.append('<g class="head"' + head)
+                heads.append(head)
             else:
-                units.append(text)
+                units.append(_unit_svg(d, key, form, box))
     anchors = {k: L.anchor(d.units[k], kinds) for k in d.units if d.units[k].leaf}
     tops: dict[float, list[float]] = {}
     for k, kind in kinds.items():

@@ -229,3 +229,33 @@ def test_two_agents_on_one_machine_act_as_two_nodes(runs):
     single, nodes = weights(runs / "double"), weights(runs / "nodes")
     for key in single:
         torch.testing.assert_close(nodes[key], single[key], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("task, shape, classes", [("classification", (10,), 10), ("segmentation", (3, 4, 4), 3),
+                                                  ("regression", (2,), None), ("language_model", (5, 7), 7)])
+def test_metrics_merged_over_shards_equal_one_pass(task, shape, classes):
+    """Without processes: the tasks' state() of three shards (one empty), merged, is the one-pass summary."""
+    from skiptrain.tasks import get_task
+
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for size in (8, 8, 8, 3):
+        out = torch.randn(size, *shape, generator=gen) * 3
+        if task == "regression":
+            target = torch.randn(size, *shape, generator=gen)
+        elif task == "language_model":
+            target = torch.randint(0, classes, (size, shape[0]), generator=gen)
+        else:
+            target = torch.randint(0, classes, (size, *shape[1:]), generator=gen)
+        batches.append((out, target))
+    whole = get_task(task).metrics(classes)
+    for out, target in batches:
+        whole.update(out, target)
+    shards = [get_task(task).metrics(classes) for _ in range(3)]
+    for shard, part in zip(shards, (batches[:1], [], batches[1:])):
+        for out, target in part:
+            shard.update(out, target)
+    states = [shard.state() for shard in shards]
+    merged = shards[1]
+    merged.merge(states)
+    assert merged.summary() == whole.summary()

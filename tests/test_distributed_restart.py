@@ -97,3 +97,41 @@ def test_plain_torchrun_restarts_continue_too(root):
     assert marker.exists() and "continues from plain's last checkpoint" in done.stderr
     straight, again = weights(root / "straight"), weights(root / "plain")
     assert all(torch.equal(again[key], straight[key]) for key in straight)
+
+
+@pytest.mark.slow
+def test_a_kill_before_the_first_checkpoint_starts_the_run_again(root):
+    marker = root / "early.once"
+    early = train("c.yaml", "--run-dir", "early", "--nproc", 2, "--max-restarts", 1, "-q", cwd=root,
+                  fault=f"1:2:kill:{marker}")
+    assert early.returncode == 0, early.stderr[-3000:]
+    assert marker.exists()
+    straight, again = weights(root / "straight"), weights(root / "early")
+    assert all(torch.equal(again[key], straight[key]) for key in straight)
+
+
+def test_only_the_jobs_own_run_is_continued_after_a_restart(tmp_path, monkeypatch):
+    """restart_resume, without processes: which run directory a restarted process continues."""
+    from skiptrain.distributed import restart_resume
+    from skiptrain.training.rundir import RunDir
+
+    for key in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    RunDir.create(".", "r", str(tmp_path / "mine"))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
+    RunDir.create(".", "r", str(tmp_path / "theirs"))
+    for run in ("mine", "theirs"):
+        (tmp_path / run / "checkpoints" / "last.pt").write_bytes(b"")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    mine, theirs = str(tmp_path / "mine"), str(tmp_path / "theirs")
+    assert restart_resume(mine, None, False) == (mine, False)  # this job's run: from its last checkpoint
+    assert restart_resume(theirs, None, False) == (None, False)  # another job's: as asked (refused as usual)
+    assert restart_resume(None, "x", False) == ("x", False)
+    (tmp_path / "mine" / "checkpoints" / "last.pt").unlink()
+    assert restart_resume(mine, None, False) == (None, True)  # killed before its first checkpoint: again
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert restart_resume(mine, None, False) == (None, False)  # the first attempt: nothing changes
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's default id names no job
+    assert restart_resume(theirs, None, False) == (None, False)

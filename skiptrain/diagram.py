@@ -151,7 +151,10 @@ def _fold(d: Drawing, unit: L.Unit, scopes: dict) -> None:
             fold = d.group("fold", middle)
             first, last = scopes[middle[0].key][0], scopes[middle[-1].key][0]
             block, in_shape, out_shape, params = sig
-            d.lines[fold.key] = (f"{first} … {last}: {len(middle)} × {block}",
+            name = f"{first} … {last}: {len(middle)} × {block}"
+            if len(name) > _CHARS:  # `features.5.1 … 5.4`: both ends' distinct parts, and the block's name
+                name = f"{first} … {_tail(first, last)}: {len(middle)} × {block}"
+            d.lines[fold.key] = (name,
                                  f"{shape_text(in_shape)} → {shape_text(out_shape)} · {len(middle)} × {params:,} params")
             d.titles[fold.key] = (f"{len(middle)} identical instances of block {block}: {first} … {last}\n"
                                   f"{params:,} params each, {len(middle) * params:,} in all")
@@ -163,6 +166,13 @@ def _fold(d: Drawing, unit: L.Unit, scopes: dict) -> None:
     for child in unit.children:
         if not child.leaf and d.kinds[child.key] != "fold":
             _fold(d, child, scopes)
+
+
+def _tail(first: str, last: str) -> str:
+    """``last`` without the leading dotted components it shares with ``first`` (`5.4` after `features.5.1`)."""
+    a, b = first.split("."), last.split(".")
+    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return ".".join(b[same:]) or last
 
 
 def _fit(text: str, chars: int = _CHARS) -> str:

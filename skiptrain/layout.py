@@ -217,8 +217,9 @@ def edge_path(a: Box, b: Box, hidden: bool = False) -> str:
 def skip_path(a: Box, b: Box, lx: float) -> str:
     """A skip from the right side of ``a`` out to lane ``lx``, down, and into the right side of ``b``."""
     sx, sy, tx, ty = a.x + a.w, a.y + a.h * 0.7, b.x + b.w, b.y + b.h * 0.3
-    if a is b:  # both ends inside one closed box: a loop on its side
-        return f"M{sx:g},{sy:g}C{sx + 28:g},{sy:g} {sx + 28:g},{ty:g} {tx:g},{ty:g}"
+    if a is b:  # both ends inside one closed box: a loop on its side, below where skips from above arrive
+        mid = a.y + a.h * 0.5
+        return f"M{sx:g},{sy + 4:g}C{sx + 24:g},{sy + 4:g} {sx + 24:g},{mid:g} {tx:g},{mid:g}"
     r = min(10, abs(ty - sy) / 2) * (1 if ty >= sy else -1)
     return (f"M{sx:g},{sy:g}H{lx - abs(r):g}Q{lx:g},{sy:g} {lx:g},{sy + r:g}V{ty - r:g}"
             f"Q{lx:g},{ty:g} {lx - abs(r):g},{ty:g}H{tx:g}")
@@ -260,7 +261,7 @@ function edgePath(a,b,hidden){var ax=a.x+a.w/2,ay=a.y+a.h,bx=b.x+b.w/2,by=b.y,t;
  if(bx<ax){t=Math.min(ay+16,by);return "M"+ax+","+ay+"C"+ax+","+t+" "+bx+","+ay+" "+bx+","+t+"V"+by;}
  t=Math.max(ay,by-16);return "M"+ax+","+ay+"V"+t+"C"+ax+","+by+" "+bx+","+t+" "+bx+","+by;}
 function skipPath(a,b,lx){var sx=a.x+a.w,sy=a.y+a.h*0.7,tx=b.x+b.w,ty=b.y+b.h*0.3;
- if(a===b)return "M"+sx+","+sy+"C"+(sx+28)+","+sy+" "+(sx+28)+","+ty+" "+tx+","+ty;
+ if(a===b){var mid=a.y+a.h*0.5;return "M"+sx+","+(sy+4)+"C"+(sx+24)+","+(sy+4)+" "+(sx+24)+","+mid+" "+tx+","+mid;}
  var r=Math.min(10,Math.abs(ty-sy)/2)*(ty>=sy?1:-1),q=Math.abs(r);
  return "M"+sx+","+sy+"H"+(lx-q)+"Q"+lx+","+sy+" "+lx+","+(sy+r)+"V"+(ty-r)+"Q"+lx+","+ty+" "+(lx-q)+","+ty+"H"+tx;}
 function labelY(w,placed){placed.slice().sort(function(a,b){return a-b;}).forEach(function(p){if(p-40<w&&w<p+40)w=p+40;});placed.push(w);return w;}

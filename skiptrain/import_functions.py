@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import ConfigError
-from .import_layers import EXECUTION_ONLY, MERGE, ImportGap, call, candidates, same, sample, written
+from .import_layers import EXECUTION_ONLY, MERGE, ImportGap, call, candidates, is_default, same, sample, written
 from .layers.indexing import Chunk, Select, Slice, Split
 from .layers.own import Mean, Permute, Reshape, Scale, Transpose
 from .merges import Add, Concat, Mul
@@ -107,8 +107,7 @@ def _evaluate(arg: Any, env: dict[fx.Node, Any], shapes: Any = None) -> Any:
         if not ignorable(n):
             env[n] = torch.empty((batch, *_shape_of(n, shapes, [n])[0]), device="meta")
             return env[n]
-        args, kwargs = _evaluate(n.args, env, shapes), _evaluate(n.kwargs, env, shapes)
-        env[n] = n.target(*args, **kwargs) if n.op == "call_function" else getattr(args[0], n.target)(*args[1:], **kwargs)
+        env[n] = _run(n, env, shapes)
         return env[n]
     return fx.node.map_arg(arg, value)
 
@@ -207,14 +206,8 @@ def _registered(factory: type, name: str) -> str:
 
 def _without_defaults(layer_name: str, args: dict[str, Any]) -> dict[str, Any]:
     layer = LAYERS.get(layer_name)
-    result = {}
-    for name, value in args.items():
-        param = layer.parameters[name]
-        default = layer.defaults.get(name, param.default)
-        value = written(value, name)
-        if default is param.empty or not same(value, written(default, name)):
-            result[name] = value
-    return result
+    written_args = {name: written(value, name) for name, value in args.items()}
+    return {name: value for name, value in written_args.items() if not is_default(layer, name, value)}
 
 
 def _check(node: fx.Node, operand: fx.Node, layer_name: str, args: dict[str, Any], in_shape: Shape,
@@ -359,7 +352,8 @@ def _merge(merge: Any) -> Callable[..., tuple]:
         values = [a for a in (*node.args, *node.kwargs.values()) if not isinstance(a, str)]
         if len(ops) != 2 or len([v for v in values if isinstance(v, fx.Node)]) != 2 or node.kwargs.get("alpha", 1) != 1:
             raise ImportGap(f"`{_name(node)}` of {values!r}: a merge joins two tensors (no constants, no alpha)")
-        ranks = {len(shape) for op, shape in zip(ops, in_shapes) if op.op != "get_attr"}  # a parameter has no batch axis
+        # a parameter (get_attr) has no batch axis: its rank is not a sample's
+        ranks = {len(shape) for op, shape in zip(ops, in_shapes) if op.op != "get_attr"}
         if len(ranks) > 1:
             raise ImportGap(f"`{node.name}` joins tensors of different ranks {in_shapes}; a merge joins one rank")
         return MERGE, merge.name, {}

@@ -166,6 +166,18 @@ def same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
 
 
+def is_default(layer: LayerType, name: str, value: Any) -> bool:
+    """Whether ``value`` is what ``layer`` takes for ``name`` when the YAML leaves it out."""
+    param = layer.parameters[name]
+    default = layer.defaults.get(name, param.default)
+    if default is param.empty:
+        return False
+    try:
+        return same(value, written(default, name))
+    except ImportGap:  # a default YAML cannot write (a function): never equal to a written value
+        return False
+
+
 def _collapsed(value: Any) -> Any:
     """``[3, 3]`` -> ``3``: how a user writes torch's pair and triple arguments."""
     if isinstance(value, list) and value and all(isinstance(v, (int, float)) and same(v, value[0]) for v in value):
@@ -183,8 +195,7 @@ def _arguments(layer: LayerType, module: nn.Module, in_shape: Shape | None) -> d
         if name in EXECUTION_ONLY:
             continue
         value = written(_read(module, originals[name]), name)
-        default = layer.defaults.get(name, param.default)
-        if default is param.empty or not same(value, written(default, name) if default is not None else None):
+        if not is_default(layer, name, value):
             args[name] = value
     for collapse in (True, False):  # `kernel_size: 3` where that rebuilds it, else `[3, 3]`
         trial = {k: _collapsed(v) for k, v in args.items()} if collapse else args

@@ -189,6 +189,9 @@ def test_function_forms():
     assert got["getitem_3"] == ("select", {"index": 0, "dim": 2})
     assert got["dropout"] == ("dropout", {"p": 0.3})
     assert got["sigmoid"] == ("sigmoid", {})
+    mean = next(n for n in graph.graph.nodes if n.name == "mean")  # shapes given, by node name or in order
+    assert function_of(mean, {"cat": (4, 6, 6)}) == function_of(mean, [(4, 6, 6)]) == got["mean"]
+    assert function_of(mean, {"cat": (4, 6)}) is None  # (4, 6) has no axis 2
     assert got["mul_1"] == ("scale", {"factor": 0.5})
     assert got["add_1"] is None  # adding a constant: no layer type
     add_1 = next(n for n in graph.graph.nodes if n.name == "add_1")

@@ -12,6 +12,7 @@ from .conftest import CONFIGS, EXAMPLES, invoke
 
 jsonschema = pytest.importorskip("jsonschema")
 TEMPLATES = sorted(__import__("pathlib").Path(__file__).resolve().parents[1].glob("skiptrain/templates/*.yaml"))
+ZOO = sorted(__import__("pathlib").Path(__file__).resolve().parents[1].glob("skiptrain/zoo/*.yaml"))  # configs/zoo links here
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def errors(validator, document) -> list[str]:
     return [error.message for error in validator.iter_errors(document)]
 
 
-@pytest.mark.parametrize("path", CONFIGS + EXAMPLES + TEMPLATES, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", CONFIGS + ZOO + EXAMPLES + TEMPLATES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_configs_validate(validator, path):
     assert errors(validator, yaml.safe_load(path.read_text())) == []
 
@@ -143,7 +144,7 @@ def test_the_generic_schema_cannot_know_block_arguments(validator):
     assert errors(validator, document) == []
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS + EXAMPLES if "blocks:" in p.read_text()],
+@pytest.mark.parametrize("path", [p for p in CONFIGS + ZOO + EXAMPLES if "blocks:" in p.read_text()],
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_configs_validate_against_their_own_schema(path):
     assert errors(jsonschema.Draft202012Validator(config_schema(path)), yaml.safe_load(path.read_text())) == []

@@ -22,6 +22,7 @@ COMMAND = find_server()
 pytestmark = pytest.mark.skipif(COMMAND is None, reason="yaml-language-server or node not found (on PATH, in "
                                 ".ci/.node/node_modules/.bin/, or SKIPTRAIN_YAML_LS): `.ci/run` installs it")
 TEMPLATES = sorted(Path(__file__).resolve().parents[1].glob("skiptrain/templates/*.yaml"))
+ZOO = sorted(Path(__file__).resolve().parents[1].glob("skiptrain/zoo/*.yaml"))  # configs/zoo is a link rglob skips
 _names = itertools.count()
 
 BLOCKS = """\
@@ -93,11 +94,11 @@ def line_of(text: str, fragment: str) -> int:
 
 # -- no false errors -------------------------------------------------------------------------------
 def test_shipped_configs_have_no_diagnostics(editor):
-    """Every shipped config (configs/, the shared examples, the templates), with the generic schema and,
+    """Every shipped config (configs/, the zoo, the shared examples, the templates), with the generic schema and,
     where it has blocks, with its own (`skiptrain schema CONFIG`). All are opened at once: the server
     waits 200 ms before it validates a document, and those waits overlap."""
-    paths = CONFIGS + EXAMPLES + TEMPLATES
-    assert len(CONFIGS) >= 21 and TEMPLATES
+    paths = CONFIGS + ZOO + EXAMPLES + TEMPLATES
+    assert len(CONFIGS) >= 21 and len(ZOO) >= 16 and TEMPLATES
     checks = []
     for path in paths:
         text = path.read_text()

@@ -324,9 +324,11 @@ def diagram_section(plan: ModelPlan) -> str:
     d = build(plan)
     return ('<div class="skd-page"><p class="skd-tools"><button id="skd-reset">default</button> '
             '<button id="skd-open">open all</button> <button id="skd-close">close all</button> '
+            '<button id="skd-out" title="zoom out">−</button> <button id="skd-in" title="zoom in">+</button> '
             '<span>click a block to open it, its title to close it; hover for details</span></p>'
             '<div class="skd-body"><div class="skd-scroll">' + _svg(d, d.opened, everything=True) +
-            '</div><pre id="skd-info">hover over a box or a skip: its id, type, arguments, output shape, parameters, multiply-adds and YAML line show here</pre></div>'
+            '</div><pre id="skd-info">hover over a box or a skip: its id, type, arguments, output shape, '
+            'parameters, multiply-adds and YAML line show here</pre></div>'
             f'<script type="application/json" id="skd-model">{_model_json(d)}</script>'
             f"<script>{L.SCRIPT}</script></div>")
 

@@ -238,7 +238,7 @@ def label_y(wanted: float, placed: list[float], height: float = 40) -> float:
 # so opening a block in the browser moves what is below it without a round trip to Python.
 SCRIPT = r"""
 (function(){
-var M=JSON.parse(document.getElementById("skd-model").textContent),C=M.C,U=M.units,open=new Set(M.open),parent={};
+var M=JSON.parse(document.getElementById("skd-model").textContent),C=M.C,U=M.units,open=new Set(M.open),parent={},zoom=1;
 Object.keys(U).forEach(function(k){U[k][3].forEach(function(c){parent[c]=+k;});});
 function $(id){return document.getElementById(id);}
 function height(k,root){var u=U[k];if(u[0])return C.NODE_H;if(!root&&!open.has(k))return C.BOX_H;var rows={};
@@ -281,7 +281,7 @@ function draw(){var kinds={},boxes={};visit(M.root,kinds);place(M.root,C.Y0,true
   var g=$("p"+i);if(!g)return;var y=labelY((a.y+a.h*0.7+b.y+b.h*0.3)/2-17,placed);g.setAttribute("transform","translate("+labelX+","+y+")");
   g.querySelector("path").setAttribute("d","M"+(lx-labelX)+",17H0");width=Math.max(width,labelX+(+g.querySelector("rect").getAttribute("width")));});
  var svg=$("skd-svg"),w=width+20-left+C.X0,h=boxes[M.root].h+2*C.Y0;svg.setAttribute("viewBox",(left-C.X0)+" 0 "+w+" "+h);
- svg.setAttribute("width",w);svg.setAttribute("height",h);
+ svg.setAttribute("width",w*zoom);svg.setAttribute("height",h*zoom);
  svg.querySelectorAll("g.node,g.block,g.frame").forEach(function(e){var r=e.getBoundingClientRect();if(e.style.display!=="none"&&r.width>0&&r.height>0)drawn++;});
  svg.setAttribute("data-drawn",drawn);}
 function unit(e){return e.target.closest("g.node,g.block,g.head,g.frame,g.proj,path.skip");}
@@ -291,7 +291,8 @@ svg.addEventListener("click",function(e){var g=unit(e);if(!g)return;var k=+g.id.
 svg.addEventListener("mouseover",function(e){var g=unit(e);if(g&&info){var t=g.querySelector("title");info.textContent=t?t.textContent:"";}});
 function all(v){Object.keys(U).forEach(function(k){if(!U[k][0]&&+k!==M.root){if(v)open.add(+k);else open.delete(+k);}});draw();}
 var b=$("skd-open");if(b)b.onclick=function(){all(true);};b=$("skd-close");if(b)b.onclick=function(){all(false);};
-b=$("skd-reset");if(b)b.onclick=function(){open=new Set(M.open);draw();};
+b=$("skd-reset");if(b)b.onclick=function(){open=new Set(M.open);zoom=1;draw();};
+b=$("skd-in");if(b)b.onclick=function(){zoom*=1.25;draw();};b=$("skd-out");if(b)b.onclick=function(){zoom/=1.25;draw();};
 draw();})();
 """
 

@@ -170,12 +170,15 @@ def test_page_renders_in_chromium_and_blocks_open(tmp_path):
         f'document.getElementById("b{first}").dispatchEvent(new MouseEvent("click",{{bubbles:true}}));'
         's.setAttribute("data-opened",s.getAttribute("data-drawn"));'
         f'document.querySelector("#h{first} text").dispatchEvent(new MouseEvent("click",{{bubbles:true}}));'
+        's.setAttribute("data-w0",s.getAttribute("width"));document.getElementById("skd-out").click();'
         "</script></body>")))
     dom, errors = load(clicked)
     assert errors == [] and not script_error(dom)
     assert 'data-before="15"' in dom  # every shown box of the closed view has a non-zero size in the browser
     assert 'data-opened="21"' in dom  # the box became a frame around its 6 nodes
     assert 'data-drawn="15"' in dom  # and clicking the frame's title closed it again
+    widths = re.search(r'<svg [^>]*width="([\d.]+)"[^>]*data-w0="([\d.]+)"', dom)
+    assert widths and float(widths.group(1)) == pytest.approx(float(widths.group(2)) / 1.25)  # zoomed out
     assert len(shown(d.root, d.opened | {first})) == 21
     png = screenshot(page, tmp_path / "graph.png", (1400, 1000))
     assert png.stat().st_size > 10_000

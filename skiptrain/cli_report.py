@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from .cli import app, err, user_errors
+from .html_report import MAX_SAMPLES  # no torch: --help stays fast
 
 
 @app.command()
@@ -21,7 +22,7 @@ def report(
     device: str = typer.Option("auto", "--device", help="Where to measure the checkpoint: cpu, cuda, mps or auto."),
     which: Optional[str] = typer.Option(None, "--checkpoint",
                                         help="best or last (default: best when the run has one).", show_default=False),
-    samples: int = typer.Option(24, "--samples", min=0, max=200,
+    samples: int = typer.Option(24, "--samples", min=0, max=MAX_SAMPLES,
                                 help="How many validation samples of highest loss to show."),
 ) -> None:
     """Write one self-contained HTML page of a run: diagram, curves, confusion matrix, worst samples, config."""

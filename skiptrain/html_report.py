@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import CheckpointError, Location, SkiptrainError, warn
+from .errors import CheckpointError, ConfigError, Location, SkiptrainError, warn
 from .outputs import check_output, write_text
-from .svg_charts import Series, heatmap, line_chart, number
+from .svg_charts import Series, heatmap, line_chart, number, sparkline
 from .training.rundir import RunDir, resumable, run_id
 
+MAX_SAMPLES = 64  # a few dozen samples at most: the page stays light
 THUMB = 72  # shown size of a sample image, CSS pixels; images are stored at most this large
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#1d2433;background:#f6f7f9}
@@ -85,6 +85,8 @@ def write_report(source: str | Path, output: str | Path | None = None, *, overwr
     if which not in (None, "best", "last"):
         raise CheckpointError(f"--checkpoint {which!r}: a run's checkpoint is best or last", Location("--checkpoint"),
                               "pass --checkpoint best or --checkpoint last")
+    if not 0 <= samples <= MAX_SAMPLES:
+        raise ConfigError(f"--samples {samples}: the report shows 0 to {MAX_SAMPLES} samples", Location("--samples"))
     target = run / "report.html" if output is None else check_output(output, [run], overwrite=overwrite)
     page = run_page(run, device=device, which=which, samples=samples)
     write_text(target, page, option=str(target) if output is None else "--output")
@@ -333,19 +335,7 @@ def _input_html(x, mean, std) -> str:
         pixels = (np.clip(values, 0, 1) * 255).astype(np.uint8)
         image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
         return _image(image, "input")
-    return _sparkline(values.reshape(values.shape[0], -1)[0] if values.ndim > 1 else values)
-
-
-def _sparkline(values) -> str:
-    finite = [float(v) for v in values if math.isfinite(float(v))] or [0.0]
-    low, high = min(finite), max(finite)
-    span = (high - low) or 1.0
-    step = 70 / max(1, len(values) - 1)
-    points = " ".join(f"{k * step + 1:.1f},{71 - (float(v) - low) / span * 70:.1f}"
-                      for k, v in enumerate(values) if math.isfinite(float(v)))
-    return (f"<svg width='72' height='72' viewBox='0 0 72 72' role='img' aria-label='input'>"
-            f"<rect width='72' height='72' fill='#fff' stroke='#eee'/><polyline fill='none' stroke='#0072b2' "
-            f"stroke-width='1.5' points='{points}'/></svg>")
+    return sparkline(values.reshape(values.shape[0], -1)[0] if values.ndim > 1 else values, THUMB)
 
 
 def _transfer(transfer: dict) -> str:

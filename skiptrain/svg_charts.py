@@ -114,7 +114,8 @@ def line_chart(series: Sequence[Series], *, title: str, xlabel: str = "epoch", y
                f"{escape(ylabel)}{' (log)' if log_y else ''}</text>")
     for k, s in enumerate(series):
         colour = COLOURS[k % len(COLOURS)]
-        out.append(_line(s, colour, px, py, len(s.xs) <= 60))
+        width_k = 2.0 if len(series) == 1 else max(1.2, 3.4 - 0.7 * k)  # later lines thinner: equal ones both show
+        out.append(_line(s, colour, px, py, len(s.xs) <= 60, width_k))
     if len(series) > 1:
         for k, s in enumerate(series):
             colour = COLOURS[k % len(COLOURS)]
@@ -137,7 +138,7 @@ def _short(text: str, limit: int = 28) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _line(s: Series, colour: str, px, py, markers: bool) -> str:
+def _line(s: Series, colour: str, px, py, markers: bool, width: float = 2.0) -> str:
     """A series as polylines (a gap at each missing value) and, for short series, hoverable points."""
     parts, run = [], []
     dash = " stroke-dasharray='5 3'" if s.dashed else ""
@@ -146,13 +147,28 @@ def _line(s: Series, colour: str, px, py, markers: bool) -> str:
             run.append(f"{px(x):.1f},{py(y):.1f}")
             continue
         if len(run) > 1:
-            parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2'{dash} points='{' '.join(run)}'/>")
+            parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='{width:g}'{dash} "
+                         f"points='{' '.join(run)}'/>")
         run = []
     if markers or sum(1 for y in s.ys if _finite(y)) == 1:
         label = escape(s.label)
         parts += [f"<circle cx='{px(x):.1f}' cy='{py(y):.1f}' r='3' fill='{colour}'><title>{label}: "
-                  f"{number(y)} at {number(x)}</title></circle>" for x, y in zip(s.xs, s.ys) if _finite(x) and _finite(y)]
+                  f"{number(y)} at {number(x)}</title></circle>" for x, y in zip(s.xs, s.ys)
+                  if _finite(x) and _finite(y)]
     return "<g>" + "".join(parts) + "</g>"
+
+
+def sparkline(values: Sequence[float], size: int = 72) -> str:
+    """A 1-D signal (one sample's input) as a small square curve, no axes."""
+    values = [float(v) for v in values]
+    finite = [v for v in values if math.isfinite(v)] or [0.0]
+    low, span = min(finite), (max(finite) - min(finite)) or 1.0
+    step = (size - 2) / max(1, len(values) - 1)
+    points = " ".join(f"{k * step + 1:.1f},{size - 1 - (v - low) / span * (size - 2):.1f}"
+                      for k, v in enumerate(values) if math.isfinite(v))
+    return (f"<svg width='{size}' height='{size}' viewBox='0 0 {size} {size}' role='img' aria-label='input'>"
+            f"<rect width='{size}' height='{size}' fill='#fff' stroke='#eee'/><polyline fill='none' stroke='{COLOURS[0]}' "
+            f"stroke-width='1.5' points='{points}'/></svg>")
 
 
 def _shade(share: float) -> str:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from skiptrain.svg_charts import Series, heatmap, line_chart, ticks
+from skiptrain import api
+from skiptrain.errors import SkiptrainError
+from skiptrain.svg_charts import Series, heatmap, line_chart, sparkline, ticks
 
 from .conftest import ROOT, invoke
 
@@ -117,6 +119,9 @@ def test_report_command_writes_a_new_file_atomically_and_never_over_run_files(ru
         assert (run / own).read_bytes() == before
     bogus = invoke("report", run, "-o", tmp_path / "y.html", "--checkpoint", "../x")
     assert bogus.exit_code == 1 and "best or last" in bogus.stderr and not (tmp_path / "y.html").exists()
+    assert invoke("report", run, "-o", tmp_path / "z.html", "--samples", 65).exit_code == 2  # a few dozen at most
+    with pytest.raises(SkiptrainError, match="0 to 64 samples"):
+        api.report(run, tmp_path / "z.html", samples=1000)
     refreshed = invoke("report", run)  # the run's own report.html is the default, rewritten in place
     assert refreshed.exit_code == 0 and str(run / "report.html") in refreshed.stderr
 
@@ -153,6 +158,7 @@ def test_charts_escape_labels_and_draw_gaps():
     big = heatmap([[1] * 50 for _ in range(50)], [str(i) for i in range(50)])
     assert "data:image/png;base64," in big and big.count("<rect") == 1
     assert ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert sparkline([0.0, float("nan"), 1.0]).count(",") == 2  # the missing value is left out
 
 
 def test_segmentation_report_has_per_class_iou(write_yaml, tmp_path):
@@ -171,8 +177,6 @@ def test_segmentation_report_has_per_class_iou(write_yaml, tmp_path):
 
 
 def test_regression_and_language_model_runs_get_the_parts_that_apply(tmp_path):
-    from skiptrain import api
-
     from .test_data_text import SAMPLE
     from .test_sample import gpt_config
 

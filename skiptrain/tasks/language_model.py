@@ -141,6 +141,3 @@ class LanguageModel(Task):
 
     def sample_losses(self, output, target):
         return None  # the report shows no text samples (yet): `skiptrain sample` writes them
-
-    def sample_losses(self, output, target):
-        return None  # the report shows no text samples (yet): `skiptrain sample` writes them

@@ -269,11 +269,13 @@ def _by_name(node: fx.Node, name: str, args: tuple, kwargs: dict) -> tuple[type,
 
 
 def _axis(dim: int, rank: int, name: str) -> int:
-    """A tensor axis (batch first) as a sample axis; the batch axis itself is an ImportGap."""
-    axis = dim % rank
-    if axis == 0:
+    """A tensor axis (batch first) as a sample axis (one counted from the end stays so: ``-1`` is the last);
+    the batch axis itself is an ImportGap."""
+    if not -rank <= dim < rank:
+        raise ImportGap(f"`{name}`: axis {dim} of a tensor with {rank} axes")
+    if dim % rank == 0:
         raise ImportGap(f"`{name}` works on the batch axis, which no layer touches")
-    return axis - 1
+    return dim if dim < 0 else dim - 1
 
 
 def _dims(dims: tuple) -> list[int]:

@@ -164,9 +164,9 @@ class Calls(nn.Module):
         b = torch.cat([second, first], dim=-3)
         c = b.mean((2, 3), keepdim=True) * b
         d = c.view(c.size(0), -1)[:, 1:5]
-        e = x.transpose(1, 2).contiguous()[..., 0]
+        e = x.transpose(1, -1).contiguous()[..., 0]
         return (a, b, c, d, e, x * 0.5, x.reshape(2, -1), F.dropout(x, 0.3, training=False), torch.sigmoid(x),
-                x + 1.0)
+                x + 1.0, x.mean(-1, keepdim=True))
 
 
 def test_function_forms():
@@ -179,12 +179,13 @@ def test_function_forms():
     assert got["add"] == ("merge", "add", {})
     assert got["getitem"] == ("chunk", {"chunks": 2, "index": 0})
     assert got["getitem_1"] == ("chunk", {"chunks": 2, "index": 1})
-    assert got["cat"] == ("merge", "concat", {"axis": 0})
+    assert got["cat"] == ("merge", "concat", {"axis": -3})  # as written: the third axis from the end
     assert got["mean"] == ("mean", {"dim": [1, 2], "keepdim": True})
     assert got["mul"] == ("merge", "mul", {})
     assert got["view"] == ("reshape", {"shape": [144]})
     assert got["getitem_2"] == ("slice", {"start": 1, "end": 5})
-    assert got["transpose"] == ("transpose", {"dims": [0, 1]})
+    assert got["transpose"] == ("transpose", {"dims": [0, -1]})
+    assert got["mean_1"] == ("mean", {"dim": -1, "keepdim": True})
     assert got["contiguous"] == ("identity", {})
     assert got["getitem_3"] == ("select", {"index": 0, "dim": 2})
     assert got["dropout"] == ("dropout", {"p": 0.3})

@@ -11,7 +11,6 @@ Every piece of user text is escaped; the page needs no network, fonts or externa
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from html import escape
 
@@ -322,7 +321,7 @@ def diagram_section(plan: ModelPlan) -> str:
     """The interactive diagram as one HTML fragment (buttons, the SVG, its data and script) for a page
     such as the run report; one per page (its element ids are fixed)."""
     d = build(plan)
-    return ('<div class="skd-page"><p class="skd-tools"><button id="skd-reset">default</button> '
+    return (f'<div class="skd-page"><style>{_SECTION_STYLE}</style><p class="skd-tools"><button id="skd-reset">default</button> '
             '<button id="skd-open">open all</button> <button id="skd-close">close all</button> '
             '<button id="skd-out" title="zoom out">−</button> <button id="skd-in" title="zoom in">+</button> '
             '<span>click a block to open it, its title to close it; hover for details</span></p>'
@@ -333,12 +332,13 @@ def diagram_section(plan: ModelPlan) -> str:
             f"<script>{L.SCRIPT}</script></div>")
 
 
-_PAGE_STYLE = """
-body{font:14px sans-serif;margin:16px;color:#222}h1{font-size:20px;margin:0 0 4px}
-.skd-body{display:flex;gap:16px;align-items:flex-start}.skd-scroll{overflow:auto;max-width:calc(100vw - 380px)}
-#skd-info{position:sticky;top:8px;width:320px;white-space:pre-wrap;font:12px monospace;background:#f6f6f6;
-border:1px solid #ddd;padding:8px;margin:0}.skd-tools span{color:#666;margin-left:8px}
+_SECTION_STYLE = """
+.skd-body{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
+.skd-scroll{overflow:auto;max-width:100%;max-height:88vh;flex:0 1 auto;border:1px solid #eee}
+#skd-info{flex:0 0 320px;white-space:pre-wrap;font:12px monospace;background:#f6f6f6;border:1px solid #ddd;
+padding:8px;margin:0}.skd-tools span{color:#666;margin-left:8px}
 """
+_PAGE_STYLE = "body{font:14px sans-serif;margin:16px;color:#222}h1{font-size:20px;margin:0 0 4px}"
 
 
 def render_html(plan: ModelPlan) -> str:
@@ -354,5 +354,4 @@ def render_html(plan: ModelPlan) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(graph.name)}</title>'
             f'<style>{_PAGE_STYLE}</style><script>window.onerror=function(m){{document.documentElement'
             f'.setAttribute("data-error",String(m));}};</script></head><body><h1>{escape(graph.name)}</h1>'
-            f"<p>{escape(summary)}</p>{legend}{diagram_section(plan)}<p class=\"skd-made\">skiptrain graph, "
-            f"{time.strftime('%Y-%m-%d')}</p></body></html>\n")
+            f"<p>{escape(summary)}</p>{legend}{diagram_section(plan)}</body></html>\n")

@@ -60,6 +60,7 @@ class Template:
     entries: list[tuple[str, Call]]  # (path relative to the class, constructor call) in key order
     forward: list[str]  # the forward's body lines
     put: bool = False  # uses `_put` (a module at a nested path)
+    chain: bool = False  # the forward calls the entries in order, each on the one before
 
 
 def _walk(node: Any, path: tuple = ()) -> Iterator[tuple[tuple, Leaf]]:
@@ -86,6 +87,23 @@ def render(node: Any, text: Callable[[tuple, Leaf], str], path: tuple = ()) -> s
         args = ["{" + ", ".join(f"{k!r}: {v}" for k, v in args) + "}"]
     args += [f"{k}={render(v, text, (*path, k))}" for k, v in node.kwargs.items()]
     return f"{node.callee}({', '.join(args)})"
+
+
+def render_lines(node: Any, text: Callable[[tuple, Leaf], str], indent: str, path: tuple = ()) -> str:
+    """``render``, with a long container call's modules one per line (``nn.Sequential(\\n    Bottleneck(...),``)."""
+    flat = render(node, text, path)
+    if len(flat) <= 80 or not isinstance(node, Call) or len(node.args) < 2 or node.kwargs:
+        return flat
+    inner = indent + "    "
+    items = [(a[0], render_lines(a[1], text, inner, (*path, i))) if isinstance(a, tuple)
+             else render_lines(a, text, inner, (*path, i)) for i, a in enumerate(node.args)]
+    if node.keyed == "sequential":
+        return f"{node.callee}(OrderedDict([\n" + "".join(f"{inner}({k!r}, {v}),\n" for k, v in items) + f"{indent}]))"
+    if node.keyed == "list":
+        return f"{node.callee}([\n" + "".join(f"{inner}{v},\n" for v in items) + f"{indent}])"
+    if node.keyed == "dict":
+        return f"{node.callee}({{\n" + "".join(f"{inner}{k!r}: {v},\n" for k, v in items) + f"{indent}}})"
+    return f"{node.callee}(\n" + "".join(f"{inner}{v},\n" for v in items) + f"{indent})"
 
 
 def attr_ok(name: str) -> bool:
@@ -279,7 +297,10 @@ class Blocks:
                              merge.expression(tok(first), tok(second), dim=skip.meta["axis"] + 1), [value, source])
             cur[node.id] = value
         forward = _name(statements, cur[output_id], keys, hints, taken, named)
-        return Template(entries, forward, put=any(not attr_ok(path) for path, _ in entries))
+        chain = bool(statements) and len(statements) == len(entries) and cur[output_id] == statements[-1][0] and all(
+            reads == [statements[i - 1][0] if i else "@in"] and expression == f"{self.access(path)}({tok(reads[0])})"
+            for i, ((_, expression, reads), (path, _)) in enumerate(zip(statements, entries)))
+        return Template(entries, forward, put=any("." in path for path, _ in entries), chain=chain)
 
     def access(self, path: str, parameter: bool = False) -> str:
         """``self.conv1``, ``self.stage2.bn2``, or ``self.get_submodule('stage1.0')`` where a segment is no name."""

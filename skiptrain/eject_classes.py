@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import keyword
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from .eject_blocks import (
     attr_ok,
     identifier,
     render,
+    render_lines,
 )
 
 
@@ -136,6 +138,8 @@ def _parameters(cls: BlockClass, instance_args: dict[str, dict[str, Any]], out: 
                 params.setdefault(match[0], [Leaf(_literal(v, out), v) for v in declared[match[0]]])
             else:
                 label = next((w for w in reversed(where) if isinstance(w, str)), "arg")
+                if label == "size" and dict(cls.template.entries)[path].callee == "nn.Parameter":
+                    label = "shape"  # a learnable tensor's shape: `layer_scale_shape`
                 name = label if label not in used and label.isidentifier() else identifier(f"{path}_{label}", used)
                 used.add(name)
                 found[texts] = name
@@ -171,42 +175,72 @@ def _expression(name: str, args: list[Any], values: list[Any]) -> str:
 
 
 def name_classes(found: list[BlockClass], taken: set[str]) -> None:
-    """``Bottleneck`` for a block's commonest structure; ``BottleneckDownsample`` for one with a `downsample`."""
+    """``Bottleneck`` for a block's commonest structure; the others say what they add (``BottleneckDownsample``),
+    what differs (``ConvBnActReLU``) or what they lack (``ConvBnActWithoutAct``), else are numbered."""
+    names: dict[str, str] = {}  # token -> name, for the blocks named so far (those inside come first)
     by_block: dict[str, list[BlockClass]] = {}
     for cls in found:
         by_block.setdefault(cls.block, []).append(cls)
     for block, variants in by_block.items():
         base = _class_name(block)
         main = max(variants, key=lambda c: len(c.instances))
-        paths = {p for p, _ in main.template.entries}
-        for cls in [main, *(v for v in variants if v is not main)]:
-            extra = [p for p, _ in cls.template.entries if p not in paths]
-            missing = [p for p, _ in main.template.entries if p not in {q for q, _ in cls.template.entries}]
-            suffix = "" if cls is main else _class_name("_".join(extra)) if extra else \
-                "Without" + _class_name("_".join(missing)) if missing else "Variant"
+        theirs = dict(main.template.entries)
+        for k, cls in enumerate([main, *(v for v in variants if v is not main)]):
+            mine = dict(cls.template.entries)
+            extra = [p for p in mine if p not in theirs and p.isidentifier()]
+            changed = [mine[p].callee.rpartition(".")[2] for p in mine if p in theirs
+                       and mine[p].callee != theirs[p].callee and mine[p].callee not in names]  # a torch class
+            missing = [p for p in theirs if p not in mine and p.isidentifier()]
+            candidates = [""] if cls is main else [
+                *([_class_name("_".join(extra))] if extra else []), *([changed[0]] if changed else []),
+                *(["Without" + _class_name("_".join(missing))] if missing else []), str(k + 1)]
+            suffix = next((c for c in candidates if base + c not in taken), candidates[-1])
             cls.name = identifier(base + suffix, taken)
+            names[cls.token] = cls.name
 
 
 def class_source(cls: BlockClass) -> str:
-    """The class of one block structure: constructor arguments, ``__init__`` and ``forward``."""
+    """The class of one block structure: constructor arguments, ``__init__`` and ``forward``. One whose modules
+    are numbered ``0, 1, ...`` is an ``nn.Sequential`` (as torchvision's ``Conv2dNormActivation``), without a
+    forward of its own when it only chains them."""
     positions = {(path, where): j for j, (path, where, _) in enumerate(_leaves(cls.template))}
     args = "".join(f", {name}{_annotation([leaf.value for leaf in leaves])}" for name, leaves in cls.params.items())
-    lines = [f"def __init__(self{args}) -> None:", "    super().__init__()"]
+    numbered = bool(cls.template.entries) and all(
+        path == str(i) and call.callee != "nn.Parameter" for i, (path, call) in enumerate(cls.template.entries))
+    entries = []
     for path, call in cls.template.entries:
         def text(where: tuple, leaf: Leaf, path: str = path) -> str:
             return cls.slot_text.get(positions[(path, where)], leaf.text)
-        lines.append("    " + _assign(path, render(call, text)))
-    lines += ["", "def forward(self, x: torch.Tensor) -> torch.Tensor:", *(f"    {line}" for line in cls.template.forward)]
+        entries.append((path, render_lines(call, text, " " * (12 if numbered else 8))))
+    forward = cls.template.forward
+    if numbered:
+        lines = [f"def __init__(self{args}) -> None:", "    super().__init__(", *(f"        {c}," for _, c in entries),
+                 "    )"]
+        forward = [] if cls.template.chain else [re.sub(r"self\.get_submodule\('(\d+)'\)", r"self[\1]", line)
+                                                 for line in forward]
+    else:
+        lines = [f"def __init__(self{args}) -> None:", "    super().__init__()",
+                 *(f"    {_assign(path, call)}" for path, call in entries)]
+    if forward:
+        lines += ["", "def forward(self, x: torch.Tensor) -> torch.Tensor:", *(f"    {line}" for line in forward)]
     body = "\n".join(f"    {line}" if line else "" for line in lines)
-    return f'class {cls.name}(nn.Module):\n    """{_docstring(cls)}"""\n\n{body}\n\n\n'
+    base = "nn.Sequential" if numbered else "nn.Module"
+    return f'class {cls.name}({base}):\n    """{_docstring(cls)}"""\n\n{body}\n\n\n'
 
 
 def _assign(path: str, call: str) -> str:
-    return f"self.{path} = {call}" if attr_ok(path) else f"_put(self, {path!r}, {call})"
+    """``self.conv1 = ...``; ``self.add_module('0', ...)`` for a key that is no attribute name; `_put` for a path."""
+    if attr_ok(path):
+        return f"self.{path} = {call}"
+    if "." not in path:
+        method = "register_parameter" if call.startswith("nn.Parameter(") else "add_module"
+        return f"self.{method}({path!r}, {call})"
+    return f"_put(self, {path!r}, {call})"
 
 
 def model_body(template: Template) -> list[str]:
-    return [_assign(path, render(call, lambda _, leaf: leaf.text)) for path, call in template.entries]
+    """The model class's ``__init__`` lines: every value written out."""
+    return [_assign(path, render_lines(call, lambda _, leaf: leaf.text, "        ")) for path, call in template.entries]
 
 
 def _annotation(values: list[Any]) -> str:
@@ -222,12 +256,16 @@ def _annotation(values: list[Any]) -> str:
 
 def _docstring(cls: BlockClass) -> str:
     """Where the class came from: the block's lines in the YAML, and the instances built from it."""
-    locs = [n.loc for inst in cls.instances for n in inst.nodes
-            if n.scope and n.scope[-1][0] == inst.path and n.loc is not None and n.loc.line]
+    locs = [n.loc for inst in cls.instances for n in inst.nodes if n.loc is not None and n.loc.line]
+    direct = [n.loc for inst in cls.instances for n in inst.nodes
+              if n.scope and n.scope[-1][0] == inst.path and n.loc is not None and n.loc.line]
     where = ""
-    if locs:
-        lines = sorted(loc.line for loc in locs)
-        where = f" ({Path(locs[0].file).name}, lines {lines[0]}-{lines[-1]})"
+    if direct:
+        lines = sorted(loc.line for loc in direct)
+        span = f"line {lines[0]}" if lines[0] == lines[-1] else f"lines {lines[0]}-{lines[-1]}"
+        where = f" ({Path(direct[0].file).name}, {span})"
+    elif locs:
+        where = f" (in {Path(locs[0].file).name})"
     paths = [inst.path for inst in cls.instances]
     shown = ", ".join(paths[:4]) + (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
     return f"Block `{cls.block}`{where}: {shown}."

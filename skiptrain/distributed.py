@@ -108,13 +108,16 @@ def check_gpus(processes: int, device: str) -> None:
 
 
 def check_launch(config, processes: int, device: str | None) -> None:
-    """What would fail every process alike, named once before launching: a global batch that does
-    not split evenly over the processes, or more processes than GPUs."""
+    """What would fail every process alike, named once before launching (not once per process, among
+    torchrun's lines): what ``skiptrain validate`` finds, a global batch that does not split evenly over
+    the processes, or more processes than GPUs."""
+    from .api import check_config
     from .config import where
     from .data.options import DataOptions
     from .errors import DataError
     from .settings import TrainSettings
 
+    check_config(config)
     batch = config.data.get("batch_size", DataOptions.model_fields["batch_size"].default)
     if isinstance(batch, int) and batch % processes:
         raise DataError(f"batch_size {batch} does not split evenly over {processes} processes",

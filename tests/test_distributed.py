@@ -260,3 +260,12 @@ def test_metrics_merged_over_shards_equal_one_pass(task, shape, classes):
     merged = shards[1]
     merged.merge(states)
     assert merged.summary() == whole.summary()
+
+
+def test_a_config_error_is_named_once_before_launch(tmp_path):
+    """Not once per process between torchrun's lines: `skiptrain validate`'s checks run before launching."""
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("batch_size: 32,", "batch_size: 32, batch_sise: 4,"))
+    result = run("c.yaml", "--run-dir", "r", "--nproc", "2", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("unknown key `batch_sise`") == 1 and "elastic" not in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()

@@ -235,6 +235,23 @@ def test_a_report_that_fails_at_the_end_of_train_is_a_warning(write_yaml, tmp_pa
     assert (tmp_path / "run" / "summary.json").is_file() and not (tmp_path / "run" / "report.html").exists()
 
 
+@pytest.mark.slow
+def test_a_resnet56_report_with_a_full_schedule_stays_small(tmp_path):
+    run = tmp_path / "r56"
+    result = invoke("train", ROOT / "configs" / "cifar" / "resnet56.yaml", "--set", "data.dataset=synthetic",
+                    "--set", "data.num_samples=1024", "--set", "data.num_classes=10", "--set", "data.augment=[]",
+                    "--set", "data.batch_size=16", "--set", "train.device=cpu", "--epochs", 1, "--limit-batches", 1,
+                    "--run-dir", run, "--quiet")
+    assert result.exit_code == 0, result.output
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    (run / "metrics.jsonl").write_text("".join(json.dumps({**row, "epoch": e, "lr": 0.1 * 0.1 ** (e // 80)}) + "\n"
+                                               for e in range(1, 161)))  # CIFAR's 160-epoch schedule
+    assert invoke("report", run, "--samples", 64).exit_code == 0
+    page = (run / "report.html").read_text()
+    assert page.count("class='sample'") == 64 and "stage3" in page
+    assert len(page.encode()) < 512 * 1024  # well under the issue's 2 MB
+
+
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory) -> Path:
     """A real comparison of two tiny MLPs (2 epochs each): its folder."""

@@ -35,23 +35,7 @@ ID = {"anyOf": [{"type": "string", "pattern": _ID_PATTERN, "not": {"const": "inp
 def config_schema(config: Any = None) -> dict[str, Any]:
     """The whole schema: a full config (model, data, train) or a model-only file; with a config's path,
     also what its own blocks take (their arguments, the names their `${...}` may use)."""
-    from . import registry
-    from .merges import MERGES
-
-    # built once per set of registered names (a plugin or a test's scoped registry changes them)
-    schema = copy.deepcopy(_language_schema(tuple(registry.names()), tuple(MERGES.names())))
-    if config is not None:
-        from .schema_blocks import read_blocks, specialise
-
-        specialise(schema, read_blocks(config))
-    return schema
-
-
-@functools.lru_cache(maxsize=2)
-def _language_schema(*registered: tuple[str, ...]) -> dict[str, Any]:
-    """The schema of the language alone, for these registered names (a per-config schema adds to a copy)."""
     from .config import SECTIONS
-    from .schema_types import type_schema
 
     sections = {"model": {"description": "the network: a mapping, or the path of a model file",
                           "if": {"type": "object"}, "then": {"$ref": "#/$defs/model"}, "else": {"type": "string"}},
@@ -63,7 +47,7 @@ def _language_schema(*registered: tuple[str, ...]) -> dict[str, Any]:
     # a model-only file is told apart as the loader does (`layers:` or `input:` at the top, no `model:`):
     # an empty or misspelled file is read as a full config, and offered `model`, `data`, `train`
     model_only = {"not": {"required": ["model"]}, "anyOf": [{"required": ["layers"]}, {"required": ["input"]}]}
-    return {
+    schema = {
         "$schema": DIALECT,
         "$id": SCHEMA_ID,
         "title": "skiptrain config",
@@ -84,9 +68,29 @@ def _language_schema(*registered: tuple[str, ...]) -> dict[str, Any]:
                   "skip": skip_schema(), "skips": {"type": "array", "items": {"$ref": "#/$defs/skip"}},
                   "ref": {"type": ["string", "integer"], "minimum": 0,
                           "description": "an id in this scope (dotted paths allowed) or `input`"},
-                  "type": type_schema(_summaries(), EXPR),
-                  "layer": layer_schema(), "data": data_schema(), "train": train_schema()},
+                  **_layer_defs(), "data": data_schema(), "train": train_schema()},
     }
+    if config is not None:
+        from .schema_blocks import read_blocks, specialise
+
+        specialise(schema, read_blocks(config))
+    return schema
+
+
+def _layer_defs() -> dict[str, Any]:
+    """`type` and `layer`, the bulk of the schema: built once per set of registered layer and merge names
+    (a plugin, or a test's scoped registry, changes them), copied for each caller."""
+    from . import registry
+    from .merges import MERGES
+
+    return copy.deepcopy(_built_layer_defs(tuple(registry.names()), tuple(MERGES.names())))
+
+
+@functools.lru_cache(maxsize=2)
+def _built_layer_defs(*registered: tuple[str, ...]) -> dict[str, Any]:
+    from .schema_types import type_schema
+
+    return {"type": type_schema(_summaries(), EXPR), "layer": layer_schema()}
 
 
 def new_entry_schema() -> dict[str, Any]:

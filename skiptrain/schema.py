@@ -8,6 +8,10 @@ dataset or train key appears in the schema by itself. The schema is a convenienc
 schema can check).
 
     # yaml-language-server: $schema=./skiptrain.schema.json
+
+Its shape is chosen for what yaml-language-server does with it (``tests/test_schema_lsp.py``
+runs the real server): titles name snippets and hovers, a layer's `type:` lives in
+``schema_types.py``, and ``schema_blocks.py`` adds a config's own blocks (``skiptrain schema CONFIG``).
 """
 from __future__ import annotations
 

@@ -64,6 +64,7 @@ class Blocks:
         self.unify = unify
         self.groups: list[Group] = []
         self.names: set[str] = set()
+        self.referenced: set = set()  # nodes that an `input:`, a skip or an `output:` names
 
     # -- ids and references --------------------------------------------------------------------
     def body(self, call: Call) -> Body:
@@ -76,6 +77,7 @@ class Blocks:
             return "input"
         owner = s.owner.get(node)
         if owner is call:
+            self.referenced.add(node)
             return self.local_id(node, call)
         child = owner
         while child is not None and child.parent is not call:
@@ -151,7 +153,7 @@ class Blocks:
         # containers of different lengths are different lists, not one list with optional tails
         unify = self.unify and not issubclass(call.cls, _CONTAINERS)
         for group in self.groups:
-            if group.cls == cls and group.output == body.output_ref and self._join(group, body, entries, skips, unify):
+            if _variant(group.cls, cls) and group.output == body.output_ref and self._join(group, body, entries, skips, unify):
                 return
         group = Group(cls, self._name(call), output=body.output_ref)
         self.groups.append(group)
@@ -212,7 +214,8 @@ class Blocks:
                                            for e in body.entries))
 
     def _name(self, call: Call) -> str:
-        base = _snake(call.name.split(".")[-1]) if call.cls in _CONTAINERS else _snake(call.cls.__name__)
+        plain = call.cls in _CONTAINERS or call.cls is nn.Module  # named by what they hold: `layer1`, `downsample`
+        base = _snake(call.name.split(".")[-1]) if plain else _snake(call.cls.__name__)
         base = re.sub(r"[^A-Za-z0-9_]", "_", base)
         if not base or base[0].isdigit():
             base = "block_" + base
@@ -240,6 +243,12 @@ class Blocks:
         for group in self.groups:
             visit(group)
         return done
+
+
+def _variant(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    """Classes of one module where one's name starts with the other's: `BasicBlock`, `BasicBlock2`,
+    `BasicBlockDownsample` (skiptrain eject writes a class per structure of a block) may share a definition."""
+    return a[0] == b[0] and (a[1].startswith(b[1]) or b[1].startswith(a[1]))
 
 
 def _copy_id(ids: list[str]) -> str | None | bool:

@@ -156,7 +156,44 @@ def trace(model: nn.Module, example: torch.Tensor, leaf: Callable[[nn.Module], b
     out = next(n for n in order if n.op == "output")
     root = Call("", type(model), 0, len(order), placeholders, out.args[0])
     _nest(root, calls)
-    return Trace(model, graph, order, root, _values(model, graph, example), index)
+    values = _values(model, graph, example)
+    _attributes(root, model, order, values, index)
+    return Trace(model, graph, order, root, values, index)
+
+
+def _attributes(call: Call, model: nn.Module, order: list[fx.Node], values: dict[fx.Node, Any],
+                index: dict[fx.Node, int]) -> None:
+    """Modules that are called only through their children (a plain ``nn.Module`` holding `downsample.0` and
+    `downsample.1`, ``self.features[0](x)``): a call of their own over the nodes from their first child's
+    call to their last, so that their ids stay one name each. Its input and output are what crosses it."""
+    inner = set()
+    for child in call.children:
+        inner.update(range(child.start, child.end))
+    heads: dict[str, list[int]] = {}
+    for i in range(call.start, call.end):
+        node = order[i]
+        if i in inner or node.op != "call_module":
+            continue
+        relative = str(node.target)[len(call.path) + 1:] if call.path else str(node.target)
+        if "." in relative:
+            heads.setdefault(relative.split(".")[0], []).append(i)
+    for head, found in heads.items():
+        start, end = found[0], found[-1] + 1
+        span = set(range(start, end))
+        if span & inner or any(i in span for other, idx in heads.items() if other != head for i in idx):
+            continue  # interleaved with another module's calls: left to the located error of import_scopes
+        reads = {n for i in span for n in order[i].all_input_nodes
+                 if index[n] not in span and isinstance(values.get(n), torch.Tensor) and n.op != "get_attr"}
+        read_after = [order[i] for i in span if any(index[u] not in span for u in order[i].users)]
+        if len(reads) != 1 or len(read_after) > 1:
+            continue
+        path = f"{call.path}.{head}" if call.path else head
+        virtual = Call(path, type(model.get_submodule(path)), start, end, list(reads),
+                       read_after[0] if read_after else order[end - 1], parent=call)
+        call.children.append(virtual)
+    call.children.sort(key=lambda c: c.start)
+    for child in call.children:
+        _attributes(child, model, order, values, index)
 
 
 def _nest(root: Call, calls: list[Call]) -> None:

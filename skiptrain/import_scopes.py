@@ -356,7 +356,7 @@ class Scopes:
                                f"{list(self.values[raw[0]].shape)} and {list(self.values[raw[1]].shape)}",
                                node_location(node), "skiptrain's merges broadcast samples of one rank")
         if (len(raw) == 2 and prev in raw and prev != scope_input and raw[0] != raw[1]
-                and entries and self._single_reader(prev, node)):
+                and entries and entries[-1].kind == "layer" and self._single_reader(prev, node)):
             other = raw[1] if raw[0] == prev else raw[0]
             skip: dict[str, Any] = {"from": other, "to": prev, "merge": merge}
             if merge == "concat":

@@ -172,6 +172,8 @@ class Writer:
             if ("entry", u) in when:
                 out["when"] = when[("entry", u)]
             layers.append(out)
+        patterns = {frozenset(group.entry_map[id(m)]) for m in group.members}  # which entries each member has
+        _omit_auto_ids(layers, [self._stateless(group, u) for u in range(len(group.union))], patterns)
         result: dict[str, Any] = {}
         if group.args:
             result["args"] = {n: _plain(group.defaults[n]) for n in group.args}
@@ -189,6 +191,15 @@ class Writer:
         if group.output is not None:
             result["output"] = _id(group.output)
         return result
+
+    def _stateless(self, group: Group, u: int) -> bool:
+        """Whether entry ``u`` is a module without weights or buffers that nothing names by its id."""
+        entries = [self.entries_of(group, m).get(u) for m in group.members]
+        if any(e is None or e.kind != "layer" or e.node is None or e.node.op != "call_module"
+               or e.node in self.blocks.referenced for e in entries):
+            return False
+        module = self.blocks.scopes.trace.model.get_submodule(str(entries[0].node.target))
+        return not any(True for _ in module.parameters()) and not any(True for _ in module.buffers())
 
     def _instance(self, group: Group, u: int, skeleton: tuple, entry: Entry) -> dict[str, Any]:
         """A block instance (or a repeat) in a definition: its `block:`, `repeat:`, `args:`, `first_args:`."""
@@ -214,6 +225,45 @@ class Writer:
         if first:
             out["first_args"] = first
         return out
+
+
+def _omit_auto_ids(layers: list[dict[str, Any]], stateless: list[bool], patterns: set[frozenset[int]]) -> None:
+    """Leave out the ids that skiptrain would give anyway (``spec.auto_id``: `<type>_<k>` per scope, over the
+    entries that `when:` keeps) where nothing hangs on them: `{type: relu}`, not `{id: relu_1, type: relu}`."""
+    omitted = {i for i, layer in enumerate(layers) if stateless[i] and isinstance(layer.get("id"), str)}
+    while True:
+        wrong = set()
+        for kept in patterns:
+            wrong |= _wrong_ids(layers, omitted, kept)
+        if not wrong:
+            break
+        omitted.discard(min(wrong))  # the first: a wrong one shifts the counters of those after it
+    for i in omitted:
+        del layers[i]["id"]
+
+
+def _wrong_ids(layers: list[dict[str, Any]], omitted: set[int], kept: frozenset[int]) -> set[int]:
+    """The omitted ids that skiptrain's automatic ids would not give back, for one set of kept entries."""
+    declared = {str(layer["id"]) for i, layer in enumerate(layers) if "id" in layer and i not in omitted}
+    counters: dict[str, int] = {}
+    local: set[str] = set()
+    wrong = set()
+    for i, layer in enumerate(layers):
+        if i not in kept:
+            continue
+        if "id" in layer and i not in omitted:
+            local.add(str(layer["id"]))
+            continue
+        base = re.sub(r"[^A-Za-z0-9_]", "_", str(layer.get("type"))).lower() or "layer"
+        while True:
+            counters[base] = counters.get(base, 0) + 1
+            candidate = f"{base}_{counters[base]}"
+            if candidate not in declared and candidate not in local:
+                break
+        local.add(candidate)
+        if i in omitted and candidate != layer["id"]:
+            wrong.add(i)
+    return wrong
 
 
 def _param(value: Any) -> bool:

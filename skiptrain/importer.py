@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -177,7 +178,7 @@ def import_model(target: str, input_shape: str | list[int], output: str | Path, 
     out = check_output(output, overwrite=overwrite)
     weights_out = check_output(weights, [out], overwrite=overwrite, option="--weights") if weights else None
     model = build(target, arguments)
-    name = target.partition(":")[2].split(".")[-1] or "model"
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", target.partition(":")[2].split(".")[-1]).lower() or "model"
     written, example = section(model, shape, name)
     try:
         report = check(written, model, example)

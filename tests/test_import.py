@@ -121,8 +121,8 @@ def test_hand_written_concat_gate_and_long_skip(tmp_path):
     assert [e.get("block") for e in model["layers"] if "block" in e] == ["unit", "unit", "unit", "gate"]
     c = next(e for e in model["layers"] if e.get("id") == "c")
     assert c["args"] == {"stride": 2, "out_channels": 16} or c["args"] == {"out_channels": 16, "stride": 2}
-    assert {"from": "a", "to": "b", "merge": "concat", "axis": 0} in model["skips"]  # cat([b, a])
-    assert {"from": "gate", "to": "proj"} in model["skips"]  # the long skip's add
+    assert {"type": "concat", "axis": 0, "input": ["b", "a"]} in model["layers"]  # cat([b, a]): b is a block
+    assert model["skips"] == [{"from": "gate", "to": "proj"}]  # the long skip's add, into the layer before it
     assert next(e for e in model["layers"] if e.get("id") == "proj")["input"] == "stem"
     assert model["blocks"]["gate"]["skips"] == [{"from": "input", "to": "sigmoid", "merge": "mul"}]
 
@@ -150,8 +150,69 @@ def test_resnet18_blocks_keys_and_outputs(tmp_path):
                                 "first_args": {"stride": 2, "downsample": True}}
     block = model["blocks"]["basic_block"]
     assert block["args"] == {"out_channels": 64, "stride": 1, "downsample": False}
-    assert {"from": "input", "to": "bn2", "when": "${not downsample}"} in block["skips"]
+    assert block["skips"] == [{"from": "input", "to": "bn2", "when": "${not downsample}"}]
     assert next(e for e in block["layers"] if e.get("id") == "downsample")["when"] == "${downsample}"
+    assert {"type": "add", "input": ["bn2", "downsample"], "when": "${downsample}"} in block["layers"]
+
+
+def import_text(target: str, shape: str, path: Path) -> dict:
+    """The model section `skiptrain import` writes for ``target`` (the header comment names the target)."""
+    api.import_model(target, shape, path, overwrite=True)
+    return yaml.safe_load(path.read_text())
+
+
+def test_round_trip_import_eject_import_is_stable(tmp_path, monkeypatch):
+    first = import_text("tests.test_import:HandWritten", "3,16,16", tmp_path / "first.yaml")
+    result = invoke("eject", tmp_path / "first.yaml", "--output", tmp_path / "ejected_hand.py")
+    assert result.exit_code == 0, result.output
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert import_text("ejected_hand:HandWritten", "3,16,16", tmp_path / "second.yaml") == first
+
+
+SLOW_MODELS = [("resnet50", "3,64,64"), ("mobilenet_v2", "3,64,64"), ("mobilenet_v3_small", "3,64,64"),
+               ("efficientnet_b0", "3,64,64"), ("regnet_y_400mf", "3,64,64"), ("densenet121", "3,64,64"),
+               ("convnext_tiny", "3,64,64"), ("vit_b_16", "3,224,224")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, shape", SLOW_MODELS)
+def test_torchvision_models_import_exactly(tmp_path, name, shape):
+    torchvision = pytest.importorskip("torchvision")
+    out, weights = tmp_path / f"{name}.yaml", tmp_path / f"{name}.safetensors"
+    result = api.import_model(f"torchvision.models:{name}", shape, out, weights=weights)
+    from safetensors.torch import load_file
+
+    original = getattr(torchvision.models, name)()
+    original.load_state_dict(load_file(weights))
+    rebuilt(out, original, [int(d) for d in shape.split(",")])
+    assert result["parameters"] == sum(p.numel() for p in original.parameters())
+    model = yaml.safe_load(out.read_text())["model"]
+    assert model["blocks"], "repeated submodules become blocks"
+    if name == "resnet50":  # the zoo's shape: one bottleneck, layer1..4 repeat it
+        assert set(model["blocks"]) == {"bottleneck", "downsample"}
+        layers = {e.get("id"): e for e in model["layers"]}
+        assert layers["layer3"] == {"id": "layer3", "block": "bottleneck", "repeat": 6,
+                                    "args": {"out_channels": 256, "out_channels_conv3": 1024},
+                                    "first_args": {"stride": 2, "downsample": True}}
+    if name == "vit_b_16":
+        encoder = model["blocks"]["encoder"]["layers"]
+        assert {"id": "layers", "block": "encoder_block", "repeat": 12,
+                "copy_id": "encoder_layer_${repeat_index}"} in encoder
+        assert {"id": "pos_embedding", "type": "position_embedding"} in encoder
+        assert {"id": "class_token", "type": "class_token"} in model["layers"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, shape", [("resnet18", "3,32,32"), ("resnet50", "3,64,64"),
+                                         ("mobilenet_v3_small", "3,64,64")])
+def test_torchvision_round_trip_is_stable(tmp_path, monkeypatch, name, shape):
+    pytest.importorskip("torchvision")
+    first = import_text(f"torchvision.models:{name}", shape, tmp_path / "first.yaml")
+    assert invoke("eject", tmp_path / "first.yaml", "--output", tmp_path / f"ejected_{name}.py").exit_code == 0
+    ejected = (tmp_path / f"ejected_{name}.py").read_text()
+    class_name = [line.split()[1].split("(")[0] for line in ejected.splitlines() if line.startswith("class ")][-1]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert import_text(f"ejected_{name}:{class_name}", shape, tmp_path / "second.yaml") == first
 
 
 def test_untraceable_model_names_module_and_line(tmp_path):

@@ -57,13 +57,11 @@ class Segmentation(Task):
         """A palette PNG per sample in ``output_dir`` (predictions/), pixel value = class index,
         and each class's share of the pixels."""
         import numpy as np
-        from PIL import Image
 
         from ..outputs import atomic_output
 
         output_dir = Path(output_dir) if output_dir else Path("predictions")
         output_dir.mkdir(parents=True, exist_ok=True)
-        palette = PALETTE + [128] * (768 - len(PALETTE))
         answers, used = [], set()
         for label, logits in zip(labels, outputs):
             mask = logits.argmax(axis=0).astype(np.uint8)
@@ -73,9 +71,7 @@ class Segmentation(Task):
                 n += 1
                 name = f"{stem}_mask{n}.png"
             used.add(name)
-            plane = mask if mask.ndim == 2 else mask.reshape(-1 if mask.ndim > 2 else 1, mask.shape[-1])
-            image = Image.frombytes("P", (plane.shape[1], plane.shape[0]), np.ascontiguousarray(plane).tobytes())
-            image.putpalette(palette)
+            image = mask_image(mask)
             with atomic_output(output_dir / name, option="--output-dir") as temp:  # never half a mask
                 image.save(temp, format="PNG")
             counts = np.bincount(mask.reshape(-1), minlength=logits.shape[0])
@@ -98,7 +94,8 @@ class Segmentation(Task):
 
 
 def mask_image(mask):
-    """A 2-D array of class indices as a palette image (pixel value = class index)."""
+    """Class indices as a palette image (pixel value = class index; a 1-D mask is one row, more axes
+    stack their rows): ``predict``'s mask files and the report's masks."""
     import numpy as np
     from PIL import Image
 

@@ -105,7 +105,8 @@ def _evaluate(arg: Any, env: dict[fx.Node, Any], shapes: Any = None) -> Any:
         if n in env:
             return env[n]
         if not ignorable(n):
-            env[n] = torch.empty((batch, *_shape_of(n, shapes, [n])[0]), device="meta")
+            known = shapes if isinstance(shapes, dict) else None  # a list is in the call's operand order
+            env[n] = torch.empty((batch, *_shape_of(n, known, [n])[0]), device="meta")
             return env[n]
         env[n] = _run(n, env, shapes)
         return env[n]

@@ -276,7 +276,7 @@ def _svg(d: Drawing, opened: set[int], everything: bool) -> str:
         lx = lane_x + skip["lane"] * L.LANE_GAP
         skips.append(f'<path class="{"skip projected" if "proj" in skip else "skip"}" id="s{i}" '
                      f'd="{L.skip_path(a, b, lx)}"><title>{escape(skip["title"])}</title></path>')
-        where = (b.x + b.w + 12, b.y + b.h * 0.3 - 5)
+        where = (b.x - 40 if a.x + a.w < b.x else b.x + b.w + 12, b.y + b.h * 0.3 - 5)  # beside its arrow
         if everything or (where, skip["merge"]) not in merges:  # one label where many loops overlap
             merges.add((where, skip["merge"]))
             skips.append(f'<text class="merge" id="m{i}" x="{where[0]:g}" y="{where[1]:g}">'

@@ -215,8 +215,12 @@ def edge_path(a: Box, b: Box, hidden: bool = False) -> str:
 
 
 def skip_path(a: Box, b: Box, lx: float) -> str:
-    """A skip from the right side of ``a`` out to lane ``lx``, down, and into the right side of ``b``."""
+    """A skip from the right side of ``a`` out to lane ``lx``, down, and into the right side of ``b``;
+    from a side column on the left (a branch into its merge), down that column into ``b``'s left side."""
     sx, sy, tx, ty = a.x + a.w, a.y + a.h * 0.7, b.x + b.w, b.y + b.h * 0.3
+    if sx < b.x and ty > a.y + a.h:
+        ax = a.x + a.w / 2
+        return f"M{ax:g},{a.y + a.h:g}V{ty - 10:g}Q{ax:g},{ty:g} {ax + 10:g},{ty:g}H{b.x:g}"
     if a is b:  # both ends inside one closed box: a loop on its side, below where skips from above arrive
         mid = a.y + a.h * 0.5
         return f"M{sx:g},{sy + 4:g}C{sx + 24:g},{sy + 4:g} {sx + 24:g},{mid:g} {tx:g},{mid:g}"
@@ -261,6 +265,7 @@ function edgePath(a,b,hidden){var ax=a.x+a.w/2,ay=a.y+a.h,bx=b.x+b.w/2,by=b.y,t;
  if(bx<ax){t=Math.min(ay+16,by);return "M"+ax+","+ay+"C"+ax+","+t+" "+bx+","+ay+" "+bx+","+t+"V"+by;}
  t=Math.max(ay,by-16);return "M"+ax+","+ay+"V"+t+"C"+ax+","+by+" "+bx+","+t+" "+bx+","+by;}
 function skipPath(a,b,lx){var sx=a.x+a.w,sy=a.y+a.h*0.7,tx=b.x+b.w,ty=b.y+b.h*0.3;
+ if(sx<b.x&&ty>a.y+a.h){var ax=a.x+a.w/2;return "M"+ax+","+(a.y+a.h)+"V"+(ty-10)+"Q"+ax+","+ty+" "+(ax+10)+","+ty+"H"+b.x;}
  if(a===b){var mid=a.y+a.h*0.5;return "M"+sx+","+(sy+4)+"C"+(sx+24)+","+(sy+4)+" "+(sx+24)+","+mid+" "+tx+","+mid;}
  var r=Math.min(10,Math.abs(ty-sy)/2)*(ty>=sy?1:-1),q=Math.abs(r);
  return "M"+sx+","+sy+"H"+(lx-q)+"Q"+lx+","+sy+" "+lx+","+(sy+r)+"V"+(ty-r)+"Q"+lx+","+ty+" "+(lx-q)+","+ty+"H"+tx;}
@@ -277,7 +282,7 @@ function draw(){var kinds={},boxes={};visit(M.root,kinds);place(M.root,C.Y0,true
   if(a!==b)p.setAttribute("d",edgePath(boxes[a],boxes[b],between(tops,boxes[a],boxes[b])));});
  var laneX=right+24,labelX=laneX+(M.lanes+1)*C.LANE_GAP+16,placed=[],width=labelX;
  M.skips.forEach(function(s,i){var a=boxes[anchor(s[0],kinds)],b=boxes[anchor(s[1],kinds)],lx=laneX+s[2]*C.LANE_GAP;
-  $("s"+i).setAttribute("d",skipPath(a,b,lx));var m=$("m"+i);m.setAttribute("x",b.x+b.w+12);m.setAttribute("y",b.y+b.h*0.3-5);
+  $("s"+i).setAttribute("d",skipPath(a,b,lx));var m=$("m"+i),left=a.x+a.w<b.x;m.setAttribute("x",left?b.x-40:b.x+b.w+12);m.setAttribute("y",b.y+b.h*0.3-5);
   var g=$("p"+i);if(!g)return;var y=labelY((a.y+a.h*0.7+b.y+b.h*0.3)/2-17,placed);g.setAttribute("transform","translate("+labelX+","+y+")");
   g.querySelector("path").setAttribute("d","M"+(lx-labelX)+",17H0");width=Math.max(width,labelX+(+g.querySelector("rect").getAttribute("width")));});
  var svg=$("skd-svg"),w=width+20-left+C.X0,h=boxes[M.root].h+2*C.Y0;svg.setAttribute("viewBox",(left-C.X0)+" 0 "+w+" "+h);

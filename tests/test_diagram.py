@@ -157,28 +157,70 @@ def test_page_has_no_external_references():
         assert needle not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 
-def test_page_renders_in_chromium_and_blocks_open(tmp_path):
+PARITY = """
+model:
+  name: parity
+  input: [8]
+  blocks:
+    mlp:
+      args: {width: 8}
+      layers:
+        - {id: fc1, type: linear, out_features: "${width}"}
+        - {type: relu}
+        - {id: fc2, type: linear, out_features: "${width}"}
+      skips:
+        - {from: input, to: fc2}
+  layers:
+    - {id: stem, type: linear, out_features: 8}
+    - {id: body, block: mlp, repeat: 7}
+    - {id: wide, block: mlp, args: {width: 16}}
+    - {id: side, type: linear, out_features: 16, input: stem}
+    - {id: out, type: add, input: [wide.fc2, side]}
+    - {id: head, type: linear, out_features: 4}
+"""  # boxes, a fold, a projection, a side branch into a merge
+
+
+def placed(svg: str) -> dict[str, tuple[float, ...]]:
+    """Each shown unit's position and each skip's path, as numbers, from an SVG's text."""
+    found = {m[1]: (float(m[2]), float(m[3])) for m in re.finditer(
+        r'<g class="[^"]*" id="([nbf]\d+)" transform="translate\(([^,]+),([^)]+)\)"( style="[^"]*")?', svg)
+        if "none" not in (m[4] or "")}
+    for m in re.finditer(r'<path class="skip[^"]*" id="(s\d+)" d="([^"]+)"', svg):
+        found[m[1]] = tuple(float(v) for v in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", m[2]))
+    return found
+
+
+def test_page_renders_in_chromium_opens_blocks_and_agrees_with_python(tmp_path, write_yaml):
     need_chromium()
-    plan = check_model(RESNET20)
+    plan = check_model(write_yaml(PARITY))
     d = build(plan)
-    first = next(u.key for u in d.root.children if not u.leaf)  # stage1.0's box
+    first = next(u.key for u in d.root.children if not u.leaf)  # body.0's box
     page, clicked = tmp_path / "graph.html", tmp_path / "clicked.html"
     page.write_text(render_html(plan))
-    # the same page, which notes how many boxes were drawn, then opens the first block
+    # the same page, which notes how many boxes it drew, opens the first block, closes it, zooms out, opens all
     clicked.write_text(page.read_text().replace("</body>", (
         '<script>var s=document.getElementById("skd-svg");s.setAttribute("data-before",s.getAttribute("data-drawn"));'
         f'document.getElementById("b{first}").dispatchEvent(new MouseEvent("click",{{bubbles:true}}));'
         's.setAttribute("data-opened",s.getAttribute("data-drawn"));'
         f'document.querySelector("#h{first} text").dispatchEvent(new MouseEvent("click",{{bubbles:true}}));'
-        's.setAttribute("data-w0",s.getAttribute("width"));document.getElementById("skd-out").click();'
+        's.setAttribute("data-closed",s.getAttribute("data-drawn"));'
+        'document.getElementById("skd-out").click();document.getElementById("skd-open").click();'
         "</script></body>")))
     dom, errors = load(clicked)
     assert errors == [] and not script_error(dom)
-    assert 'data-before="15"' in dom  # every shown box of the closed view has a non-zero size in the browser
-    assert 'data-opened="21"' in dom  # the box became a frame around its 6 nodes
-    assert 'data-drawn="15"' in dom  # and clicking the frame's title closed it again
-    widths = re.search(r'<svg [^>]*width="([\d.]+)"[^>]*data-w0="([\d.]+)"', dom)
-    assert widths and float(widths.group(1)) == pytest.approx(float(widths.group(2)) / 1.25)  # zoomed out
-    assert len(shown(d.root, d.opened | {first})) == 21
+    everything = {k for k, u in d.units.items() if not u.leaf}
+    # every shown box has a non-zero size in the browser, before and after opening and closing
+    assert f'data-before="{len(shown(d.root, d.opened))}"' in dom
+    assert f'data-opened="{len(shown(d.root, d.opened | {first}))}"' in dom  # the box became a frame and 3 nodes
+    assert f'data-closed="{len(shown(d.root, d.opened))}"' in dom
+    assert f'data-drawn="{len(shown(d.root, everything))}"' in dom
+    width = re.search(r'<svg [^>]*width="([\d.]+)"', dom).group(1)
+    # zoomed out: 1/1.25 of the fully open diagram's width (wider than the closed one's)
+    assert float(width) == pytest.approx(float(ET.fromstring(render_svg(plan, False)).get("width")) / 1.25)
+    # the script placed every unit and drew every skip where Python does
+    python, browser = placed(render_svg(plan, collapse=False)), placed(dom)
+    assert python.keys() == browser.keys() and len(python) > 30
+    for key, numbers in python.items():
+        assert browser[key] == pytest.approx(numbers, abs=0.01), key
     png = screenshot(page, tmp_path / "graph.png", (1400, 1000))
     assert png.stat().st_size > 10_000

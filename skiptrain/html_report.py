@@ -364,13 +364,17 @@ def _shapes(entry: dict) -> str:
 def _details(summary: dict, history: list[dict], config: dict, restored) -> str:
     import torch
 
-    train = config.get("train") or {}
+    # the settings in force (defaults filled in) from the checkpoint; the config's train section without one
+    train = dict(config.get("train") or {}, **((restored.state.settings or {}) if restored is not None else {}))
+    device = str(summary.get("device", "?"))
+    precision = str(train.get("precision", "auto"))
+    if precision == "auto":
+        precision += ": bf16 autocast where the GPU supports it" if device.startswith("cuda") else ": fp32"
     seconds = [r.get("seconds") for r in history if isinstance(r.get("seconds"), (int, float))]
     speeds = [r.get("samples_per_s") for r in history if isinstance(r.get("samples_per_s"), (int, float))]
     trained = restored.state.skiptrain_version if restored is not None else None
-    rows = [("device", f"{summary.get('device', '?')}" + (f" x {summary['world_size']} processes"
-                                                           if summary.get("world_size", 1) > 1 else "")),
-            ("precision", train.get("precision", "fp32 (default)")), ("seed", train.get("seed", 0)),
+    rows = [("device", device + (f" x {summary['world_size']} processes" if summary.get("world_size", 1) > 1 else "")),
+            ("precision", precision), ("seed", train.get("seed", 0)),
             ("deterministic", train.get("deterministic", False)),
             ("training time", f"{sum(seconds):.1f} s over {len(seconds)} epochs" if seconds else "-"),
             ("throughput", f"{sum(speeds) / len(speeds):,.0f} samples/s (mean over epochs), "
@@ -382,11 +386,10 @@ def _details(summary: dict, history: list[dict], config: dict, restored) -> str:
 
 
 def _json(path: Path) -> Any:
+    """A JSON file of the run, or None when it is missing or cut short (a kill during an older, non-atomic write)."""
     text = _text(path)
-    if text is None:
-        return None
     try:
-        return json.loads(text)
+        return None if text is None else json.loads(text)
     except ValueError:
         return None
 

@@ -190,23 +190,23 @@ def _place(box: L.Box | None) -> str:
     return f' transform="translate({box.x:g},{box.y:g})"' if box else ' transform="translate(0,0)" style="display:none"'
 
 
-def _frame_svg(d: Drawing, key: int, box: L.Box | None) -> tuple[str, str]:
+def _frame_svg(d: Drawing, key: int, box: L.Box | None, pre: str = "") -> tuple[str, str]:
     """An open group: its frame, and its title, which is drawn above the edges that cross it (and closes it)."""
     w, h = (box.w, box.h) if box else (L.NODE_W, L.BOX_H)
     title = f"<title>{escape(d.titles.get(key, ''))}</title>"
-    return (f'<g class="frame" id="f{key}"{_place(box)}><rect width="{w:g}" height="{h:g}" rx="6"/>{title}</g>',
-            (f'<g class="head" id="h{key}"{_place(box)}><text class="toggle" x="8" y="16">− '
+    return (f'<g class="frame" id="{pre}f{key}"{_place(box)}><rect width="{w:g}" height="{h:g}" rx="6"/>{title}</g>',
+            (f'<g class="head" id="{pre}h{key}"{_place(box)}><text class="toggle" x="8" y="16">− '
              f'{escape(_fit(d.lines[key][0], 60))}</text>{title}</g>'))
 
 
-def _unit_svg(d: Drawing, key: int, kind: str, box: L.Box | None) -> str:
+def _unit_svg(d: Drawing, key: int, kind: str, box: L.Box | None, pre: str = "") -> str:
     """A node or a closed group as an SVG group: a box with two lines of text; ``box`` None: hidden."""
     w, h = L.NODE_W, L.NODE_H if kind == "node" else L.BOX_H
     where, title = _place(box), f"<title>{escape(d.titles.get(key, ''))}</title>"
     line1, line2 = d.lines.get(key, ("", ""))
     cls = "node" if kind == "node" else "block fold" if d.kinds[key] == "fold" else "block"
     mark = f'<text class="toggle" x="{w - 8:g}" y="17" text-anchor="end">+</text>' if kind == "block" else ""
-    return (f'<g class="{cls}" id="{"n" if kind == "node" else "b"}{key}"{where}>'
+    return (f'<g class="{cls}" id="{pre}{"n" if kind == "node" else "b"}{key}"{where}>'
             f'<rect width="{w:g}" height="{h:g}" rx="{4 if kind == "node" else 7}"/>'
             f'<text x="8" y="16" class="l1">{escape(_fit(line1))}</text>'
             f'<text x="8" y="{h - 9:g}" class="l2">{escape(_fit(line2, _CHARS + 6))}</text>{mark}{title}</g>')
@@ -240,6 +240,7 @@ def _svg(d: Drawing, opened: set[int], everything: bool) -> str:
     lane_x = max(boxes[k].x + boxes[k].w for k in kinds) + 24
     label_x = lane_x + (max((s["lane"] for s in d.skips), default=-1) + 1) * L.LANE_GAP + 16
     frames, heads, units, edges, skips, labels = [], [], [], [], [], []
+    pre = "skd-" if everything else ""  # the page's ids, apart from those of a static copy on the same page
     for unit in d.root.walk():
         key, kind = unit.key, kinds.get(unit.key)
         if unit is d.root or (kind is None and not everything):
@@ -248,11 +249,11 @@ def _svg(d: Drawing, opened: set[int], everything: bool) -> str:
         for form in forms:
             box = boxes[key] if form == kind else None
             if form == "frame":
-                frame, head = _frame_svg(d, key, box)
+                frame, head = _frame_svg(d, key, box, pre)
                 frames.append(frame)
                 heads.append(head)
             else:
-                units.append(_unit_svg(d, key, form, box))
+                units.append(_unit_svg(d, key, form, box, pre))
     anchors = {k: L.anchor(d.units[k], kinds) for k in d.units if d.units[k].leaf}
     tops: dict[float, list[float]] = {}
     for k, kind in kinds.items():
@@ -265,7 +266,7 @@ def _svg(d: Drawing, opened: set[int], everything: bool) -> str:
         a, b = anchors[s], anchors[t]
         path = L.edge_path(boxes[a], boxes[b], L.between(tops, boxes[a], boxes[b])) if a != b else ""
         if everything:  # one path per edge, for the script to move or hide
-            edges.append(f'<path class="edge" id="e{i}" ' + (f'd="{path}"/>' if path else 'style="display:none"/>'))
+            edges.append(f'<path class="edge" id="{pre}e{i}" ' + (f'd="{path}"/>' if path else 'style="display:none"/>'))
         elif path and (a, b) not in drawn:
             drawn.add((a, b))
             edges.append(f'<path class="edge" d="{path}"/>')
@@ -274,19 +275,19 @@ def _svg(d: Drawing, opened: set[int], everything: bool) -> str:
     for i, skip in enumerate(d.skips):
         a, b = boxes[anchors[skip["s"]]], boxes[anchors[skip["t"]]]
         lx = lane_x + skip["lane"] * L.LANE_GAP
-        skips.append(f'<path class="{"skip projected" if "proj" in skip else "skip"}" id="s{i}" '
+        skips.append(f'<path class="{"skip projected" if "proj" in skip else "skip"}" id="{pre}s{i}" '
                      f'd="{L.skip_path(a, b, lx)}"><title>{escape(skip["title"])}</title></path>')
         where = (b.x - 40 if a.x + a.w < b.x else b.x + b.w + 12, b.y + b.h * 0.3 - 5)  # beside its arrow
         if everything or (where, skip["merge"]) not in merges:  # one label where many loops overlap
             merges.add((where, skip["merge"]))
-            skips.append(f'<text class="merge" id="m{i}" x="{where[0]:g}" y="{where[1]:g}">'
+            skips.append(f'<text class="merge" id="{pre}m{i}" x="{where[0]:g}" y="{where[1]:g}">'
                          f'{escape(skip["merge"])}</text>')
         if "proj" in skip:
             y = L.label_y((a.y + a.h * 0.7 + b.y + b.h * 0.3) / 2 - 17, placed)
             w = 12 + 6.4 * max(len(_fit(t, 64)) for t in skip["proj"])
             width = max(width, label_x + w)
             line1, line2 = (escape(_fit(t, 64)) for t in skip["proj"])
-            labels.append(f'<g class="proj" id="p{i}" transform="translate({label_x:g},{y:g})">'
+            labels.append(f'<g class="proj" id="{pre}p{i}" transform="translate({label_x:g},{y:g})">'
                           f'<path class="lead" d="M{lx - label_x:g},17H0"/><rect width="{w:g}" height="34" rx="4"/>'
                           f'<text x="6" y="14">{line1}</text><text x="6" y="28">{line2}</text>'
                           f'<title>{escape(skip["title"])}</title></g>')

@@ -244,7 +244,7 @@ SCRIPT = r"""
 (function(){
 var M=JSON.parse(document.getElementById("skd-model").textContent),C=M.C,U=M.units,open=new Set(M.open),parent={},zoom=1;
 Object.keys(U).forEach(function(k){U[k][3].forEach(function(c){parent[c]=+k;});});
-function $(id){return document.getElementById(id);}
+function $(id){return document.getElementById(id);}function u(id){return $("skd-"+id);}
 function height(k,root){var u=U[k];if(u[0])return C.NODE_H;if(!root&&!open.has(k))return C.BOX_H;var rows={};
  u[3].forEach(function(c){rows[U[c][1]]=Math.max(rows[U[c][1]]||0,height(c,false));});var hs=Object.values(rows);
  var inner=hs.reduce(function(a,b){return a+b;},0)+C.ROW_GAP*Math.max(hs.length-1,0);return root?inner:C.HEAD+inner+C.PAD;}
@@ -272,18 +272,18 @@ function skipPath(a,b,lx){var sx=a.x+a.w,sy=a.y+a.h*0.7,tx=b.x+b.w,ty=b.y+b.h*0.
 function labelY(w,placed){placed.slice().sort(function(a,b){return a-b;}).forEach(function(p){if(p-40<w&&w<p+40)w=p+40;});placed.push(w);return w;}
 function draw(){var kinds={},boxes={};visit(M.root,kinds);place(M.root,C.Y0,true,boxes);var left=1e9,right=-1e9,drawn=0;
  Object.keys(U).forEach(function(k){k=+k;if(k===M.root)return;var s=kinds[k],b=boxes[k];
-  ["n","b","f","h"].forEach(function(p){var e=$(p+k);if(!e)return;var on=(p==="n"&&s==="node")||(p==="b"&&s==="block")||((p==="f"||p==="h")&&s==="frame");
+  ["n","b","f","h"].forEach(function(p){var e=u(p+k);if(!e)return;var on=(p==="n"&&s==="node")||(p==="b"&&s==="block")||((p==="f"||p==="h")&&s==="frame");
    e.style.display=on?"":"none";if(!on)return;e.setAttribute("transform","translate("+b.x+","+b.y+")");
    if(p==="f"){var r=e.querySelector("rect");r.setAttribute("width",b.w);r.setAttribute("height",b.h);}
    left=Math.min(left,b.x);right=Math.max(right,b.x+b.w);});});
  var tops={};Object.keys(kinds).forEach(function(k){if(kinds[k]!=="frame"){var b=boxes[k];(tops[b.x]=tops[b.x]||[]).push(b.y);}});
  Object.keys(tops).forEach(function(x){tops[x].sort(function(a,b){return a-b;});});
- M.edges.forEach(function(e,i){var a=anchor(e[0],kinds),b=anchor(e[1],kinds),p=$("e"+i);p.style.display=a===b?"none":"";
+ M.edges.forEach(function(e,i){var a=anchor(e[0],kinds),b=anchor(e[1],kinds),p=u("e"+i);p.style.display=a===b?"none":"";
   if(a!==b)p.setAttribute("d",edgePath(boxes[a],boxes[b],between(tops,boxes[a],boxes[b])));});
  var laneX=right+24,labelX=laneX+(M.lanes+1)*C.LANE_GAP+16,placed=[],width=labelX;
  M.skips.forEach(function(s,i){var a=boxes[anchor(s[0],kinds)],b=boxes[anchor(s[1],kinds)],lx=laneX+s[2]*C.LANE_GAP;
-  $("s"+i).setAttribute("d",skipPath(a,b,lx));var m=$("m"+i),left=a.x+a.w<b.x;m.setAttribute("x",left?b.x-40:b.x+b.w+12);m.setAttribute("y",b.y+b.h*0.3-5);
-  var g=$("p"+i);if(!g)return;var y=labelY((a.y+a.h*0.7+b.y+b.h*0.3)/2-17,placed);g.setAttribute("transform","translate("+labelX+","+y+")");
+  u("s"+i).setAttribute("d",skipPath(a,b,lx));var m=u("m"+i),left=a.x+a.w<b.x;m.setAttribute("x",left?b.x-40:b.x+b.w+12);m.setAttribute("y",b.y+b.h*0.3-5);
+  var g=u("p"+i);if(!g)return;var y=labelY((a.y+a.h*0.7+b.y+b.h*0.3)/2-17,placed);g.setAttribute("transform","translate("+labelX+","+y+")");
   g.querySelector("path").setAttribute("d","M"+(lx-labelX)+",17H0");width=Math.max(width,labelX+(+g.querySelector("rect").getAttribute("width")));});
  var svg=$("skd-svg"),w=width+20-left+C.X0,h=boxes[M.root].h+2*C.Y0;svg.setAttribute("viewBox",(left-C.X0)+" 0 "+w+" "+h);
  svg.setAttribute("width",w*zoom);svg.setAttribute("height",h*zoom);
@@ -291,8 +291,8 @@ function draw(){var kinds={},boxes={};visit(M.root,kinds);place(M.root,C.Y0,true
  svg.setAttribute("data-drawn",drawn);}
 function unit(e){return e.target.closest("g.node,g.block,g.head,g.frame,g.proj,path.skip");}
 var svg=$("skd-svg"),info=$("skd-info");
-svg.addEventListener("click",function(e){var g=unit(e);if(!g)return;var k=+g.id.slice(1);
- if(g.id[0]==="b"){open.add(k);draw();}else if(g.id[0]==="h"){open.delete(k);draw();}});
+svg.addEventListener("click",function(e){var g=unit(e);if(!g)return;var k=+g.id.slice(5);
+ if(g.id[4]==="b"){open.add(k);draw();}else if(g.id[4]==="h"){open.delete(k);draw();}});
 svg.addEventListener("mouseover",function(e){var g=unit(e);if(g&&info){var t=g.querySelector("title");info.textContent=t?t.textContent:"";}});
 function all(v){Object.keys(U).forEach(function(k){if(!U[k][0]&&+k!==M.root){if(v)open.add(+k);else open.delete(+k);}});draw();}
 var b=$("skd-open");if(b)b.onclick=function(){all(true);};b=$("skd-close");if(b)b.onclick=function(){all(false);};

@@ -183,9 +183,9 @@ model:
 def placed(svg: str) -> dict[str, tuple[float, ...]]:
     """Each shown unit's position and each skip's path, as numbers, from an SVG's text."""
     found = {m[1]: (float(m[2]), float(m[3])) for m in re.finditer(
-        r'<g class="[^"]*" id="([nbf]\d+)" transform="translate\(([^,]+),([^)]+)\)"( style="[^"]*")?', svg)
+        r'<g class="[^"]*" id="(?:skd-)?([nbf]\d+)" transform="translate\(([^,]+),([^)]+)\)"( style="[^"]*")?', svg)
         if "none" not in (m[4] or "")}
-    for m in re.finditer(r'<path class="skip[^"]*" id="(s\d+)" d="([^"]+)"', svg):
+    for m in re.finditer(r'<path class="skip[^"]*" id="(?:skd-)?(s\d+)" d="([^"]+)"', svg):
         found[m[1]] = tuple(float(v) for v in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", m[2]))
     return found
 
@@ -200,9 +200,9 @@ def test_page_renders_in_chromium_opens_blocks_and_agrees_with_python(tmp_path, 
     # the same page, which notes how many boxes it drew, opens the first block, closes it, zooms out, opens all
     clicked.write_text(page.read_text().replace("</body>", (
         '<script>var s=document.getElementById("skd-svg");s.setAttribute("data-before",s.getAttribute("data-drawn"));'
-        f'document.getElementById("b{first}").dispatchEvent(new MouseEvent("click",{{bubbles:true}}));'
+        f'document.getElementById("skd-b{first}").dispatchEvent(new MouseEvent("click",{{bubbles:true}}));'
         's.setAttribute("data-opened",s.getAttribute("data-drawn"));'
-        f'document.querySelector("#h{first} text").dispatchEvent(new MouseEvent("click",{{bubbles:true}}));'
+        f'document.querySelector("#skd-h{first} text").dispatchEvent(new MouseEvent("click",{{bubbles:true}}));'
         's.setAttribute("data-closed",s.getAttribute("data-drawn"));'
         'document.getElementById("skd-out").click();document.getElementById("skd-open").click();'
         "</script></body>")))

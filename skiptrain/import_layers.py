@@ -127,15 +127,33 @@ def _original_names(layer: LayerType) -> dict[str, str]:
     return dict(zip(inspect.signature(layer.factory).parameters, inspect.signature(wrapped).parameters))
 
 
+def _attributes_for(name: str) -> list[str]:
+    """Where a module may keep constructor argument ``name``: under its name, or by torch's conventions
+    (MultiheadAttention's ``in_proj_bias``; ``qkv_bias`` as whether ``qkv.bias`` exists; ``norm_layer`` as the
+    ``norm`` module it built)."""
+    names = [name, *_READERS.get(name, ())]
+    if name.endswith("_bias"):
+        names.append(name.removesuffix("_bias") + ".bias")
+    if name.endswith("_layer"):
+        names.append(name.removesuffix("_layer"))
+    return names
+
+
 def _read(module: nn.Module, name: str) -> Any:
     """The value of constructor argument ``name`` as ``module`` keeps it; ImportGap where it does not."""
-    for attribute in _READERS.get(name, (name,)):
+    for attribute in _attributes_for(name):
+        *path, last = attribute.split(".")
+        owner = module
+        for part in path:
+            owner = owner._modules.get(part)
+            if owner is None:
+                break
         # the module's own stores, not getattr: while torch.fx traces, getattr gives a Proxy for a parameter
-        store = next((s for s in (module._parameters, module._buffers, module._modules, vars(module))
-                      if attribute in s), None)
-        if store is not None:
-            value = store[attribute]
-            if name in _READERS and (isinstance(value, torch.Tensor) or value is None):
+        store = owner is not None and next((s for s in (owner._parameters, owner._buffers, owner._modules,
+                                                        vars(owner)) if last in s), None)
+        if store:
+            value = store[last]
+            if (name == "bias" or name.endswith("_bias")) and (isinstance(value, torch.Tensor) or value is None):
                 return value is not None
             return value
     raise ImportGap(f"the module keeps no attribute `{name}`, so its argument `{name}` cannot be read back")
@@ -197,11 +215,20 @@ def _arguments(layer: LayerType, module: nn.Module, in_shape: Shape | None) -> d
         value = written(_read(module, originals[name]), name)
         if not is_default(layer, name, value):
             args[name] = value
-    for collapse in (True, False):  # `kernel_size: 3` where that rebuilds it, else `[3, 3]`
-        trial = {k: _collapsed(v) for k, v in args.items()} if collapse else args
-        if _rebuilds(layer, module, trial, actual, in_shape) is None:
-            return trial
-    raise ImportGap(_rebuilds(layer, module, args, actual, in_shape) or "it does not rebuild")
+    # An inferred argument the module does not keep (Swin attention's `dim`) and no input shape to infer it
+    # from: each size of the module's weights is tried, and only one that rebuilds it exactly is taken.
+    missing = [name for name in layer.inferred if name not in actual] if in_shape is None else []
+    if len(missing) > 1:
+        raise ImportGap(f"it keeps none of {missing}, which follow from the input shape; give the shape")
+    sizes = sorted({size for value in module.state_dict().values() for size in value.shape})
+    failure = None
+    for guess in [{missing[0]: size} for size in sizes] if missing else [{}]:
+        for collapse in (True, False):  # `kernel_size: 3` where that rebuilds it, else `[3, 3]`
+            trial = {k: _collapsed(v) for k, v in args.items()} if collapse else args
+            failure = _rebuilds(layer, module, trial, {**actual, **guess}, in_shape)
+            if failure is None:
+                return trial
+    raise ImportGap(failure or f"no size of its weights rebuilds it as its `{missing[0]}`")
 
 
 def _inferred(layer: LayerType, module: nn.Module, name: str, original: str, in_shape: Shape | None,

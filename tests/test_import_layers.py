@@ -5,6 +5,7 @@ state-dict keys and shapes, and bitwise-equal eval-mode outputs on a small rando
 """
 from __future__ import annotations
 
+import functools
 import operator
 
 import pytest
@@ -23,7 +24,7 @@ MODELS = {  # name -> (constructor kwargs, input): small inputs keep it fast; vi
     "resnet18": ({}, (3, 32, 32)), "resnet50": ({}, (3, 32, 32)), "mobilenet_v2": ({}, (3, 32, 32)),
     "mobilenet_v3_small": ({}, (3, 32, 32)), "efficientnet_b0": ({}, (3, 32, 32)),
     "densenet121": ({}, (3, 32, 32)), "regnet_y_400mf": ({}, (3, 32, 32)), "convnext_tiny": ({}, (3, 32, 32)),
-    "vit_b_16": ({"image_size": 32}, (3, 32, 32)),
+    "vit_b_16": ({"image_size": 32}, (3, 32, 32)), "swin_t": ({}, (3, 32, 32)),
 }
 # Calls the tracer maps itself, not to one layer: ViT's class token (`class_token.expand(n, -1, -1)`, then
 # cat: the `class_token` layer). Unused nodes (attention's weights in `x, _ = self_attention(...)`) are dropped.
@@ -132,6 +133,13 @@ def test_the_layers_read_back():
     from torchvision.ops import StochasticDepth
     assert match(StochasticDepth(0.1, "row")) == ("stochastic_depth", {"p": 0.1})
     assert match(StochasticDepth(0.1, "batch")) == ("stochastic_depth", {"p": 0.1, "mode": "batch"})
+    from torchvision.models.swin_transformer import PatchMerging, ShiftedWindowAttention
+    attention = ShiftedWindowAttention(96, [7, 7], [3, 3], 3, proj_bias=False)  # keeps no `dim`, no `proj_bias`
+    assert match(attention) == match(attention, (14, 14, 96)) == \
+        ("shifted_window_attention", {"window_size": [7, 7], "shift_size": [3, 3], "num_heads": 3, "proj_bias": False})
+    eps6 = PatchMerging(96, norm_layer=functools.partial(nn.LayerNorm, eps=1e-6))
+    assert match(eps6, (8, 8, 96)) == ("patch_merging", {"norm_layer": {"type": "layernorm", "eps": 1e-6}})
+    assert match(PatchMerging(96)) == ("patch_merging", {})  # its `norm_layer` is the `norm` it built
 
 
 def test_what_does_not_rebuild_says_why():

@@ -13,6 +13,7 @@ HTML page's script repeats that pass in the browser (the same arithmetic, see di
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 NODE_W, NODE_H, BOX_H = 290, 38, 44  # a node, and a collapsed group's box
@@ -32,11 +33,11 @@ class Unit:
     parent: Unit | None = None
     row: int = 0
     col: int = 0  # absolute column: 0 is the main chain's
-    depth: int = 0  # nesting depth: frames inset by it
     first: int = 0  # the leaves' positions in execution order, first and last
     last: int = 0
 
-    def walk(self):
+    def walk(self) -> Iterator[Unit]:
+        """This unit and all below it, depth first in execution order."""
         yield self
         for child in self.children:
             yield from child.walk()
@@ -44,7 +45,7 @@ class Unit:
 
 def arrange(root: Unit, edges: list[tuple[int, int]]) -> None:
     """Give every unit its row and column. ``edges`` are (source, target) leaf positions, data and skips."""
-    _spans(root, 0)
+    _spans(root)
     owner: dict[int, Unit] = {u.first: u for u in root.walk() if u.leaf}
     into: dict[int, list[int]] = {}  # target position -> source positions
     for src, dst in edges:
@@ -52,11 +53,11 @@ def arrange(root: Unit, edges: list[tuple[int, int]]) -> None:
     _arrange(root, into, owner, 0)
 
 
-def _spans(unit: Unit, depth: int) -> None:
-    unit.depth = depth
+def _spans(unit: Unit) -> None:
+    """Each unit's parent, and each group's first and last leaf position."""
     for child in unit.children:
         child.parent = unit
-        _spans(child, depth + 1)
+        _spans(child)
     if unit.children:
         unit.first = min(c.first for c in unit.children)
         unit.last = max(c.last for c in unit.children)
@@ -116,7 +117,6 @@ def _arrange(group: Unit, into: dict[int, list[int]], owner: dict[int, Unit], co
             kid.col = col - 1 - c
         if not kid.leaf:
             _arrange(kid, into, owner, kid.col)
-
 
 
 def lanes(spans: list[tuple[int, int]]) -> list[int]:

@@ -187,14 +187,16 @@ def _fit(text: str, chars: int = _CHARS) -> str:
 
 def _place(box: L.Box | None) -> str:
     """Where a unit's SVG group goes; without a box it is hidden until the page's script places it."""
-    return f' transform="translate({box.x:g},{box.y:g})"' if box else ' transform="translate(0,0)" style="display:none"'
+    if box is None:
+        return ' transform="translate(0,0)" style="display:none"'
+    return f' transform="translate({box.x:.10g},{box.y:.10g})"'
 
 
 def _frame_svg(d: Drawing, key: int, box: L.Box | None, pre: str = "") -> tuple[str, str]:
     """An open group: its frame, and its title, which is drawn above the edges that cross it (and closes it)."""
     w, h = (box.w, box.h) if box else (L.NODE_W, L.BOX_H)
     title = f"<title>{escape(d.titles.get(key, ''))}</title>"
-    return (f'<g class="frame" id="{pre}f{key}"{_place(box)}><rect width="{w:g}" height="{h:g}" rx="6"/>{title}</g>',
+    return (f'<g class="frame" id="{pre}f{key}"{_place(box)}><rect width="{w:.10g}" height="{h:.10g}" rx="6"/>{title}</g>',
             (f'<g class="head" id="{pre}h{key}"{_place(box)}><text class="toggle" x="8" y="16">− '
              f'{escape(_fit(d.lines[key][0], 60))}</text>{title}</g>'))
 
@@ -205,11 +207,11 @@ def _unit_svg(d: Drawing, key: int, kind: str, box: L.Box | None, pre: str = "")
     where, title = _place(box), f"<title>{escape(d.titles.get(key, ''))}</title>"
     line1, line2 = d.lines.get(key, ("", ""))
     cls = "node" if kind == "node" else "block fold" if d.kinds[key] == "fold" else "block"
-    mark = f'<text class="toggle" x="{w - 8:g}" y="17" text-anchor="end">+</text>' if kind == "block" else ""
+    mark = f'<text class="toggle" x="{w - 8:.10g}" y="17" text-anchor="end">+</text>' if kind == "block" else ""
     return (f'<g class="{cls}" id="{pre}{"n" if kind == "node" else "b"}{key}"{where}>'
-            f'<rect width="{w:g}" height="{h:g}" rx="{4 if kind == "node" else 7}"/>'
+            f'<rect width="{w:.10g}" height="{h:.10g}" rx="{4 if kind == "node" else 7}"/>'
             f'<text x="8" y="16" class="l1">{escape(_fit(line1))}</text>'
-            f'<text x="8" y="{h - 9:g}" class="l2">{escape(_fit(line2, _CHARS + 6))}</text>{mark}{title}</g>')
+            f'<text x="8" y="{h - 9:.10g}" class="l2">{escape(_fit(line2, _CHARS + 6))}</text>{mark}{title}</g>')
 
 
 _STYLE = """
@@ -280,21 +282,21 @@ def _svg(d: Drawing, opened: set[int], everything: bool) -> str:
         where = (b.x - 40 if a.x + a.w < b.x else b.x + b.w + 12, b.y + b.h * 0.3 - 5)  # beside its arrow
         if everything or (where, skip["merge"]) not in merges:  # one label where many loops overlap
             merges.add((where, skip["merge"]))
-            skips.append(f'<text class="merge" id="{pre}m{i}" x="{where[0]:g}" y="{where[1]:g}">'
+            skips.append(f'<text class="merge" id="{pre}m{i}" x="{where[0]:.10g}" y="{where[1]:.10g}">'
                          f'{escape(skip["merge"])}</text>')
         if "proj" in skip:
             y = L.label_y((a.y + a.h * 0.7 + b.y + b.h * 0.3) / 2 - 17, placed)
             w = 12 + 6.4 * max(len(_fit(t, 64)) for t in skip["proj"])
             width = max(width, label_x + w)
             line1, line2 = (escape(_fit(t, 64)) for t in skip["proj"])
-            labels.append(f'<g class="proj" id="{pre}p{i}" transform="translate({label_x:g},{y:g})">'
-                          f'<path class="lead" d="M{lx - label_x:g},17H0"/><rect width="{w:g}" height="34" rx="4"/>'
+            labels.append(f'<g class="proj" id="{pre}p{i}" transform="translate({label_x:.10g},{y:.10g})">'
+                          f'<path class="lead" d="M{lx - label_x:.10g},17H0"/><rect width="{w:.10g}" height="34" rx="4"/>'
                           f'<text x="6" y="14">{line1}</text><text x="6" y="28">{line2}</text>'
                           f'<title>{escape(skip["title"])}</title></g>')
     height, full = boxes[d.root.key].h + 2 * L.Y0, width + 20 - left + L.X0
     named = ' id="skd-svg"' if everything else ""
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="skd"{named} '
-            f'viewBox="{left - L.X0:g} 0 {full:g} {height:g}" width="{full:g}" height="{height:g}">'
+            f'viewBox="{left - L.X0:.10g} 0 {full:.10g} {height:.10g}" width="{full:.10g}" height="{height:.10g}">'
             f'<style>{_STYLE}</style><defs>{_marker("a", "#555")}{_marker("s", "#2f8a4a")}{_marker("p", "#d9480f")}'
             f'</defs><g>{"".join(frames)}</g><g>{"".join(edges)}</g><g>{"".join(heads)}</g><g>{"".join(units)}</g>'
             f'<g>{"".join(skips)}</g><g>{"".join(labels)}</g></svg>')
@@ -322,7 +324,8 @@ def diagram_section(plan: ModelPlan) -> str:
     """The interactive diagram as one HTML fragment (buttons, the SVG, its data and script) for a page
     such as the run report; one per page (its element ids are fixed)."""
     d = build(plan)
-    return (f'<div class="skd-page"><style>{_SECTION_STYLE}</style><p class="skd-tools"><button id="skd-reset">default</button> '
+    return (f'<div class="skd-page"><style>{_SECTION_STYLE}</style>'
+            '<p class="skd-tools"><button id="skd-reset">default</button> '
             '<button id="skd-open">open all</button> <button id="skd-close">close all</button> '
             '<button id="skd-out" title="zoom out">−</button> <button id="skd-in" title="zoom in">+</button> '
             '<span>click a block to open it, its title to close it; hover for details</span></p>'

@@ -204,14 +204,15 @@ def edge_path(a: Box, b: Box, hidden: bool = False) -> str:
     ax, ay, bx, by = a.x + a.w / 2, a.y + a.h, b.x + b.w / 2, b.y
     if ax == bx and hidden:
         sy, ty, lx = a.y + a.h * 0.7, b.y + b.h * 0.3, a.x - 14
-        return f"M{a.x:g},{sy:g}H{lx + 8:g}Q{lx:g},{sy:g} {lx:g},{sy + 8:g}V{ty - 8:g}Q{lx:g},{ty:g} {lx + 8:g},{ty:g}H{b.x:g}"
+        return (f"M{a.x:.10g},{sy:.10g}H{lx + 8:.10g}Q{lx:.10g},{sy:.10g} {lx:.10g},{sy + 8:.10g}"
+                f"V{ty - 8:.10g}Q{lx:.10g},{ty:.10g} {lx + 8:.10g},{ty:.10g}H{b.x:.10g}")
     if ax == bx:
-        return f"M{ax:g},{ay:g}V{by:g}"
+        return f"M{ax:.10g},{ay:.10g}V{by:.10g}"
     if bx < ax:  # out to a side column: turn at once, then down
         turn = min(ay + 16, by)
-        return f"M{ax:g},{ay:g}C{ax:g},{turn:g} {bx:g},{ay:g} {bx:g},{turn:g}V{by:g}"
+        return f"M{ax:.10g},{ay:.10g}C{ax:.10g},{turn:.10g} {bx:.10g},{ay:.10g} {bx:.10g},{turn:.10g}V{by:.10g}"
     turn = max(ay, by - 16)  # back to the main chain: down, then turn
-    return f"M{ax:g},{ay:g}V{turn:g}C{ax:g},{by:g} {bx:g},{turn:g} {bx:g},{by:g}"
+    return f"M{ax:.10g},{ay:.10g}V{turn:.10g}C{ax:.10g},{by:.10g} {bx:.10g},{turn:.10g} {bx:.10g},{by:.10g}"
 
 
 def skip_path(a: Box, b: Box, lx: float) -> str:
@@ -220,13 +221,13 @@ def skip_path(a: Box, b: Box, lx: float) -> str:
     sx, sy, tx, ty = a.x + a.w, a.y + a.h * 0.7, b.x + b.w, b.y + b.h * 0.3
     if sx < b.x and ty > a.y + a.h:
         ax = a.x + a.w / 2
-        return f"M{ax:g},{a.y + a.h:g}V{ty - 10:g}Q{ax:g},{ty:g} {ax + 10:g},{ty:g}H{b.x:g}"
+        return f"M{ax:.10g},{a.y + a.h:.10g}V{ty - 10:.10g}Q{ax:.10g},{ty:.10g} {ax + 10:.10g},{ty:.10g}H{b.x:.10g}"
     if a is b:  # both ends inside one closed box: a loop on its side, below where skips from above arrive
         mid = a.y + a.h * 0.5
-        return f"M{sx:g},{sy + 4:g}C{sx + 24:g},{sy + 4:g} {sx + 24:g},{mid:g} {tx:g},{mid:g}"
+        return f"M{sx:.10g},{sy + 4:.10g}C{sx + 24:.10g},{sy + 4:.10g} {sx + 24:.10g},{mid:.10g} {tx:.10g},{mid:.10g}"
     r = min(10, abs(ty - sy) / 2) * (1 if ty >= sy else -1)
-    return (f"M{sx:g},{sy:g}H{lx - abs(r):g}Q{lx:g},{sy:g} {lx:g},{sy + r:g}V{ty - r:g}"
-            f"Q{lx:g},{ty:g} {lx - abs(r):g},{ty:g}H{tx:g}")
+    return (f"M{sx:.10g},{sy:.10g}H{lx - abs(r):.10g}Q{lx:.10g},{sy:.10g} {lx:.10g},{sy + r:.10g}V{ty - r:.10g}"
+            f"Q{lx:.10g},{ty:.10g} {lx - abs(r):.10g},{ty:.10g}H{tx:.10g}")
 
 
 def label_y(wanted: float, placed: list[float], height: float = 40) -> float:

@@ -322,12 +322,13 @@ def _input_html(x, mean, std) -> str:
     import numpy as np
     from PIL import Image
 
-    if not x.is_floating_point():
+    image_like = x.dim() == 3 and x.shape[0] in (1, 3)
+    if not x.is_floating_point() and not image_like:
         ids = x.reshape(-1).tolist()
         return f"<code>{escape(' '.join(map(str, ids[:24])))}{' …' if len(ids) > 24 else ''}</code>"
     values = x.float().numpy()
-    if values.ndim == 3 and values.shape[0] in (1, 3):
-        if mean is not None and std is not None:
+    if image_like:
+        if mean is not None and std is not None and x.is_floating_point():
             values = values * np.asarray(std, dtype=np.float32).reshape(-1, 1, 1) + \
                 np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
         else:

@@ -161,6 +161,18 @@ def test_charts_escape_labels_and_draw_gaps():
     assert sparkline([0.0, float("nan"), 1.0]).count(",") == 2  # the missing value is left out
 
 
+def test_inputs_show_as_images_curves_or_token_ids():
+    import torch
+
+    from skiptrain.html_report import _input_html
+
+    assert "data:image/png;base64," in _input_html(torch.rand(3, 8, 8), [0.5] * 3, [0.2] * 3)
+    assert "data:image/png;base64," in _input_html(torch.randint(0, 255, (1, 8, 8), dtype=torch.uint8), None, None)
+    assert "<polyline" in _input_html(torch.randn(1, 40), None, None)
+    assert _input_html(torch.arange(30), None, None).startswith("<code>0 1 2") and "…" in _input_html(
+        torch.arange(30), None, None)
+
+
 def test_segmentation_report_has_per_class_iou(write_yaml, tmp_path):
     config = write_yaml(SEGMENTATION, "seg.yaml")
     result = invoke("train", config, "--run-dir", tmp_path / "seg", "--quiet")

@@ -305,11 +305,19 @@ class {name}(nn.Module):
 
 def eject(source: str | Path, output: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Write ``source``'s model (a config, run directory or checkpoint) as one PyTorch file at ``output``."""
-    from .export import load_source
+    from .export import CONFIG_SUFFIXES, load_source
     from .outputs import check_output, write_text
 
     out = check_output(output, [source], overwrite=overwrite)
-    loaded = load_source(source)
-    text = source_of(loaded.model, loaded.plan, Path(source).name)
-    write_text(out, text)
-    return {"output": str(out), "class": _class_name(loaded.plan.graph.name), "kind": loaded.kind}
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() in CONFIG_SUFFIXES:  # no weights to write: build on the meta device
+        from .api import check_model
+        from .module import build_module
+
+        plan = check_model(path)
+        model, kind = build_module(plan, device="meta"), "config"
+    else:
+        loaded = load_source(source)
+        model, plan, kind = loaded.model, loaded.plan, loaded.kind
+    write_text(out, source_of(model, plan, path.name))
+    return {"output": str(out), "class": _class_name(plan.graph.name), "kind": kind}

@@ -72,8 +72,12 @@ def classes(blocks: Blocks, taken: set[str]) -> list[BlockClass]:
                 variants[key] = BlockClass(block, inst.template, [], token=f"\x02{len(found) + len(variants)}\x03")
             variants[key].instances.append(inst)
             inst.cls = variants[key]
+        across: dict[tuple, list[tuple[str, Leaf]]] = {}
+        for inst in mine:
+            for path, where, leaf in _leaves(inst.template):
+                across.setdefault((path, where), []).append((inst.path, leaf))
         for cls in variants.values():
-            _parameters(cls, blocks.graph.instance_args, blocks.out)
+            _parameters(cls, blocks.graph.instance_args, blocks.out, across)
         found += variants.values()
     return found
 
@@ -112,9 +116,11 @@ def _fill_defaults(templates: list[Template], out: _Source) -> None:
                 c.kwargs = {k: c.kwargs[k] for k in [*wanted, *c.kwargs] if k in c.kwargs}
 
 
-def _parameters(cls: BlockClass, instance_args: dict[str, dict[str, Any]], out: _Source) -> None:
+def _parameters(cls: BlockClass, instance_args: dict[str, dict[str, Any]], out: _Source,
+                across: dict[tuple, list[tuple[str, Leaf]]]) -> None:
     """The leaves whose values differ between the class's instances become its constructor arguments:
-    the block's `args:` where one gives the values (``planes``, ``planes * 4``), else the layer's argument."""
+    the block's `args:` where one gives the values (``planes``, ``planes * 4``), else the layer's argument.
+    ``across``: each leaf's values in every instance of the block, whatever its class."""
     slots = [_leaves(inst.template) for inst in cls.instances]
     declared: dict[str, list[Any]] = {}
     for inst in cls.instances:
@@ -129,6 +135,17 @@ def _parameters(cls: BlockClass, instance_args: dict[str, dict[str, Any]], out: 
         leaves = [s[j][2] for s in slots]
         texts = tuple(leaf.text for leaf in leaves)
         if len(set(texts)) == 1:
+            # the same in every copy of this class, but set by a block argument across the block's classes
+            # (`out_channels: ${channels}`: 32 in stage1's copies, 64 in stage2): written as that argument
+            seen = across.get((path, where), [])
+            values = [leaf.value for _, leaf in seen]
+            if len({repr(v) for v in values}) > 1 and all(p in instance_args for p, _ in seen):
+                text = next((t for name in declared for t in [_expression(
+                    name, [instance_args[p].get(name) for p, _ in seen], values)] if t), "")
+                if text:
+                    name = re.match(r"\w+", text).group()
+                    params.setdefault(name, [Leaf(_literal(v, out), v) for v in declared[name]])
+                    cls.slot_text[j] = text
             continue
         if texts not in found:
             match = next(((name, text) for name, values in declared.items()
@@ -145,7 +162,8 @@ def _parameters(cls: BlockClass, instance_args: dict[str, dict[str, Any]], out: 
                 found[texts] = name
                 params[name] = leaves
         cls.slot_text[j] = found[texts]
-    order = [*(k for k in declared if k in params), *(k for k in params if k not in declared)]
+    inputs = [k for k in params if k not in declared and k in ("in_channels", "in_features")]  # torchvision's first
+    order = [*inputs, *(k for k in declared if k in params), *(k for k in params if k not in declared and k not in inputs)]
     cls.params = {name: params[name] for name in order}
     for i, inst in enumerate(cls.instances):
         inst.kwargs = {name: leaves[i] for name, leaves in cls.params.items()}

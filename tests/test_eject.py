@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ def _check_in_child(cases: list[dict], folder: Path) -> list[str]:
     listing = folder / "cases.json"
     listing.write_text(json.dumps(cases))
     done = subprocess.run([sys.executable, "-I", "-c", CHILD, str(listing), str(torch.get_num_threads())], capture_output=True, text=True,
-                          cwd=folder, timeout=600)
+                          cwd=folder, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -71,7 +72,7 @@ def _lint(files: list[str]) -> str:
     """``ruff check`` with its default rules where ruff is installed, else pyflakes: '' when clean."""
     ruff = Path(sys.executable).with_name("ruff")
     command = [str(ruff), "check", "--no-cache", "--isolated", "-q"] if ruff.exists() else [sys.executable, "-m", "pyflakes"]
-    done = subprocess.run([*command, *files], capture_output=True, text=True)
+    done = subprocess.run([*command, *files], capture_output=True, text=True, check=False)
     return done.stdout + done.stderr
 
 
@@ -101,7 +102,7 @@ def test_a_trained_checkpoint_loads_into_the_ejected_model(tiny_residual, tmp_pa
             f"exec(open({str(out)!r}).read(), ns)\n"
             f"model = [v for v in ns.values() if isinstance(v, type) and issubclass(v, torch.nn.Module)][-1]()\n"
             f"model.load_state_dict(torch.load({str(checkpoint)!r}, weights_only=True)['model'])\nprint('ok')\n")
-    done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=False)
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
@@ -121,3 +122,89 @@ def test_eject_does_not_overwrite_without_force(tiny_residual, tmp_path):
     assert out.read_text() == "keep\n"
     assert invoke("eject", tiny_residual, "--output", out, "--force").exit_code == 0
     assert "class " in out.read_text()
+
+
+def _eject_text(config: Path, folder: Path) -> str:
+    from skiptrain.eject import eject
+
+    out = folder / f"{config.stem}_{len(list(folder.iterdir()))}.py"
+    eject(config, out)
+    return out.read_text()
+
+
+def _forwards(text: str) -> list[str]:
+    """The forward body of each class that eject wrote (not of skiptrain's layer classes copied in)."""
+    ours = [c for c in text.split("\nclass ")[1:] if re.match(r'\w+\(nn\.\w+\):\n    """(Block `|The model of)', c)]
+    return [body for c in ours
+            for body in re.findall(r"def forward\(self, x: torch\.Tensor\) -> torch\.Tensor:\n(.*?)\n        return", c, re.DOTALL)]
+
+
+def test_blocks_become_classes_with_their_args_and_a_readable_forward(tmp_path):
+    resnet20 = _eject_text(ROOT / "configs" / "cifar" / "resnet20.yaml", tmp_path)
+    assert resnet20.count("class Basic(nn.Module):") == 1
+    assert "    def __init__(self, channels: int, stride: int) -> None:" in resnet20  # the block's `args:`
+    assert re.search(r"self\.stage1 = nn\.Sequential\(\s+Basic\(channels=16, stride=1\),\s+Basic\(channels=16", resnet20)
+    assert "self.down2 = BasicBn2Proj(channels=32, stride=2)" in resnet20  # with a projection: a class of its own
+    assert "in_channels=channels // 2" in resnet20  # an inferred width as an expression of the block's args
+    resnet50 = _eject_text(ROOT / "configs" / "zoo" / "resnet50.yaml", tmp_path)
+    assert resnet50.count("class Bottleneck(nn.Module):") == 1 and "def __init__(self, planes: int, stride: int)" in resnet50
+    assert re.search(r"self\.layer1 = nn\.Sequential\(\s+BottleneckDownsample\(in_channels=64, planes=64, stride=1\),"
+                     r"\s+Bottleneck\(planes=64, stride=1\),", resnet50)
+    assert re.search(r"self\.downsample = nn\.Sequential\(\s+nn\.Conv2d\(in_channels=in_channels, out_channels=planes \* 4, "
+                     r"kernel_size=1, bias=False, stride=stride\)", resnet50)
+    for text in (resnet20, resnet50):
+        forwards = _forwards(text)
+        assert len(forwards) == 3  # two block classes and the model
+        for body in forwards:
+            names = set(re.findall(r"^\s+(\w+) = ", body, re.MULTILINE))
+            assert names <= {"x", "out", "downsample", "bn2_proj"}, names  # no generated temporaries
+            assert "_modules" not in body and "get_submodule" not in body and "= None" not in body
+        assert "        out = out + x\n" in text
+    assert "        x = self.layer1(x)\n        x = self.layer2(x)\n" in resnet50
+
+
+CROSSING = """
+model:
+  name: crossing
+  input: [4, 8, 8]
+  blocks:
+    res:
+      args: {channels: 8}
+      layers:
+        - {id: conv1, type: conv2d, out_channels: "${channels}", kernel_size: 3, padding: 1}
+        - {id: bn1, type: batchnorm2d}
+        - {type: relu}
+        - {id: conv2, type: conv2d, out_channels: "${channels}", kernel_size: 3, padding: 1}
+      skips:
+        - {from: input, to: conv2}
+  layers:
+    - {id: stem, type: conv2d, out_channels: 8, kernel_size: 1}
+    - {id: stage, block: res, repeat: 3}
+    - {id: wide, block: res, args: {channels: 16}}
+    - {type: global_avgpool}
+    - {id: head, type: linear, out_features: 3}
+  skips:
+    - {from: stem, to: stage.1.conv2, merge: concat}
+"""
+
+
+def test_an_instance_that_a_skip_crosses_into_stays_flat_with_the_same_keys_and_outputs(tmp_path):
+    import skiptrain
+    from skiptrain.export import random_input
+
+    config = tmp_path / "crossing.yaml"
+    config.write_text(CROSSING)
+    text = _eject_text(config, tmp_path)
+    assert "_put(self, 'stage.1.conv2', nn.Conv2d(" in text  # the crossed copy: module by module, under its keys
+    assert "_put(self, 'stage.0', ResWithoutConv2Proj(channels=8))" in text  # the other copies: classes, as usual
+    assert "_put(self, 'stage.2', Res(in_channels=16, channels=8))" in text and "self.wide = Res(in_channels=8, channels=16)" in text
+    namespace: dict = {}
+    exec(compile(text, str(config), "exec"), namespace)  # noqa: S102 - the file eject just wrote
+    ejected = namespace["Crossing"]().eval()
+    torch.manual_seed(1)
+    model = skiptrain.build_model(config).eval()
+    assert list(ejected.state_dict()) == list(model.state_dict())
+    ejected.load_state_dict(model.state_dict())
+    example = random_input(model, batch=2, seed=3)
+    with torch.no_grad():
+        assert torch.equal(ejected(example), model(example))

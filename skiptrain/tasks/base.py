@@ -255,6 +255,9 @@ LOSSES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {"cross_entropy": _cr
 class ConfusionMetrics(Metrics):
     """Cross-entropy and a confusion matrix of class indices (one per sample, or one per pixel)."""
 
+    counts = ("samples", "confusion")
+    parts = ("losses",)
+
     def __init__(self, num_classes: int | None):
         self.num_classes = num_classes
         self.losses: list = []  # each batch's loss sum
@@ -274,9 +277,6 @@ class ConfusionMetrics(Metrics):
         pairs = (target * k + output.argmax(dim=1))[kept]
         counts = torch.bincount(pairs, minlength=k * k).reshape(k, k)
         self.confusion = counts if self.confusion is None else self.confusion + counts
-
-    counts = ("samples", "confusion")
-    parts = ("losses",)
 
     def summary(self) -> dict[str, Any]:
         result: dict[str, Any] = {"loss": exact_sum(self.losses) / max(1, self.samples)}

@@ -14,7 +14,7 @@ from skiptrain.diagram import build, render_html, render_svg
 from skiptrain.layout import Box, between, edge_path, geometry, lanes, shown
 
 from .browser import load, need_chromium, screenshot
-from .conftest import CONFIGS, EXAMPLES, ROOT, TINY_RESIDUAL, invoke
+from .conftest import CONFIGS, EXAMPLES, ROOT, invoke
 
 SVG = "{http://www.w3.org/2000/svg}"
 RESNET20 = ROOT / "configs" / "cifar" / "resnet20.yaml"
@@ -129,11 +129,22 @@ def test_a_3500_node_network_gives_a_bounded_picture_quickly():
 
 
 def test_user_text_is_escaped(write_yaml):
-    config = write_yaml(TINY_RESIDUAL.replace("name: tiny", "name: '<b>&\"x\"<i>'"))
+    config = write_yaml("""
+        model:
+          name: "<script>alert(1)<!--&amp;"
+          input: [8]
+          blocks:
+            "b<&>'\\"":
+              layers: [{id: fc1, type: linear, out_features: 8}]
+          layers:
+            - {id: x, block: "b<&>'\\"", repeat: 2}
+    """)
     plan = check_model(config)
-    ET.fromstring(render_svg(plan))
+    for svg in (render_svg(plan), render_svg(plan, collapse=False)):
+        titles = [e.text for e in ET.fromstring(svg).iter(SVG + "title")]
+        assert any("block b<&>'\"" in t for t in titles)  # parsed back: the text itself, escaped in the file
     page = render_html(plan)
-    assert "<b>&" not in page and "&lt;b&gt;&amp;" in page
+    assert "<script>alert" not in page and "b<&>" not in page and "&lt;script&gt;alert(1)&lt;!--&amp;amp;" in page
 
 
 def test_cli_writes_svg_and_html_and_never_the_input(tmp_path, tiny_residual):

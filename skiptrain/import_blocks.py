@@ -134,9 +134,9 @@ class Blocks:
             child = self.body(entry.call)
             if child.repeat_of is not None:
                 entry.kind = "repeat"
-                entries.append(head + ("repeat", child.repeat_of[0].name, child.repeat_of[1], child.repeat_of[2]))
+                entries.append(head + ("repeat", id(child.repeat_of[0]), child.repeat_of[1], child.repeat_of[2]))
             else:
-                entries.append(head + ("block", child.group.name))
+                entries.append(head + ("block", id(child.group)))
         skips = [tuple(sorted((k, str(v)) for k, v in s.items())) for s in body.skips]
         return entries, skips
 
@@ -153,13 +153,35 @@ class Blocks:
         # containers of different lengths are different lists, not one list with optional tails
         unify = self.unify and not issubclass(call.cls, _CONTAINERS)
         for group in self.groups:
-            if _variant(group.cls, cls) and group.output == body.output_ref and self._join(group, body, entries, skips, unify):
+            if group.output != body.output_ref or not _variant(group.cls, cls) or self._uses(body, group, set()):
+                continue
+            if self._join(group, body, entries, skips, unify, subset=group.cls != cls):
+                if len(cls[1]) < len(group.cls[1]):  # named after the base class: `BasicBlock`, not its variant
+                    group.cls = cls
+                    self.names.discard(group.name)
+                    group.name = self._name(call)
                 return
         group = Group(cls, self._name(call), output=body.output_ref)
         self.groups.append(group)
         self._join(group, body, entries, skips, unify)
 
-    def _join(self, group: Group, body: Body, entries: list[tuple], skips: list[tuple], unify: bool) -> bool:
+    def _uses(self, body: Body, group: Group, seen: set[int]) -> bool:
+        """Whether ``body`` has ``group`` among its blocks, at any depth (a block cannot hold itself)."""
+        for entry in body.entries:
+            if entry.call is None:
+                continue
+            child = self.body(entry.call)
+            inner = child.repeat_of[0] if child.repeat_of is not None else child.group
+            if inner is group:
+                return True
+            if inner is not None and id(inner) not in seen:
+                seen.add(id(inner))
+                if any(self._uses(member, group, seen) for member in inner.members):
+                    return True
+        return False
+
+    def _join(self, group: Group, body: Body, entries: list[tuple], skips: list[tuple], unify: bool,
+              subset: bool = False) -> bool:
         """Add ``body`` to ``group`` if its entries match the group's (or, unifying, merge into them)."""
         if group.members and entries == group.union and sorted(skips) == sorted(group.skips):
             union, entry_map = group.union, list(range(len(entries)))
@@ -167,8 +189,8 @@ class Blocks:
             union, entry_map = list(entries), list(range(len(entries)))
         elif unify:
             merged = _merge(group.union, entries)
-            if merged is None:
-                return False
+            if merged is None or subset and len(merged[0]) != max(len(group.union), len(entries)):
+                return False  # another class: only where one's entries are all in the other's
             union, entry_map, moved = merged
         else:
             return False
@@ -222,7 +244,7 @@ class Blocks:
         name, k = base, 1
         while name in self.names:
             k += 1
-            name = f"{base}_{k}"
+            name = f"{base}{k}" if base[-1].isalpha() else f"{base}_{k}"  # as eject names variants: InvertedResidual2
         self.names.add(name)
         return name
 

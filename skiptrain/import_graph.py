@@ -9,6 +9,7 @@ arithmetic (``x.shape[0]``, ``h // p``) and ``function_of`` see numbers, not pro
 """
 from __future__ import annotations
 
+import linecache
 import operator
 import traceback
 from dataclasses import dataclass, field
@@ -27,6 +28,14 @@ CATS = {torch.cat, torch.concat, torch.concatenate}
 
 class ImportError_(ConfigError):  # noqa: N801  (not the builtin ImportError: a user's model, not a module)
     """The model cannot be written in skiptrain's language (or cannot be traced): located at its source line."""
+
+    kind = "import error"
+
+
+def _at(file: str, line: int | None) -> Location:
+    """A source line, the caret under its first character."""
+    text = linecache.getline(file, line) if line else ""
+    return Location(file, line, len(text) - len(text.lstrip()) + 1 if line else None)
 
 
 @dataclass
@@ -103,7 +112,7 @@ def user_location(stack: str | None) -> Location | None:
                 line = int(frame.split("line ")[1].split(",")[0])
             except (IndexError, ValueError):
                 line = None
-            return Location(file, line, 1 if line is not None else None)
+            return _at(file, line)
     return None
 
 
@@ -131,7 +140,7 @@ def trace(model: nn.Module, example: torch.Tensor, leaf: Callable[[nn.Module], b
     except Exception as error:  # fx's TraceError, or the model's own code failing on a Proxy
         frames = traceback.extract_tb(error.__traceback__)
         user = [f for f in frames if "/torch/" not in f.filename and "/skiptrain/" not in f.filename]
-        loc = Location(user[-1].filename, user[-1].lineno, 1) if user else None
+        loc = _at(user[-1].filename, user[-1].lineno) if user else None
         path = tracer.where[-1] if tracer.where else ""
         what = f"module `{path}` ({type(model.get_submodule(path)).__name__})" if path else \
             f"the model ({type(model).__name__})"

@@ -51,13 +51,13 @@ class Writer:
 
     def __init__(self, blocks: Blocks):
         self.blocks = blocks
-        self.by_name: dict[str, Group] = {}
+        self.by_id: dict[int, Group] = {}
         self.layouts: dict[str, list[tuple[int, Any]]] = {}
         self.exprs: dict[str, dict[tuple[int, Any], Any]] = {}
         self.when: dict[str, dict[tuple[str, int], str]] = {}
 
     def child_group(self, skeleton: tuple) -> Group:
-        return self.by_name[skeleton[4]]
+        return self.by_id[skeleton[4]]
 
     def entries_of(self, group: Group, body: Body) -> dict[int, Entry]:
         return {u: body.entries[k] for k, u in enumerate(group.entry_map[id(body)])}
@@ -69,7 +69,7 @@ class Writer:
     # -- arguments ---------------------------------------------------------------------------------
     def finish(self, group: Group) -> None:
         """The group's layout, arguments (data and flags), defaults and each member's argument values."""
-        self.by_name[group.name] = group
+        self.by_id[id(group)] = group
         layout: list[tuple[int, Any]] = []
         for u, skeleton in enumerate(group.union):
             kind = skeleton[3]

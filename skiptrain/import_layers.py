@@ -31,6 +31,7 @@ The tracer (``importer.py``) asks these of every traced node (drop unused nodes 
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import weakref
@@ -80,7 +81,22 @@ def candidates(cls: type) -> list[LayerType]:
         return index[cls]
     if cls is nn.Module:
         return []
-    return [layer for sub, layers in index.items() if issubclass(sub, cls) for layer in layers]
+    wrapping = [layer for sub, layers in index.items() if issubclass(sub, cls) for layer in layers]
+    return wrapping or [layer for sub, layers in index.items() if _same_source(sub, cls) for layer in layers]
+
+
+def _same_source(a: type, b: type) -> bool:
+    return a.__name__ == b.__name__ and _source(a) is not None and _source(a) == _source(b)
+
+
+@functools.lru_cache(maxsize=None)
+def _source(cls: type) -> str | None:
+    """A class's source without skiptrain's ``@register(...)`` line: a copy that ``skiptrain eject`` wrote into
+    a model file is skiptrain's own class again (the round trip import -> eject -> import)."""
+    try:
+        return re.sub(r"^@register\(.*\)\n", "", inspect.getsource(cls), flags=re.MULTILINE)
+    except (OSError, TypeError):
+        return None
 
 
 def is_leaf(module: nn.Module) -> bool:
@@ -268,7 +284,7 @@ def _rebuilds(layer: LayerType, module: nn.Module, args: dict[str, Any], actual:
         rebuilt = _build(layer, args, actual, in_shape, "meta")
     except (ConfigError, TypeError, ValueError, RuntimeError) as error:
         return f"building it with {args} fails: {str(error).splitlines()[0]}"
-    if not isinstance(rebuilt, type(module)):
+    if not isinstance(rebuilt, type(module)) and not _same_source(type(rebuilt), type(module)):
         return f"it builds a {type(rebuilt).__name__}, not a {type(module).__name__}"
     difference = _difference(module, rebuilt)
     if difference or in_shape is None:

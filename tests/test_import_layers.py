@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import sys
 
 import pytest
 import torch
@@ -267,3 +268,23 @@ def test_module_calls_take_one_tensor():
     calls = [node for node in fx.symbolic_trace(Attend()).graph.nodes if node.op == "call_module"]
     assert call_gap(calls[0]) is None
     assert "several tensors" in call_gap(calls[1]) and "several tensors" in call_gap(calls[2])
+
+
+def test_an_ejected_copy_of_skiptrains_own_layer_is_that_layer(tmp_path, monkeypatch):
+    """import -> eject -> import: the ejected file holds copies of skiptrain's classes, never skiptrain itself."""
+    import importlib.util
+
+    from skiptrain.eject import eject
+
+    config = tmp_path / "model.yaml"
+    config.write_text("model:\n  input: [5, 8]\n  layers:\n    - {id: attn, type: self_attention, num_heads: 2}\n"
+                      "    - {id: halve, type: scale, factor: 0.5}\n")
+    eject(config, tmp_path / "ejected.py")
+    spec = importlib.util.spec_from_file_location("ejected_for_import_test", tmp_path / "ejected.py")
+    ejected = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, ejected)  # imported as `skiptrain import` imports it
+    spec.loader.exec_module(ejected)
+    model = ejected.Model()
+    assert type(model.attn).__module__ == "ejected_for_import_test"
+    assert match(model.attn, (5, 8)) == ("self_attention", {"num_heads": 2}) and is_leaf(model.attn)
+    assert match(model.halve) == ("scale", {"factor": 0.5})

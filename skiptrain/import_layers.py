@@ -378,29 +378,14 @@ def call_gap(node: torch.fx.Node) -> str | None:
 MERGE = "merge"  # the first item of function_of's merge form
 
 
-def function_of(node: torch.fx.Node, shapes: Any = None) -> tuple | None:
-    """A traced function or method call as a layer or a merge (the forms: this module's docstring)."""
-    from . import import_functions
-
-    return import_functions.function_of(node, shapes)
+_CALLS = ("function_of", "why_not", "ignorable", "operands", "translate")
 
 
-def why_not(node: torch.fx.Node, shapes: Any = None) -> str | None:
-    """Why ``function_of`` gives None for ``node``; None when it gives a layer or a merge."""
-    from . import import_functions
+def __getattr__(name: str) -> Any:
+    """``function_of``, ``why_not``, ``ignorable``, ``operands``, ``translate``: import_functions' (loaded on first
+    use, since it imports this module)."""
+    if name in _CALLS:
+        from . import import_functions
 
-    return import_functions.why_not(node, shapes)
-
-
-def ignorable(node: torch.fx.Node) -> bool:
-    """True for nodes that compute no tensor (shapes, integer arithmetic on them, asserts, a tuple of pieces)."""
-    from . import import_functions
-
-    return import_functions.ignorable(node)
-
-
-def operands(node: torch.fx.Node) -> list[torch.fx.Node]:
-    """The tensors that ``function_of``'s layer or merge reads, in order."""
-    from . import import_functions
-
-    return import_functions.operands(node)
+        return getattr(import_functions, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

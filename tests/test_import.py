@@ -141,6 +141,8 @@ def test_resnet18_blocks_keys_and_outputs(tmp_path):
 
     original.load_state_dict(load_file(weights))
     rebuilt(out, original, [3, 32, 32])
+    validated = invoke("validate", out)
+    assert validated.exit_code == 0 and "valid" in validated.output, validated.output
     model = yaml.safe_load(out.read_text())["model"]
     # one BasicBlock definition: its `downsample` (only in the first block of layers 2-4) under a flag
     assert set(model["blocks"]) == {"basic_block", "downsample"}

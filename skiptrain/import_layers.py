@@ -8,8 +8,10 @@ The tracer (``importer.py``) asks these of every traced node (drop unused nodes 
   as a user writes them in YAML (defaults left out, arguments inferred from the input shape left out).
   ``None`` when no registered type fits; ``match`` is the same but raises ``ImportGap(reason)`` instead,
   for the error message. The arguments are read from the module's attributes through the type's
-  constructor signature, and checked by rebuilding: same class, state-dict keys and shapes, attributes
-  and repr, and with ``in_shape`` (one sample, batch excluded) a bitwise-equal eval-mode forward.
+  constructor signature (or torch's conventions: ``qkv_bias`` is whether ``qkv.bias`` exists), and checked by
+  rebuilding: same class, state-dict keys and shapes, attributes and repr, and with ``in_shape`` (one sample,
+  batch excluded) a bitwise-equal eval-mode forward: pass it where known. A class that ``skiptrain eject``
+  copied into a model file is the registered class it was copied from (same name and source).
 - ``call_gap(node)``: why a ``call_module`` node is not its layer on one tensor (attention must be ``mha(x, x, x)``
   without masks); None when it is.
 - ``function_of(node, shapes=None)``: a ``call_function``/``call_method`` node (``F.relu``, ``x.flatten(1)``,
@@ -27,7 +29,8 @@ The tracer (``importer.py``) asks these of every traced node (drop unused nodes 
   ``shapes`` maps nodes (or their names) to their per-sample shapes (batch axis excluded), or is a list in
   ``operands`` order; without it, fx's ShapeProp ``node.meta["tensor_meta"]`` is read. ``F.dropout(x, p,
   training=self.training)`` is a ``dropout`` layer: fx records ``training`` as a constant, so it is ignored.
-``get_attr`` tensors (class tokens, layer scales) are the tracer's: see ``layers/tensors.py``.
+``x * 0.5`` is a ``scale`` layer; ``get_attr`` tensors (class tokens, layer scales) are the tracer's: see
+``layers/tensors.py``.
 """
 from __future__ import annotations
 

@@ -49,8 +49,8 @@ table{border-collapse:collapse;font-size:13px;background:#fff}
 td,th{border:1px solid #e3e6eb;padding:3px 8px;text-align:left}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .scroll{max-height:420px;overflow:auto;display:inline-block}
 .row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
-.samples{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:8px}
-.sample{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:6px;font-size:12px}
+.samples{display:flex;flex-wrap:wrap;gap:8px}
+.sample{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:6px;font-size:12px;min-width:170px}
 .sample img{width:72px;height:72px;image-rendering:pixelated;object-fit:contain;border:1px solid #eee}
 .sample .imgs{display:flex;gap:4px}.sample .wrong{color:#b3261e}.sample .ok{color:#1b6e3a}
 pre{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:10px;font-size:12px;overflow:auto;max-height:520px}
@@ -296,11 +296,13 @@ def _per_class(confusion: list[list[int]], names: list[str], m: Measured) -> str
 def _sample(s: dict[str, Any]) -> str:
     prediction, truth = s["shown"]
     right = isinstance(prediction, str) and isinstance(truth, str) and prediction.rsplit(" (", 1)[0] == truth
-    images = s["input"] + "".join(_image(v, label) for v, label in ((prediction, "prediction"), (truth, "truth"))
-                                  if not isinstance(v, str))
+    pictures = [(v, label) for v, label in ((prediction, "prediction"), (truth, "truth")) if not isinstance(v, str)]
+    images = s["input"] + "".join(_image(v, label) for v, label in pictures)
+    caption = (f"<div class='note'>{' · '.join(['input', *(label for _, label in pictures)])}</div>"
+               if pictures else "")  # which image is which: the input, then the masks
     texts = "".join(f"<div class='{'ok' if right else 'wrong'}'>{label}: {escape(v)}</div>"
                     for v, label in ((prediction, "prediction"), (truth, "truth")) if isinstance(v, str))
-    return (f"<div class='sample'><div class='imgs'>{images}</div>{texts}"
+    return (f"<div class='sample'><div class='imgs'>{images}</div>{caption}{texts}"
             f"<div class='note'>loss {number(s['loss'])}</div></div>")
 
 

@@ -182,6 +182,7 @@ def test_segmentation_report_has_per_class_iou(write_yaml, tmp_path):
     assert {"confusion-matrix", "per-class", "samples", "chart-val_miou"} <= ids
     assert "<th class='n'>IoU</th>" in page
     assert page.count("alt='prediction'") == page.count("alt='truth'") >= 1  # masks as images
+    assert page.count("input · prediction · truth") == page.count("alt='truth'")
     (tmp_path / "seg" / "report.html").unlink()
     resumed = invoke("train", "--resume", tmp_path / "seg", "--quiet")  # nothing left to train: finish runs again
     assert resumed.exit_code == 0, resumed.output

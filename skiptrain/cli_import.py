@@ -20,7 +20,8 @@ def import_(
                                     help="The shape of one sample, channels first: 3,224,224."),
     output: str = typer.Option(..., "--output", "-o", show_default=False, help="The YAML file to write."),
     kwargs: Optional[str] = typer.Option(None, "--kwargs", show_default=False,
-                                         help='Keyword arguments for the callable, a JSON object: \'{"num_classes": 10}\'.'),
+                                         help="Keyword arguments for the callable, a JSON object: "
+                                              '\'{"num_classes": 10}\'.'),
     weights: Optional[str] = typer.Option(None, "--weights", show_default=False,
                                           help="Also write the model's weights (.safetensors) for `train.init`."),
     force: bool = typer.Option(False, "--force", help="Overwrite --output and --weights if they exist."),

@@ -338,7 +338,8 @@ class Scopes:
                entries: list[Entry], skips: list[dict[str, Any]]) -> fx.Node:
         MERGES.get(merge)
         raw = [self.real(n) for n in _nodes(node.args[0] if merge == "concat" else node.args[:2])]
-        if len(raw) != len(_nodes(node.args)) and merge != "concat" or any(not _tensor(self.values.get(n)) for n in raw):
+        mixed = len(raw) != len(_nodes(node.args)) and merge != "concat"
+        if mixed or any(not _tensor(self.values.get(n)) for n in raw):
             raise ImportError_(f"{describe(node)} mixes tensors with other values", node_location(node))
         if set(node.kwargs) - {"dim"} or (merge != "concat" and len(node.args) > 2):
             raise ImportError_(f"{describe(node)} takes arguments that skiptrain's `{merge}` has not "

@@ -16,6 +16,7 @@ from .conditions import COPY_VARIABLES
 from .expr import SHAPE_NAMES
 from .import_blocks import Blocks, Group, frozen
 from .import_scopes import Body, Entry
+from .merges import MERGES
 
 RESERVED = {*COPY_VARIABLES, *SHAPE_NAMES, "shape", "input", "not", "and", "or", "true", "false"}
 WILD = object()  # no value: the member lacks the entry (or the child block's argument does not apply)
@@ -118,7 +119,10 @@ class Writer:
                     when[where] = f"${{not {flag}}}"
                     break
             else:
-                base = group.union[where[1]][0] if where[0] == "entry" else "residual"
+                base = group.union[where[1]][0] if where[0] == "entry" else None
+                if base is None:  # a skip, or a merge layer without an id: the residual connection
+                    base = "residual" if where[0] == "skip" or group.union[where[1]][4] in MERGES else \
+                        f"with_{group.union[where[1]][4]}"
                 flag = self._name(str(base) if re.match(r"[A-Za-z_]", str(base)) else f"with_{base}", None, names)
                 flags[flag] = column
                 when[where] = f"${{{flag}}}"
@@ -182,7 +186,8 @@ class Writer:
         for s in range(len(group.skips)):
             member = next(m for m in group.members if s in group.skip_map[id(m)])
             skip = member.skips[group.skip_map[id(member)].index(s)]
-            out = {k: _id(v) if k in ("from", "to") else v for k, v in skip.items() if not (k == "merge" and v == "add")}
+            out = {k: _id(v) if k in ("from", "to") else v for k, v in skip.items()
+                   if not (k == "merge" and v == "add")}  # add is the default merge
             if ("skip", s) in when:
                 out["when"] = when[("skip", s)]
             skips.append(out)

@@ -61,13 +61,17 @@ def resolve(target: str) -> Callable[..., Any]:
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"`{target}` is not MODULE:CALLABLE", Location("MODULE:CALLABLE"), _TARGET_HINT)
-    if "" not in sys.path and "." not in sys.path:  # the user's own package in the working directory
+    added = "" not in sys.path and "." not in sys.path  # the user's own package in the working directory
+    if added:
         sys.path.insert(0, "")
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as error:  # ModuleNotFoundError, or the user's module failing as it imports
         raise ConfigError(f"cannot import `{module_name}`: {type(error).__name__}: {error}",
                           Location("MODULE:CALLABLE"), "is it installed, or in the current folder?") from None
+    finally:
+        if added:
+            sys.path.remove("")
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"`{module_name}` has no `{attr}`", Location("MODULE:CALLABLE"), _TARGET_HINT)
@@ -126,6 +130,12 @@ def check(written: dict[str, Any], model: nn.Module, example: torch.Tensor) -> d
         k = shapes[0]
         raise ImportError_(f"`{k}` has shape {list(ours[k].shape)} in the rebuilt model, {list(theirs[k].shape)} "
                            "in the original", None, "this is a bug of skiptrain import: please report it")
+    modules = dict(rebuilt.named_modules())
+    for path, module in model.named_modules():  # what eval outputs do not show: dropout's p, stochastic depth's
+        if path in modules and not list(module.children()) and _settings(module) != _settings(modules[path]):
+            raise ImportError_(f"`{path}` is built as ({_settings(modules[path])}) in the rebuilt model, "
+                               f"({_settings(module)}) in the original", None,
+                               "this is a bug of skiptrain import: please report it with the model")
     rebuilt.load_state_dict(theirs, strict=True)
     count = [sum(p.numel() for p in m.parameters()) for m in (model, rebuilt)]
     if count[0] != count[1]:
@@ -139,6 +149,11 @@ def check(written: dict[str, Any], model: nn.Module, example: torch.Tensor) -> d
                            + (f" (largest difference {diff:.3g})" if diff is not None else ""), None,
                            "this is a bug of skiptrain import: please report it with the model")
     return {"parameters": count[0], "keys": len(theirs), "same_key_order": list(ours) == list(theirs)}
+
+
+def _settings(module: nn.Module) -> str:
+    """A module's settings as its repr shows them, less `inplace` (skiptrain decides that, see LayerType)."""
+    return re.sub(r"(,\s*)?inplace=(True|False)", "", module.extra_repr()).strip(", ")
 
 
 def dump(config: dict[str, Any], header: list[str]) -> str:
@@ -181,10 +196,10 @@ def import_model(target: str, input_shape: str | list[int], output: str | Path, 
     name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", target.partition(":")[2].split(".")[-1]).lower() or "model"
     written, example = section(model, shape, name)
     try:
-        report = check(written, model, example)
+        report = {**check(written, model, example), "unified": True}
     except ImportError_:  # one definition for bodies that differ (`when:`) did not rebuild: one per structure
         written, example = section(model, shape, name, unify=False)
-        report = check(written, model, example)
+        report = {**check(written, model, example), "unified": False}
     call = f"{target}(**{json.dumps(arguments)})" if arguments else f"{target}()"
     header = [f"Imported from {call} by `skiptrain import` ({report['parameters']:,} parameters).",
               f"Checked by rebuilding: the same {report['keys']} state-dict keys, bitwise-equal eval-mode outputs.",

@@ -116,7 +116,7 @@ def test_hand_written_concat_gate_and_long_skip(tmp_path):
     torch.manual_seed(0)
     rebuilt(out, HandWritten(num_classes=5), [3, 16, 16])
     model = yaml.safe_load(out.read_text())["model"]
-    assert result["parameters"] == sum(p.numel() for p in HandWritten(5).parameters())
+    assert result["parameters"] == sum(p.numel() for p in HandWritten(5).parameters()) and result["unified"]
     assert {"unit", "gate"} <= set(model["blocks"])  # a, b and c share one definition
     assert [e.get("block") for e in model["layers"] if "block" in e] == ["unit", "unit", "unit", "gate"]
     c = next(e for e in model["layers"] if e.get("id") == "c")
@@ -188,6 +188,7 @@ def test_torchvision_models_import_exactly(tmp_path, name, shape):
     original.load_state_dict(load_file(weights))
     rebuilt(out, original, [int(d) for d in shape.split(",")])
     assert result["parameters"] == sum(p.numel() for p in original.parameters())
+    assert result["unified"], "the first YAML rebuilt: no fallback to one definition per structure"
     model = yaml.safe_load(out.read_text())["model"]
     assert model["blocks"], "repeated submodules become blocks"
     if name == "resnet50":  # the zoo's shape: one bottleneck, layer1..4 repeat it

@@ -65,6 +65,7 @@ class Blocks:
         self.groups: list[Group] = []
         self.names: set[str] = set()
         self.referenced: set = set()  # nodes that an `input:`, a skip or an `output:` names
+        self.by_copy: set[tuple] = set()  # (class, entry id, argument) written as `${... block_index ...}`
 
     # -- ids and references --------------------------------------------------------------------
     def body(self, call: Call) -> Body:
@@ -231,9 +232,22 @@ class Blocks:
         body.repeat_of = (self.body(entries[0].call).group, len(entries), copy_id)
 
     def _concrete(self, body: Body) -> Any:
-        """Everything a body's copies must share to be one `repeat:`: its structure and values, recursively."""
-        return (self.skeleton(body), tuple(frozen(e.args) if e.kind == "layer" else self._concrete(self.body(e.call))
-                                           for e in body.entries))
+        """Everything a body's copies must share to be one `repeat:`: its structure and values, recursively
+        (less the values written by copy index, which differ between copies by design)."""
+        cls = (body.call.cls.__module__, body.call.cls.__qualname__)
+        masked = {(entry_id, key) for group_cls, entry_id, key in self.by_copy if _variant(group_cls, cls)}
+        return (self.skeleton(body), tuple(
+            frozen({k: v for k, v in e.args.items() if (e.id, k) not in masked}) if e.kind == "layer"
+            else self._concrete(self.body(e.call)) for e in body.entries))
+
+    def reset(self) -> None:
+        """Forget the groups and repeats (ids and references stay), to group again."""
+        self.groups, self.names = [], set()
+        for body in self.scopes.bodies.values():
+            body.group, body.repeat_of = None, None
+            for entry in body.entries:
+                if entry.kind == "repeat":
+                    entry.kind = "block"
 
     def _name(self, call: Call) -> str:
         plain = call.cls in _CONTAINERS or call.cls is nn.Module  # named by what they hold: `layer1`, `downsample`

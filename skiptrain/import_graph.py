@@ -173,33 +173,45 @@ def trace(model: nn.Module, example: torch.Tensor, leaf: Callable[[nn.Module], b
 def _attributes(call: Call, model: nn.Module, order: list[fx.Node], values: dict[fx.Node, Any],
                 index: dict[fx.Node, int]) -> None:
     """Modules that are called only through their children (a plain ``nn.Module`` holding `downsample.0` and
-    `downsample.1`, ``self.features[0](x)``): a call of their own over the nodes from their first child's
-    call to their last, so that their ids stay one name each. Its input and output are what crosses it."""
-    inner = set()
+    `downsample.1`, ``for block in self.blocks`` over an ``nn.ModuleList``, ``self.features[0](x)``): a call
+    of their own over the nodes from their first child's call to their last, so that every id is one name.
+    Its input and output are what crosses it; where it is interleaved with others, import_scopes says so."""
+    def head_of(path: str) -> str | None:
+        relative = path[len(call.path) + 1:] if call.path else path
+        return relative.split(".")[0] if "." in relative else None
+
+    inner = {i for child in call.children for i in range(child.start, child.end)}
+    heads: dict[str, list[tuple[int, int, Call | None]]] = {}
     for child in call.children:
-        inner.update(range(child.start, child.end))
-    heads: dict[str, list[int]] = {}
+        if head_of(child.path) is not None:
+            heads.setdefault(head_of(child.path), []).append((child.start, child.end, child))
     for i in range(call.start, call.end):
-        node = order[i]
-        if i in inner or node.op != "call_module":
-            continue
-        relative = str(node.target)[len(call.path) + 1:] if call.path else str(node.target)
-        if "." in relative:
-            heads.setdefault(relative.split(".")[0], []).append(i)
-    for head, found in heads.items():
-        start, end = found[0], found[-1] + 1
+        if i not in inner and order[i].op == "call_module" and head_of(str(order[i].target)) is not None:
+            heads.setdefault(head_of(str(order[i].target)), []).append((i, i + 1, None))
+    for head, items in heads.items():
+        start, end = min(item[0] for item in items), max(item[1] for item in items)
+        mine = [item[2] for item in items if item[2] is not None]
         span = set(range(start, end))
-        if span & inner or any(i in span for other, idx in heads.items() if other != head for i in idx):
-            continue  # interleaved with another module's calls: left to the located error of import_scopes
-        reads = {n for i in span for n in order[i].all_input_nodes
-                 if index[n] not in span and isinstance(values.get(n), torch.Tensor) and n.op != "get_attr"}
-        read_after = [order[i] for i in span if any(index[u] not in span for u in order[i].users)]
+        if any(c not in mine and c.start < end and start < c.end for c in call.children) or any(
+                other != head and any(start <= item[0] < end for item in found) for other, found in heads.items()):
+            continue
+        following = [i for i in range(end, call.end) if i not in inner and order[i].op not in ("call_module", "output")]
+        while True:  # a loop's `x = block(x) + x`: the adds after the last block are the loop's too
+            span = set(range(start, end))
+            reads = {n for i in span for n in order[i].all_input_nodes
+                     if index[n] not in span and isinstance(values.get(n), torch.Tensor) and n.op != "get_attr"}
+            read_after = [order[i] for i in span if any(index[u] not in span for u in order[i].users)]
+            if len(read_after) <= 1 or not following or following[0] != end:
+                break
+            end = following.pop(0) + 1
         if len(reads) != 1 or len(read_after) > 1:
             continue
         path = f"{call.path}.{head}" if call.path else head
         virtual = Call(path, type(model.get_submodule(path)), start, end, list(reads),
-                       read_after[0] if read_after else order[end - 1], parent=call)
-        call.children.append(virtual)
+                       read_after[0] if read_after else order[end - 1], children=mine, parent=call)
+        for child in mine:
+            child.parent = virtual
+        call.children = [c for c in call.children if c not in mine] + [virtual]
     call.children.sort(key=lambda c: c.start)
     for child in call.children:
         _attributes(child, model, order, values, index)

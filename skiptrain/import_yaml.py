@@ -94,6 +94,11 @@ class Writer:
             if len({frozen(v) for v in defined}) <= 1:
                 exprs[(u, slot)] = defined[0] if defined else WILD
                 continue
+            rule = _by_copy(column) if isinstance(slot, str) and group.members[1:] else None
+            if rule is not None:  # stochastic depth rising over the copies: written once
+                exprs[(u, slot)] = rule
+                self.blocks.by_copy.add((group.cls, group.union[u][0], slot))
+                continue
             name = next((n for n, col in data.items() if all(a is WILD or b is WILD or frozen(a) == frozen(b)
                                                               for a, b in zip(col, column))), None)
             if name is None:
@@ -271,6 +276,21 @@ def _wrong_ids(layers: list[dict[str, Any]], omitted: set[int], kept: frozenset[
     return wrong
 
 
+def _by_copy(column: list[Any]) -> str | None:
+    """A value that rises linearly over every copy of a block in the model, as torchvision's stochastic
+    depth rates do, as the expression that gives exactly those numbers; None otherwise."""
+    if any(type(v) is not float for v in column) or column[0] != 0.0:
+        return None
+    n, last = len(column), column[-1]
+    to_last, to_count = "{} * block_index / (block_count - 1)", "{} * block_index / block_count"
+    for rate, text in ((last, to_last), (round(last, 12), to_last), (last * n / (n - 1), to_count),
+                       (round(last * n / (n - 1), 12), to_count)):
+        divisor = n - 1 if "- 1" in text else n
+        if all(rate * i / divisor == v for i, v in enumerate(column)):
+            return "${" + text.format(repr(rate)) + "}"
+    return None
+
+
 def _param(value: Any) -> bool:
     return isinstance(value, str) and value.startswith("${")
 
@@ -281,6 +301,12 @@ def model(blocks: Blocks, name: str, input_shape: list[int]) -> dict[str, Any]:
     blocks.link(root)
     blocks.group(root)
     writer = Writer(blocks)
+    for group in blocks.ordered():
+        writer.finish(group)
+    if blocks.by_copy:  # values written by copy do not keep copies apart: group again, and repeat them
+        blocks.reset()
+        blocks.group(root)
+        writer = Writer(blocks)
     groups = blocks.ordered()
     for group in groups:
         writer.finish(group)

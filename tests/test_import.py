@@ -66,6 +66,22 @@ class HandWritten(nn.Module):
         return self.head(torch.flatten(self.pool(x), 1))
 
 
+class Looped(nn.Module):
+    """Blocks held in an nn.ModuleList and called in a loop, and a Sequential's first layer called by index:
+    neither container is called itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.blocks = nn.ModuleList([Unit(4, 4) for _ in range(3)])
+
+    def forward(self, x):
+        x = self.stem[1](self.stem[0](x))
+        for block in self.blocks:
+            x = block(x) + x
+        return x
+
+
 class Branchy(nn.Module):
     """Data-dependent control flow: torch.fx cannot trace it."""
 
@@ -125,6 +141,17 @@ def test_hand_written_concat_gate_and_long_skip(tmp_path):
     assert model["skips"] == [{"from": "gate", "to": "proj"}]  # the long skip's add, into the layer before it
     assert next(e for e in model["layers"] if e.get("id") == "proj")["input"] == "stem"
     assert model["blocks"]["gate"]["skips"] == [{"from": "input", "to": "sigmoid", "merge": "mul"}]
+
+
+def test_containers_called_through_their_children(tmp_path):
+    out = tmp_path / "looped.yaml"
+    api.import_model("tests.test_import:Looped", "3,8,8", out)
+    torch.manual_seed(0)
+    rebuilt(out, Looped(), [3, 8, 8])
+    model = yaml.safe_load(out.read_text())["model"]
+    assert [e["id"] for e in model["layers"]] == ["stem", "blocks"]  # ids stay one name each: stem.0, blocks.2
+    assert set(model["blocks"]) == {"stem", "blocks", "unit"}
+    assert {"id": 1, "block": "unit"} in model["blocks"]["blocks"]["layers"]  # blocks.1, its loop's add after it
 
 
 def test_resnet18_blocks_keys_and_outputs(tmp_path):
@@ -197,6 +224,11 @@ def test_torchvision_models_import_exactly(tmp_path, name, shape):
         assert layers["layer3"] == {"id": "layer3", "block": "bottleneck", "repeat": 6,
                                     "args": {"out_channels": 256, "out_channels_conv3": 1024},
                                     "first_args": {"stride": 2, "downsample": True}}
+    if name == "convnext_tiny":  # stochastic depth's rate rises over the 18 blocks: written once, stages repeat
+        assert {"id": "stochastic_depth", "type": "stochastic_depth",
+                "p": "${0.1 * block_index / (block_count - 1)}"} in model["blocks"]["cnblock"]["layers"]
+        assert {"id": 5, "block": "cnblock", "repeat": 9, "args": {"out_channels": 384, "out_features": 1536}} \
+            in model["blocks"]["features"]["layers"]
     if name == "vit_b_16":
         encoder = model["blocks"]["encoder"]["layers"]
         assert {"id": "layers", "block": "encoder_block", "repeat": 12,

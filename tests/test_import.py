@@ -170,6 +170,12 @@ def test_resnet18_blocks_keys_and_outputs(tmp_path):
     rebuilt(out, original, [3, 32, 32])
     validated = invoke("validate", out)
     assert validated.exit_code == 0 and "valid" in validated.output, validated.output
+    from skiptrain import transfer  # --weights is what `train.init` reads: every tensor loads, strictly
+    from skiptrain.settings import parse_settings
+
+    loaded = transfer.load_into(api.build_model(str(out)), transfer.read(weights),
+                                parse_settings({"init": {"path": str(weights), "strict": True}}).init)
+    assert loaded.form == "safetensors" and loaded.loaded == loaded.total == 122 and not loaded.not_loaded
     model = yaml.safe_load(out.read_text())["model"]
     # one BasicBlock definition: its `downsample` (only in the first block of layers 2-4) under a flag
     assert set(model["blocks"]) == {"basic_block", "downsample"}

@@ -115,6 +115,44 @@ class Cumulative(nn.Module):
         return torch.cumsum(self.fc(x), dim=1)
 
 
+class Shared(nn.Module):
+    """One Linear called twice: shared weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.fc(x)))
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x, y):
+        return self.fc(x) + y
+
+
+class Pair(nn.Module):
+    """A submodule that returns two tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.split = Halves()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        a, b = self.split(x)
+        return self.fc(a) + b
+
+
+class Halves(nn.Module):
+    def forward(self, x):
+        return x[:, :2] * 1.0, x[:, 2:] * 1.0
+
+
 def rebuilt(path: Path, model: nn.Module, shape: list[int]) -> None:
     """The written file's model has the original's keys (in order), parameter count and exact outputs."""
     built = api.build_model(str(path)).eval()
@@ -272,6 +310,17 @@ def test_unsupported_op_is_located(tmp_path):
     assert "cumsum" in result.output and "test_import.py:" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "m.yaml").exists()
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("Shared", "module `fc` is called twice: its weights are shared"),
+    ("TwoInputs", "takes 2 inputs; skiptrain models take one tensor"),
+    ("Pair", "module `split` (Halves) returns tuple, not one tensor"),
+])
+def test_inexpressible_models_are_one_message(tmp_path, target, expected):
+    result = invoke("import", f"tests.test_import:{target}", "--input", "4", "--output", tmp_path / "m.yaml")
+    assert result.exit_code == 1 and expected in result.output and "import error" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "m.yaml").exists()
 
 
 @pytest.mark.parametrize("target, expected", [

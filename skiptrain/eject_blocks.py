@@ -39,6 +39,7 @@ class Instance:
     depth: int  # its index in its nodes' ``scope``
     nodes: list[Node] = field(default_factory=list)
     ok: bool = False  # self-contained: it becomes a call of its block's class
+    outer: list[Skip] = field(default_factory=list)  # skips into its output that the enclosing class merges
     input: str = ""  # the one value it reads from outside
     output: str = ""  # the one value of it that is read outside
     cls: BlockClass | None = None
@@ -149,21 +150,43 @@ class Blocks:
             for depth, (path, block) in enumerate(node.scope):
                 self.instances.setdefault(path, Instance(path, block, depth)).nodes.append(node)
         tied = [path for node in self.graph.order for path in node.meta.get("tied", {}).values()]
-        paths = [(path, node_id) for node_id, items in self.items.items() for path, _ in items]
+        paths = [(path, node_id, skip) for node_id, items in self.items.items() for path, skip in items]
         for inst in self.instances.values():
             self._check(inst, tied, paths)
 
-    def _check(self, inst: Instance, tied: list[str], paths: list[tuple[str, str]]) -> None:
+    def _check(self, inst: Instance, tied: list[str], paths: list[tuple[str, str, Skip | None]]) -> None:
         ids = {n.id for n in inst.nodes}
         prefix = inst.path + "."
-        outside = {s for n in inst.nodes for s in [*n.inputs, *(k.source for k in self.graph.skips_into(n.id))]
-                   if s not in ids}
         read_out = {i for i in ids if self.readers.get(i, set()) - ids}
-        own = all((node_id in ids) == path.startswith(prefix) for path, node_id in paths)
+        inst.outer = self._outer(inst, ids, read_out)
+        outer = {id(k) for k in inst.outer}
+        outside = {s for n in inst.nodes for s in [*n.inputs, *(k.source for k in self.graph.skips_into(n.id)
+                                                                if id(k) not in outer)] if s not in ids}
+        own = all((node_id in ids and id(skip) not in outer) == path.startswith(prefix)
+                  for path, node_id, skip in paths)
         ties = any(n.meta.get("tied") for n in inst.nodes) or any(p.startswith(prefix) for p in tied)
         inst.ok = len(outside) == 1 and len(read_out) == 1 and own and not ties
         if inst.ok:
             (inst.input,), (inst.output,) = outside, read_out
+
+    def _outer(self, inst: Instance, ids: set[str], read_out: set[str]) -> list[Skip]:
+        """Skips into the instance's output from outside that the enclosing class merges after calling it
+        (RegNet's `{from: input, to: f, id: proj}`, GPT's `{from: attn, to: mlp}`): those whose projection
+        lives outside the instance, or whose source is not the instance's input; none if that would
+        reorder the output's merges or the instance reads its own merged output."""
+        if len(read_out) != 1:
+            return []
+        (out,) = read_out
+        into = self.graph.skips_into(out)
+        inputs = {s for n in inst.nodes for s in n.inputs if s not in ids}
+        outer = [k for k in into if k.source not in ids and (k.source not in inputs or self._proj_outside(k, inst))]
+        if not outer or self.readers.get(out, set()) & ids or into[len(into) - len(outer):] != outer:
+            return []
+        return outer
+
+    def _proj_outside(self, skip: Skip, inst: Instance) -> bool:
+        proj = self.plan.projection_for(skip)
+        return proj is not None and not proj.id.startswith(inst.path + ".")
 
     def unit(self, node: Node, depth: int) -> Instance | None:
         """The outermost self-contained instance below ``depth`` that ``node`` sits in."""
@@ -191,7 +214,7 @@ class Blocks:
             if any(path.startswith(parent + ".") and node_id not in ids
                    for node_id, items in self.items.items() for path, _ in items):
                 continue
-            chain = all(b.input == a.output and self.readers[a.output] <= {n.id for n in b.nodes}
+            chain = all(b.input == a.output and not a.outer and self.readers[a.output] <= {n.id for n in b.nodes}
                         for a, b in itertools.pairwise(members))
             group = Group(parent, members, chain)
             found.update({m.path: group for m in members})
@@ -207,8 +230,10 @@ class Blocks:
         return _layer_call(layer, node.meta["args"], self.built[path], self.out, node.loc)
 
     def template(self, prefix: str, depth: int, nodes: list[Node], input_id: str, output_id: str,
-                 taken: set[str]) -> Template:
-        """A scope's ``__init__`` entries and ``forward`` (the model's, or an instance's)."""
+                 taken: set[str], excluded: list[Skip] = ()) -> Template:
+        """A scope's ``__init__`` entries and ``forward`` (the model's, or an instance's, less the skips into its
+        output that its parent merges: ``excluded``)."""
+        parents = {id(skip) for skip in excluded}
         groups = self.groups(prefix, depth, nodes)
         entries: list[tuple[str, Call]] = []
         keys: list[str] = ["@in"]
@@ -232,6 +257,28 @@ class Blocks:
             statements.append((new(key, hint), expression, reads))
             return key
 
+        def merge_skips(node_id: str, value: str, skips: list[Skip]) -> str:
+            for k, skip in enumerate(skips):
+                source = cur[skip.source]
+                proj = self.plan.projection_for(skip)
+                if proj is not None:  # its own name: `out = out + downsample`
+                    source = emit(proj.id, rel(proj.id), f"{self.access(rel(proj.id))}({tok(source)})", [source])
+                    named.add(proj.id)
+                merge = MERGES.get(skip.merge, skip.loc)
+                first, second = (source, value) if skip.order == FROM_FIRST else (value, source)
+                value = emit(f"{node_id}#{k}", rel(node_id),
+                             merge.expression(tok(first), tok(second), dim=skip.meta["axis"] + 1), [value, source])
+            return value
+
+        def after(unit: Instance, key: str) -> None:
+            """The unit's output, with the skips into it that this class merges (their projections are ours)."""
+            outer = [skip for skip in unit.outer if id(skip) not in parents]
+            for skip in outer:
+                proj = self.plan.projection_for(skip)
+                if proj is not None:
+                    entries.append((rel(proj.id), self.flat_call(proj.id, self.graph.nodes[skip.target], skip)))
+            cur[unit.output] = merge_skips(unit.output, key, outer)
+
         for node in nodes:
             unit = self.unit(node, depth)
             if unit is not None:
@@ -251,7 +298,7 @@ class Blocks:
                     key = emit(group.path, rel(group.path), f"{self.access(rel(group.path))}({tok(source)})",
                                [source])
                     cur[group.path] = key
-                    cur[group.members[-1].output] = key
+                    after(group.members[-1], key)
                     continue
                 if unit.path in cur:
                     continue
@@ -272,12 +319,13 @@ class Blocks:
                                   for m in group.members])))
                     where = f"{self.access(rel(group.path))}[{index if numbered else repr(key)}]"
                 source = cur[unit.input]
-                cur[unit.path] = cur[unit.output] = emit(unit.path, rel(unit.path), f"{where}({tok(source)})",
-                                                         [source])
+                cur[unit.path] = emit(unit.path, rel(unit.path), f"{where}({tok(source)})", [source])
+                after(unit, cur[unit.path])
                 continue
             layer = registry.get(node.type, node.loc)
             for path, skip in self.items[node.id]:
-                entries.append((rel(path), self.flat_call(path, node, skip)))
+                if skip is None or id(skip) not in parents:
+                    entries.append((rel(path), self.flat_call(path, node, skip)))
             value = cur[node.inputs[0]]
             if not layer.passthrough:
                 if layer.tensor:
@@ -285,17 +333,8 @@ class Blocks:
                 else:
                     expression = f"{self.access(rel(node.id))}({tok(value)})"
                 value = emit(node.id, rel(node.id), expression, [value])
-            for k, skip in enumerate(self.graph.skips_into(node.id)):
-                source = cur[skip.source]
-                proj = self.plan.projection_for(skip)
-                if proj is not None:  # its own name: `out = out + downsample`
-                    source = emit(proj.id, rel(proj.id), f"{self.access(rel(proj.id))}({tok(source)})", [source])
-                    named.add(proj.id)
-                merge = MERGES.get(skip.merge, skip.loc)
-                first, second = (source, value) if skip.order == FROM_FIRST else (value, source)
-                value = emit(f"{node.id}#{k}", rel(node.id),
-                             merge.expression(tok(first), tok(second), dim=skip.meta["axis"] + 1), [value, source])
-            cur[node.id] = value
+            cur[node.id] = merge_skips(node.id, value, [k for k in self.graph.skips_into(node.id)
+                                                        if id(k) not in parents])
         forward = _name(statements, cur[output_id], keys, hints, taken, named)
         chain = bool(statements) and len(statements) == len(entries) and cur[output_id] == statements[-1][0] and all(
             reads == [statements[i - 1][0] if i else "@in"] and expression == f"{self.access(path)}({tok(reads[0])})"

@@ -64,7 +64,7 @@ def classes(blocks: Blocks, taken: set[str]) -> list[BlockClass]:
         mine = [i for i in ok if i.block == block]
         for inst in mine:
             inst.template = blocks.template(inst.path + ".", inst.depth + 1, inst.nodes, inst.input, inst.output,
-                                            taken)
+                                            taken, inst.outer)
         _fill_defaults([inst.template for inst in mine], blocks.out)
         for inst in mine:
             key = _key(block, inst.template)

@@ -184,11 +184,13 @@ model:
     - {type: global_avgpool}
     - {id: head, type: linear, out_features: 3}
   skips:
-    - {from: stem, to: stage.1.conv2, merge: concat}
+    - {from: stem, to: stage.1.bn1}                  # into a block's inner layer: stage.1 stays flat
+    - {from: stem, to: wide.conv2, merge: concat}    # into a block's output: merged after calling it
 """
 
 
 def test_an_instance_that_a_skip_crosses_into_stays_flat_with_the_same_keys_and_outputs(tmp_path):
+    """A skip into a block's inner layer keeps that copy flat; one into its output is merged after the call."""
     import skiptrain
     from skiptrain.export import random_input
 
@@ -196,8 +198,9 @@ def test_an_instance_that_a_skip_crosses_into_stays_flat_with_the_same_keys_and_
     config.write_text(CROSSING)
     text = _eject_text(config, tmp_path)
     assert "_put(self, 'stage.1.conv2', nn.Conv2d(" in text  # the crossed copy: module by module, under its keys
-    assert "_put(self, 'stage.0', ResWithoutConv2Proj(channels=8))" in text  # the other copies: classes, as usual
-    assert "_put(self, 'stage.2', Res(in_channels=16, channels=8))" in text and "self.wide = Res(in_channels=8, channels=16)" in text
+    assert "_put(self, 'stage.0', Res(channels=8))" in text and "_put(self, 'stage.2', Res(channels=8))" in text
+    assert "self.wide = ResConv2Proj(channels=16)" in text  # the other copies are classes, as usual
+    assert "        out = self.wide(out)\n        out = torch.cat([out, stem], dim=1)\n" in text  # merged after the call
     namespace: dict = {}
     exec(compile(text, str(config), "exec"), namespace)  # noqa: S102 - the file eject just wrote
     ejected = namespace["Crossing"]().eval()

@@ -105,7 +105,10 @@ def _fill_defaults(templates: list[Template], out: _Source) -> None:
                 wanted = names[(path, where, c.callee)]
                 if c.factory is None or list(c.kwargs) == list(wanted):
                     continue
-                params = inspect.signature(c.factory).parameters
+                try:
+                    params = inspect.signature(c.factory).parameters
+                except (TypeError, ValueError):  # no signature to read defaults from
+                    continue
                 for key in wanted:
                     default = params[key].default if key in params else inspect.Parameter.empty
                     if key not in c.kwargs and default is not inspect.Parameter.empty:

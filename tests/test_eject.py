@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.fx
 
 from .conftest import CONFIGS, EXAMPLES, invoke
 
@@ -161,6 +162,19 @@ def test_blocks_become_classes_with_their_args_and_a_readable_forward(tmp_path):
             assert "_modules" not in body and "get_submodule" not in body and "= None" not in body
         assert "        out = out + x\n" in text
     assert "        x = self.layer1(x)\n        x = self.layer2(x)\n" in resnet50
+    # `skiptrain import` reads an ejected file back with torch.fx: every generated forward traces
+    namespace: dict = {"__name__": "ejected"}
+    exec(compile(resnet50, "resnet50.py", "exec"), namespace)  # noqa: S102 - the file eject just wrote
+    classes = {v for v in namespace.values() if isinstance(v, type) and v.__module__ == "ejected"}
+    ours = {c for c in classes if re.match(r"(Block `|The model of)", c.__doc__ or "")}
+
+    class Tracer(torch.fx.Tracer):  # skiptrain's own layer classes, copied into the file, stay leaves
+        def is_leaf_module(self, module: torch.nn.Module, name: str) -> bool:
+            return type(module) not in ours and (type(module) in classes or super().is_leaf_module(module, name))
+
+    with torch.device("meta"):
+        graph = Tracer().trace(namespace["Resnet50"]())
+    assert sum(node.op == "call_module" for node in graph.nodes) > 100
 
 
 CROSSING = """

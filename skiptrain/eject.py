@@ -1,11 +1,12 @@
 """`skiptrain eject`: a skiptrain model as one standalone PyTorch file that never imports skiptrain.
 
-The file holds the model class, whose ``__init__`` creates every module under the SkipNet's own
-paths (so the state-dict keys, tied weights included, are the same and a checkpoint's ``"model"``
-loads as it is), and whose ``forward`` is the SkipNet's generated forward. Layers are built from
-the arguments the plan resolved; projections from their built modules' attributes, checked by
-rebuilding; skiptrain's own layer classes are copied into the file with the helpers they use.
-Correctness first: the modules are the SkipNet's, so eval-mode outputs are bitwise equal.
+The file holds a class per block definition (``eject_blocks.py``, ``eject_classes.py``) and the model
+class composing them; every module sits under the SkipNet's own path (so the state-dict keys, tied
+weights included, are the same and a checkpoint's ``"model"`` loads as it is), and each ``forward``
+computes what the SkipNet's generated forward computes, in its order. Layers are built from the
+arguments the plan resolved; projections from their built modules' attributes, checked by rebuilding;
+skiptrain's own layer classes are copied into the file with the helpers they use. Correctness first:
+eval-mode outputs are bitwise equal.
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """The classes of an ejected file: one ``nn.Module`` per block definition, and the model composing them.
 
-A block instance becomes a call of its class (``self.down2 = Basic(in_channels=16, channels=32, stride=2)``)
+A block instance becomes a call of its class (``self.down2 = BasicBn2Proj(channels=32, stride=2)``)
 when it is self-contained: one value in, one value out, every module under its own path and no tied
-weights; the copies of a `repeat:` become an ``nn.Sequential`` when they are chained. Anything else (a
-skip crossing a block's boundary, ties, a merge reading across scopes) stays in the enclosing class,
-module by module under its key path: correctness first. Instances of one block share a class when their
+weights (a skip from outside into its output is merged by the enclosing class after the call); the
+copies of a `repeat:` become an ``nn.Sequential`` when they are chained. Anything else (a skip into a
+block's inner layer, ties, a merge reading across scopes) stays in the enclosing class, module by
+module under its key path: correctness first. Instances of one block share a class when their
 structure is the same (the same modules, projections and forward); the values that differ between them
 become the class's constructor arguments, named after the block's `args:` where the values match.
 """

@@ -57,7 +57,8 @@ def classes(blocks: Blocks, taken: set[str]) -> list[BlockClass]:
                 needs[inst.block].add(unit.block)
     order: list[str] = []
     while len(order) < len(needs):
-        order += [b for b in needs if b not in order and needs[b] <= set(order)]
+        ready = [b for b in needs if b not in order and needs[b] <= set(order)]
+        order += ready or [b for b in needs if b not in order]  # (blocks never use themselves: no cycle)
     found: list[BlockClass] = []
     for block in order:
         variants: dict[str, BlockClass] = {}

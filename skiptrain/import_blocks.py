@@ -22,6 +22,7 @@ from .import_graph import Call, ImportError_
 from .import_scopes import Body, Scopes
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+NUMBERED = "#"  # the id of an entry of a numbered list in a group's union: each member has its own index
 
 
 def frozen(value: Any) -> Any:
@@ -151,15 +152,21 @@ class Blocks:
         if call.parent is None or body.repeat_of is not None:
             return
         cls = (call.cls.__module__, call.cls.__qualname__)
-        # containers of different lengths are different lists, not one list with optional tails
+        # containers of different lengths are different lists, not one list with optional tails; but a
+        # numbered list with one more entry (torchvision's expansion conv: `conv.0` only where it expands, the
+        # depthwise conv `conv.1` or `conv.0`) is one list with `when:` and `id: "${1 if ... else 0}"`
         unify = self.unify and not issubclass(call.cls, _CONTAINERS)
+        numbered = (self.unify and issubclass(call.cls, _CONTAINERS) and not skips and body.output_ref is None
+                    and [e.id for e in body.entries] == [str(k) for k in range(len(body.entries))]
+                    and all(e.refs is None for e in body.entries))
+        if numbered:
+            entries = [(NUMBERED,) + e[1:] for e in entries]
         for group in self.groups:
             if group.output != body.output_ref or not _variant(group.cls, cls) or self._uses(body, group, set()):
                 continue
-            if self._join(group, body, entries, skips, unify, subset=group.cls != cls):
+            if self._join(group, body, entries, skips, unify or numbered, subset=group.cls != cls or numbered):
                 if len(cls[1]) < len(group.cls[1]):  # named after the base class: `BasicBlock`, not its variant
                     group.cls = cls
-                    self.names.discard(group.name)
                     group.name = self._name(call)
                 return
         group = Group(cls, self._name(call), output=body.output_ref)
@@ -189,13 +196,15 @@ class Blocks:
         elif not group.members:
             union, entry_map = list(entries), list(range(len(entries)))
         elif unify:
-            merged = _merge(group.union, entries)
+            merged = _merge(group.union, entries, from_end=entries[0][0] == NUMBERED)
             if merged is None or subset and len(merged[0]) != max(len(group.union), len(entries)):
                 return False  # another class: only where one's entries are all in the other's
+            if entries[0][0] == NUMBERED and len(merged[0]) > min(len(group.union), len(entries)) + 1:
+                return False  # a numbered list: one entry more or less
             union, entry_map, moved = merged
         else:
             return False
-        ids = [e[0] for e in union if e[0] is not None]
+        ids = [e[0] for e in union if e[0] is not None and e[0] != NUMBERED]
         if len(ids) != len(set(ids)):
             return False
         if union is not group.union and group.members:
@@ -250,17 +259,28 @@ class Blocks:
                     entry.kind = "block"
 
     def _name(self, call: Call) -> str:
+        """A group's base name (``rename`` numbers them): its class, or what a plain container holds."""
         plain = call.cls in _CONTAINERS or call.cls is nn.Module  # named by what they hold: `layer1`, `downsample`
         base = _snake(call.name.split(".")[-1]) if plain else _snake(call.cls.__name__)
         base = re.sub(r"[^A-Za-z0-9_]", "_", base)
-        if not base or base[0].isdigit():
-            base = "block_" + base
-        name, k = base, 1
-        while name in self.names:
-            k += 1
-            name = f"{base}{k}" if base[-1].isalpha() else f"{base}_{k}"  # as eject names variants: InvertedResidual2
-        self.names.add(name)
-        return name
+        return base if base and not base[0].isdigit() else "block_" + base
+
+    def rename(self) -> None:
+        """Final names in the order the groups were made: a base name, then its variants numbered as eject
+        numbers its classes (`inverted_residual`, `inverted_residual2`); an ejected `Conv2dNormActivation2`
+        counts as a variant of `Conv2dNormActivation`, so a round trip keeps the names."""
+        bases = [group.name for group in self.groups]
+        taken: set[str] = set()
+        for group, base in zip(self.groups, bases):
+            stripped = base.rstrip("0123456789_")  # eject's InvertedResidual2, Conv2dNormActivation2_2
+            if stripped != base and stripped in bases:
+                base = stripped
+            name, k = base, 1
+            while name in taken:
+                k += 1
+                name = f"{base}{k}" if base[-1].isalpha() else f"{base}_{k}"
+            taken.add(name)
+            group.name = name
 
     def ordered(self) -> list[Group]:
         """The groups, each after the groups its members use (their definitions' arguments come first)."""
@@ -302,7 +322,20 @@ def _copy_id(ids: list[str]) -> str | None | bool:
     return f"{prefix}${{repeat_index{f' + {first}' if first else ''}}}{suffix}"
 
 
-def _merge(a: list[tuple], b: list[tuple]) -> tuple[list[tuple], list[int], list[int]] | None:
+def _merge(a: list[tuple], b: list[tuple], from_end: bool = False) -> tuple[list[tuple], list[int], list[int]] | None:
+    """``_aligned``, matching from the end where ``from_end`` (a numbered list's extra entry is its first:
+    torchvision's expansion conv), so the entry that only some have is the one written with `when:`."""
+    if not from_end:
+        return _aligned(a, b)
+    merged = _aligned(a[::-1], b[::-1])
+    if merged is None:
+        return None
+    union, landed, moved = merged
+    last = len(union) - 1
+    return union[::-1], [last - i for i in landed[::-1]], [last - i for i in moved[::-1]]
+
+
+def _aligned(a: list[tuple], b: list[tuple]) -> tuple[list[tuple], list[int], list[int]] | None:
     """The shortest common supersequence of two entry lists (longest common subsequence kept in place):
     the union, where each of ``b``'s entries lands, and where each of ``a``'s moved to; None if nothing
     is shared."""

@@ -14,7 +14,8 @@ from typing import Any
 
 from .conditions import COPY_VARIABLES
 from .expr import SHAPE_NAMES
-from .import_blocks import Blocks, Group, frozen
+from .import_blocks import NUMBERED, Blocks, Group, frozen
+from .import_graph import ImportError_
 from .import_scopes import Body, Entry
 from .merges import MERGES
 
@@ -56,6 +57,7 @@ class Writer:
         self.layouts: dict[str, list[tuple[int, Any]]] = {}
         self.exprs: dict[str, dict[tuple[int, Any], Any]] = {}
         self.when: dict[str, dict[tuple[str, int], str]] = {}
+        self.ids: dict[str, dict[int, Any]] = {}
 
     def child_group(self, skeleton: tuple) -> Group:
         return self.by_id[skeleton[4]]
@@ -103,7 +105,7 @@ class Writer:
                                                               for a, b in zip(col, column))), None)
             if name is None:
                 base = slot if isinstance(slot, str) else slot[1]
-                name = self._name(base, group.union[u][0], names)
+                name = self._name(base, self._entry_id(group, u), names)
                 data[name] = list(column)
             data[name] = [b if a is WILD else a for a, b in zip(data[name], column)]
             exprs[(u, slot)] = f"${{{name}}}"
@@ -125,6 +127,9 @@ class Writer:
                     break
             else:
                 base = group.union[where[1]][0] if where[0] == "entry" else None
+                if base == NUMBERED:  # `with_conv2d_norm_activation`: named after what the entry is
+                    kind = group.union[where[1]][4]
+                    base = f"with_{self.by_id[kind].name if isinstance(kind, int) else kind}"
                 if base is None:  # a skip, or a merge layer without an id: the residual connection
                     base = "residual" if where[0] == "skip" or group.union[where[1]][4] in MERGES else \
                         f"with_{group.union[where[1]][4]}"
@@ -138,6 +143,25 @@ class Writer:
             group.values[id(member)] = {**{n: col[m] for n, col in data.items()},
                                         **{n: col[m] for n, col in flags.items()}}
         self.layouts[group.name], self.exprs[group.name], self.when[group.name] = layout, exprs, when
+        self.ids[group.name] = {u: self._numbered(group, u, flags) for u, e in enumerate(group.union)
+                                if e[0] == NUMBERED}
+
+    def _entry_id(self, group: Group, u: int) -> Any:
+        """Entry ``u``'s id as a member writes it (a numbered list's differ: the first member's)."""
+        return next(e.id for m in group.members if (e := self.entries_of(group, m).get(u)) is not None)
+
+    def _numbered(self, group: Group, u: int, flags: dict[str, list[bool]]) -> Any:
+        """The id of entry ``u`` of a numbered list: its index, or `${1 if flag else 0}` where it shifts."""
+        ids = [(m, int(e.id)) for m, member in enumerate(group.members)
+               if (e := self.entries_of(group, member).get(u)) is not None]
+        values = sorted({i for _, i in ids})
+        if len(values) == 1:
+            return values[0]
+        for flag, column in flags.items():
+            for negate in (False, True):
+                if len(values) == 2 and all(i == values[1 if column[m] != negate else 0] for m, i in ids):
+                    return f"${{{values[1]} if {'not ' if negate else ''}{flag} else {values[0]}}}"
+        raise ImportError_(f"the entries of `{group.name}` are numbered in a way no flag explains", None)
 
     def _value(self, group: Group, member: Body, u: int, slot: Any) -> Any:
         entry = self.entries_of(group, member).get(u)
@@ -168,6 +192,8 @@ class Writer:
             member = next(m for m in group.members if u in group.entry_map[id(m)])
             entry = self.entries_of(group, member)[u]
             out: dict[str, Any] = {} if entry.id is None else {"id": _id(entry.id)}
+            if u in self.ids[group.name]:
+                out["id"] = self.ids[group.name][u]
             if skeleton[3] == "layer":
                 out["type"] = entry.type
                 out.update({k: _plain(exprs[(v, k)]) for v, k in self.layouts[group.name]
@@ -240,7 +266,8 @@ class Writer:
 def _omit_auto_ids(layers: list[dict[str, Any]], stateless: list[bool], patterns: set[frozenset[int]]) -> None:
     """Leave out the ids that skiptrain would give anyway (``spec.auto_id``: `<type>_<k>` per scope, over the
     entries that `when:` keeps) where nothing hangs on them: `{type: relu}`, not `{id: relu_1, type: relu}`."""
-    omitted = {i for i, layer in enumerate(layers) if stateless[i] and isinstance(layer.get("id"), str)}
+    omitted = {i for i, layer in enumerate(layers) if stateless[i] and isinstance(layer.get("id"), str)
+               and "${" not in layer["id"]}
     while True:
         wrong = set()
         for kept in patterns:
@@ -300,12 +327,14 @@ def model(blocks: Blocks, name: str, input_shape: list[int]) -> dict[str, Any]:
     root = blocks.scopes.trace.root
     blocks.link(root)
     blocks.group(root)
+    blocks.rename()
     writer = Writer(blocks)
     for group in blocks.ordered():
         writer.finish(group)
     if blocks.by_copy:  # values written by copy do not keep copies apart: group again, and repeat them
         blocks.reset()
         blocks.group(root)
+        blocks.rename()
         writer = Writer(blocks)
     groups = blocks.ordered()
     for group in groups:

@@ -268,6 +268,9 @@ def test_torchvision_models_import_exactly(tmp_path, name, shape):
         assert layers["layer3"] == {"id": "layer3", "block": "bottleneck", "repeat": 6,
                                     "args": {"out_channels": 256, "out_channels_conv3": 1024},
                                     "first_args": {"stride": 2, "downsample": True}}
+    if name in ("mobilenet_v2", "efficientnet_b0"):  # with and without the expansion conv: one definition
+        assert {"inverted_residual", "mbconv"} & set(model["blocks"])
+        assert not {"inverted_residual2", "mbconv2"} & set(model["blocks"])
     if name == "convnext_tiny":  # stochastic depth's rate rises over the 18 blocks: written once, stages repeat
         assert {"id": "stochastic_depth", "type": "stochastic_depth",
                 "p": "${0.1 * block_index / (block_count - 1)}"} in model["blocks"]["cnblock"]["layers"]

@@ -17,6 +17,7 @@ import torch
 from torch import fx
 
 from .import_graph import ADDS, CATS, MULS, Call, ImportError_, Trace, node_location
+from .errors import ConfigError
 from .merges import MERGES
 from .registry import LAYERS
 
@@ -310,11 +311,22 @@ class Scopes:
 
     def _module(self, node: fx.Node, call: Call, prev: fx.Node, entries: list[Entry]) -> fx.Node:
         module = self.trace.model.get_submodule(str(node.target))
-        found = self.layers.layer_of(module)
+        gap = getattr(self.layers, "call_gap", lambda n: None)(node)  # attention called with a mask
+        if gap:
+            raise ImportError_(f"{describe(node)} ({type(module).__name__}): {gap}", node_location(node))
+        inputs = self.tensor_inputs(node)
+        in_shape = self.shapes.get(inputs[0]) if len(inputs) == 1 else None
+        try:  # `match` says why no layer type fits; with the input shape it also checks a forward
+            found = self.layers.match(module, in_shape) if hasattr(self.layers, "match") else \
+                self.layers.layer_of(module)
+        except ConfigError as error:
+            found, why = None, getattr(error, "reason", error.message)
+        else:
+            why = None
         if found is None:
-            raise ImportError_(f"{describe(node)} ({type(module).__name__}) has no skiptrain layer type",
-                               node_location(node), "see docs/layers.md; a plugin can register one "
-                                                    "(docs/plugins.md)")
+            raise ImportError_(f"{describe(node)} ({type(module).__name__}) has no skiptrain layer type"
+                               + (f": {why}" if why else ""), node_location(node),
+                               "see docs/layers.md; a plugin can register one (docs/plugins.md)")
         layer_type, args = found
         path = str(node.target)
         relative = path[len(call.path) + 1:] if call.path else path

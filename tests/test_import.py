@@ -126,6 +126,17 @@ class Shared(nn.Module):
         return self.fc(torch.relu(self.fc(x)))
 
 
+class Recurrent(nn.Module):
+    """A torch.nn layer that no registered type builds."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(4, 4, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
 class TwoInputs(nn.Module):
     def __init__(self):
         super().__init__()
@@ -319,9 +330,11 @@ def test_unsupported_op_is_located(tmp_path):
     ("Shared", "module `fc` is called twice: its weights are shared"),
     ("TwoInputs", "takes 2 inputs; skiptrain models take one tensor"),
     ("Pair", "module `split` (Halves) returns tuple, not one tensor"),
+    ("Recurrent", "module `rnn` (RNN) has no skiptrain layer type: no registered layer type builds"),
 ])
 def test_inexpressible_models_are_one_message(tmp_path, target, expected):
-    result = invoke("import", f"tests.test_import:{target}", "--input", "4", "--output", tmp_path / "m.yaml")
+    shape = "3,4" if target == "Recurrent" else "4"
+    result = invoke("import", f"tests.test_import:{target}", "--input", shape, "--output", tmp_path / "m.yaml")
     assert result.exit_code == 1 and expected in result.output and "import error" in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "m.yaml").exists()
 

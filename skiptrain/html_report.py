@@ -3,16 +3,16 @@
 Everything is inline — styles, the network diagram and the curves as SVG, sample images as small PNG
 ``data:`` URIs — so the page opens from disk or as an e-mail attachment, with no network. The page is
 assembled from the run directory alone (metrics.jsonl, summary.json, config.yaml, transfer.json and a
-checkpoint), so ``skiptrain report`` rebuilds the same page that ``train`` wrote. The checkpoint
-(best.pt, else last.pt) is measured once more on the validation split for what metrics.jsonl does not
-keep: the confusion matrix, per-class figures and the worst samples. What to show comes from the task
+checkpoint), so ``skiptrain report`` rebuilds the same page that ``train`` wrote. What metrics.jsonl does
+not keep — the confusion matrix, per-class figures and the worst samples of the checkpoint (best.pt, else
+last.pt) on the validation split — comes from the record training wrote of that checkpoint's validation
+pass (``validation_record``); without one that fits (an older run, --limit-batches) the checkpoint is
+measured once more. What to show comes from the task
 (``Task.sample_losses`` and ``show_sample``, its metrics' keys), never from its name. Every text of the
 user's is escaped.
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 import platform
 import time
@@ -24,11 +24,11 @@ from typing import Any
 from . import __version__
 from .errors import CheckpointError, ConfigError, Location, SkiptrainError, warn
 from .outputs import check_output, write_text
-from .svg_charts import Series, heatmap, line_chart, number, sparkline
+from .report_images import image_html as _image, input_html as _input_html
+from .svg_charts import Series, heatmap, line_chart, number
 from .training.rundir import RunDir, resumable, run_id
 
 MAX_SAMPLES = 64  # a few dozen samples at most: the page stays light
-THUMB = 72  # shown size of a sample image, CSS pixels; images are stored at most this large
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#1d2433;background:#f6f7f9}
 main{max-width:1180px;margin:0 auto;padding:18px 22px 60px}
@@ -71,6 +71,7 @@ class Measured:
     total: int = 0
     class_names: list[str] | None = None
     per_class: tuple[str, str] | None = None
+    note: str = ""  # why the checkpoint was measured again although training had recorded its validation
 
 
 def write_report(source: str | Path, output: str | Path | None = None, *, overwrite: bool = False,
@@ -148,18 +149,27 @@ def page(title: str, body: str) -> str:
 
 def measure(restored, dev, samples: int = 24, max_samples: int = 10_000) -> Measured | None:
     """The checkpoint on the validation split (else test), at most ``max_samples`` samples in the split's
-    own order: the task's metrics and the ``samples`` samples of highest loss."""
+    own order: the task's metrics and the ``samples`` samples of highest loss. What training recorded of
+    that checkpoint's validation pass (``validation_record``) when it covers as much: no forward pass then."""
     import torch
 
     from .api import restored_data
+    from .evaluate import Worst
     from .tasks import get_task
 
+    try:
+        recorded = _recorded(restored, samples, max_samples)
+        note = ""
+    except SkiptrainError as exc:
+        recorded, note = None, f"Measured again: the validation record is damaged ({exc.message})."
+    if recorded is not None:
+        return recorded
     task_name, data = restored_data(restored, dev)
     task = get_task(task_name)
     split_name, split = ("val", data.val) if data.val is not None else ("test", data.test)
     if split is None:
         return None
-    metrics, worst, seen = task.metrics(data.num_classes), [], 0
+    metrics, worst, seen = task.metrics(data.num_classes), Worst(task, samples), 0
     model = restored.model
     with torch.inference_mode():
         for x, y in split.epoch(0):
@@ -168,16 +178,30 @@ def measure(restored, dev, samples: int = 24, max_samples: int = 10_000) -> Meas
             out = model(x)
             metrics.update(out, y)
             seen += len(x)
-            losses = task.sample_losses(out, y) if samples else None
-            if losses is None:
-                continue
-            top = losses.topk(min(samples, len(losses))).indices.tolist()
-            worst += [(float(losses[i]), x[i].cpu(), out[i].float().cpu(), y[i].cpu()) for i in top]
-            worst = sorted(worst, key=lambda item: -item[0])[:samples]
-    shown = [{"loss": loss, "input": _input_html(x, data.mean, data.std),
-              "shown": task.show_sample(out.numpy(), y.numpy(), data.class_names)} for loss, x, out, y in worst]
+            worst.update(x, out, y)
+    shown = _shown(task, worst.samples(), data.mean, data.std, data.class_names)
     return Measured(split_name, Path(restored.state.path).name, restored.state.epoch, metrics.summary(), shown,
-                    seen, split.num_samples, data.class_names, task.per_class)
+                    seen, split.num_samples, data.class_names, task.per_class, note)
+
+
+def _recorded(restored, samples: int, max_samples: int) -> Measured | None:
+    """The checkpoint's validation as training recorded it (``validation_record.usable``), without a forward pass."""
+    from .tasks import get_task
+    from .validation_record import usable
+
+    record, meta = usable(restored.state, samples, max_samples), restored.data
+    if record is None:
+        return None
+    task, names = get_task(record["task"]), meta.get("class_names")
+    return Measured(record["split"], Path(restored.state.path).name, restored.state.epoch, record["result"],
+                    _shown(task, record["samples"][:samples], meta.get("mean"), meta.get("std"), names),
+                    record["evaluated"], record["total"], names, task.per_class)
+
+
+def _shown(task, rows: list[dict[str, Any]], mean, std, class_names) -> list[dict[str, Any]]:
+    """The report's sample cards from ``Worst.samples()`` rows (worst first)."""
+    return [{"loss": row["loss"], "input": _input_html(row["input"], mean, std),
+             "shown": task.show_sample(row["output"].numpy(), row["target"].numpy(), class_names)} for row in rows]
 
 
 def _plan(config_text: str | None):
@@ -256,6 +280,7 @@ def _evaluation(m: Measured) -> str:
     capped = f" (the first {m.evaluated:,} of {m.total:,})" if m.evaluated < m.total else ""
     lines = [f"<p class='sub'>checkpoint <code>{escape(m.checkpoint)}</code> (epoch {m.epoch}), "
              f"{m.evaluated:,} samples{capped}</p>"]
+    lines += [f"<p class='note'>{escape(m.note)}</p>"] if m.note else []
     scalars = [(k, v) for k, v in m.result.items() if isinstance(v, (int, float))]
     lines.append("<div class='cards'>" + "".join(f"<div class='card'><b>{number(v)}</b><span>{escape(k)}</span></div>"
                                                  for k, v in scalars) + "</div>")
@@ -304,41 +329,6 @@ def _sample(s: dict[str, Any]) -> str:
                     for v, label in ((prediction, "prediction"), (truth, "truth")) if isinstance(v, str))
     return (f"<div class='sample'><div class='imgs'>{images}</div>{caption}{texts}"
             f"<div class='note'>loss {number(s['loss'])}</div></div>")
-
-
-def _image(image, label: str) -> str:
-    """A PIL image as an inline PNG, at most THUMB pixels on its longer side."""
-    from PIL import Image
-
-    if max(image.size) > THUMB:
-        image = image.copy()
-        image.thumbnail((THUMB, THUMB), Image.NEAREST if image.mode == "P" else Image.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f"<img alt='{escape(label)}' title='{escape(label)}' src='data:image/png;base64,{data}'>"
-
-
-def _input_html(x, mean, std) -> str:
-    """A sample's input: an image (channels-first, 1 or 3 channels), a curve (a 1-D signal) or token ids."""
-    import numpy as np
-    from PIL import Image
-
-    image_like = x.dim() == 3 and x.shape[0] in (1, 3)
-    if not x.is_floating_point() and not image_like:
-        ids = x.reshape(-1).tolist()
-        return f"<code>{escape(' '.join(map(str, ids[:24])))}{' …' if len(ids) > 24 else ''}</code>"
-    values = x.float().numpy()
-    if image_like:
-        if mean is not None and std is not None and x.is_floating_point():
-            values = values * np.asarray(std, dtype=np.float32).reshape(-1, 1, 1) + \
-                np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
-        else:
-            values = (values - values.min()) / max(float(values.max() - values.min()), 1e-12)
-        pixels = (np.clip(values, 0, 1) * 255).astype(np.uint8)
-        image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
-        return _image(image, "input")
-    return sparkline(values.reshape(values.shape[0], -1)[0] if values.ndim > 1 else values, THUMB)
 
 
 def _transfer(transfer: dict) -> str:

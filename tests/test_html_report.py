@@ -340,3 +340,99 @@ def test_pages_render_in_headless_chromium(run, comparison, tmp_path):
     assert len(sizes["#runs tr"]) == 3 and all(w > 250 and h > 150 for w, h in sizes["#curves svg"])
     assert len(sizes["#curves polyline"]) >= 2 * len(sizes["#curves svg"])  # a line per run in every chart
     browser.screenshot(page, tmp_path / "compare.png", (1300, 1400))
+
+
+# --- the validation pass recorded at training time (issue 19, item 6: the report without a second pass) ---
+
+def _measured_section(page: str) -> str:
+    import re
+
+    return re.search(r"<section id='measured-on.*?</section>", page, re.S).group(0)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    """A tiny run whose every validation pass is recorded: 100 validation samples in 4 batches, 2 epochs."""
+    from .conftest import TINY_RESIDUAL
+
+    folder = tmp_path_factory.mktemp("recorded")
+    config = folder / "tiny.yaml"
+    config.write_text(TINY_RESIDUAL.replace("num_samples: 160", "num_samples: 420, val_fraction: 0.25"))
+    result = invoke("train", config, "--run-dir", folder / "run", "--quiet")
+    assert result.exit_code == 0, result.output
+    return folder / "run"
+
+
+def test_the_report_at_the_end_of_train_reads_the_recorded_validation_pass(recorded, monkeypatch, tmp_path):
+    import torch
+
+    from skiptrain import html_report
+    from skiptrain.validation_record import read_record
+
+    checkpoints = recorded / "checkpoints"
+    record = read_record(checkpoints / "best.pt")
+    best = torch.load(checkpoints / "best.pt", weights_only=True)
+    assert (record["checkpoint"], record["epoch"], record["step"]) == ("best.pt", best["epoch"], best["step"])
+    assert record["evaluated"] == record["total"] == 105 and len(record["samples"]) == 24
+    assert [s["loss"] for s in record["samples"]] == sorted((s["loss"] for s in record["samples"]), reverse=True)
+    assert read_record(checkpoints / "last.pt")["checkpoint"] == "last.pt"
+    with_record = _measured_section((recorded / "report.html").read_text())
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the report ran the model again")
+
+    monkeypatch.setattr("skiptrain.api.restored_data", no_data)  # with a record: no data, no forward pass
+    assert _measured_section(html_report.run_page(recorded, device="cpu")) == with_record
+    monkeypatch.undo()
+    copy = tmp_path / "run"
+    shutil.copytree(recorded, copy)
+    for item in (copy / "checkpoints").glob("*.pt.validation*"):
+        item.unlink()
+    assert _measured_section(html_report.run_page(copy, device="cpu")) == with_record  # today's re-measure
+    assert "samples of highest loss" in with_record and "id='per-class'" in with_record
+
+
+def test_a_record_of_other_weights_or_a_damaged_one_is_measured_again(recorded, tmp_path):
+    from skiptrain import html_report
+    from skiptrain.checkpoint import atomic_save
+    from skiptrain.validation_record import read_record
+
+    copy = tmp_path / "run"
+    shutil.copytree(recorded, copy)
+    expected = _measured_section((recorded / "report.html").read_text())
+    record = copy / "checkpoints" / "best.pt.validation"
+    stale = read_record(copy / "checkpoints" / "best.pt")
+    atomic_save({**stale, "step": stale["step"] + 1, "samples": stale["samples"][::-1]}, record)
+    assert _measured_section(html_report.run_page(copy, device="cpu")) == expected  # not these weights' record
+    record.write_bytes(record.read_bytes()[:200])  # cut short: a note, the page still whole
+    result = invoke("report", copy)
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    note = ("<p class='note'>Measured again: the validation record is damaged "
+            "(best.pt.validation does not match its checksum).</p>")
+    assert _measured_section((copy / "report.html").read_text()).replace(note, "", 1) == expected
+
+
+def test_worst_samples_of_sharded_passes_merge_to_those_of_one_pass():
+    import torch
+
+    from skiptrain.evaluate import Worst
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(n, 3, 4, 4, generator=gen), torch.randn(n, 5, generator=gen),
+                torch.randint(0, 5, (n,), generator=gen)) for n in (8, 8, 8, 8, 3)]
+    one = Worst("classification", 6)
+    for x, out, y in batches:
+        one.update(x, out, y)
+    shards = [Worst("classification", 6) for _ in range(3)]
+    for shard, part in zip(shards, (batches[:1], batches[1:3], batches[3:])):  # contiguous, in rank order
+        for x, out, y in part:
+            shard.update(x, out, y)
+    states = [s.state() for s in shards]
+    for rank in shards:
+        rank.merge(states)
+        assert rank.seen == 35
+        got, want = rank.samples(), one.samples()
+        assert [(r["loss"], r["index"]) for r in got] == [(r["loss"], r["index"]) for r in want]
+        assert all(torch.equal(a["input"], b["input"]) for a, b in zip(got, want))
+    flat = torch.cat([x for x, _, _ in batches])
+    assert all(torch.equal(flat[r["index"]], r["input"]) for r in one.samples())

@@ -23,6 +23,7 @@ from ..data import check_same_data
 from ..data.decode_cache import keep_decoded_in
 from ..evaluate import evaluate
 from ..outputs import write_text
+from ..validation_record import KEEP, write_record
 from ..tasks import TASKS, reported
 from . import freeze, tensorboard
 from .nonfinite import NonFiniteWatch, check_weights
@@ -70,6 +71,7 @@ class Run:
     tensorboard: Any = None  # a SummaryWriter on rank 0 when train.tensorboard is on
     frozen: freeze.Frozen = field(default_factory=freeze.Frozen)  # train.freeze's part, until unfreeze_at_epoch
     grouping: Any = None  # optim.Grouping: train.param_groups and layer_decay, for groups added on unfreezing
+    validation: dict | None = None  # this epoch's validation result, recorded beside its checkpoints
 
     def batches(self, split):
         """This rank's shard of an evaluation split (all of it in one process), at most limit_batches in all."""
@@ -263,7 +265,8 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
     if run.data.val is not None:  # every rank measures its shard; each gets the whole split's metrics
         val = evaluate(model, run.batches(run.data.val), run.task, run.data.num_classes, run.autocast, run.prepare,
-                       run.world)
+                       run.world, keep_worst=KEEP)
+        run.validation = val
         row["val_loss"] = val["loss"]
         row.update({f"val_{key}": val[key] for key in (TASKS.get(run.task).headline,) if key in val})
     trained = count.item() - resumed * run.world.world_size  # samples this process run actually trained on
@@ -300,8 +303,17 @@ def save(run: Run, row: dict[str, Any]) -> None:
     periodic = run.epoch % run.settings.checkpoint_every == 0 or run.epoch == run.settings.epochs
     if periodic or run.settings.checkpoint_every_steps:
         save_checkpoint(run, best=False)
+        _record(run, "last.pt")
     if better:
         save_checkpoint(run, best=True)
+        _record(run, "best.pt")
+
+
+def _record(run: Run, name: str) -> None:
+    """This epoch's validation pass beside the checkpoint just written: the report needs no second pass."""
+    if run.validation is not None:
+        write_record(run.run_dir.checkpoints / name, run.validation, epoch=run.epoch, step=run.step, task=run.task,
+                     split="val", total=run.data.val.num_samples)
 
 
 def save_checkpoint(run: Run, best: bool) -> None:

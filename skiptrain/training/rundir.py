@@ -41,7 +41,7 @@ from ..outputs import atomic_output, nearest_existing, write_text
 MARKER = ".skiptrain-run"
 # replaced or appended
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "transfer.json", "report.html", MARKER)
-CHECKPOINT_FILES = ("last.pt", "previous.pt", "best.pt")
+CHECKPOINT_FILES = ("last.pt", "previous.pt", "best.pt", "last.pt.validation", "best.pt.validation")
 METRICS_LIMIT = 256 * MiB  # one short line per epoch
 
 

@@ -4,6 +4,7 @@ and structure, its constructor arguments, its name and its source.
 from __future__ import annotations
 
 import inspect
+import json
 import keyword
 import re
 from collections.abc import Iterator
@@ -247,7 +248,10 @@ def class_source(cls: BlockClass) -> str:
         lines += ["", "def forward(self, x: torch.Tensor) -> torch.Tensor:", *(f"    {line}" for line in forward)]
     body = "\n".join(f"    {line}" if line else "" for line in lines)
     base = "nn.Sequential" if numbered else "nn.Module"
-    return f'class {cls.name}({base}):\n    """{_docstring(cls)}"""\n\n{body}\n\n\n'
+    # the block it came from, which `skiptrain import` reads: the classes of one block's structures are one
+    # definition again, under the block's name, so import -> eject -> import gives the same YAML
+    marker = f"    skiptrain_block = {json.dumps(cls.block)}\n"
+    return f'class {cls.name}({base}):\n    """{_docstring(cls)}"""\n\n{marker}\n{body}\n\n\n'
 
 
 def _assign(path: str, call: str) -> str:

@@ -22,6 +22,7 @@ from .import_graph import Call, ImportError_
 from .import_scopes import Body, Scopes
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+MARKER = "skiptrain_block"  # the class attribute that names an ejected class's block
 NUMBERED = "#"  # the id of an entry of a numbered list in a group's union: each member has its own index
 
 
@@ -151,7 +152,7 @@ class Blocks:
         self._repeat(call, body)
         if call.parent is None or body.repeat_of is not None:
             return
-        cls = (call.cls.__module__, call.cls.__qualname__)
+        cls = _family(call.cls)
         # containers of different lengths are different lists, not one list with optional tails; but a
         # numbered list with one more entry (torchvision's expansion conv: `conv.0` only where it expands, the
         # depthwise conv `conv.1` or `conv.0`) is one list with `when:` and `id: "${1 if ... else 0}"`
@@ -243,7 +244,7 @@ class Blocks:
     def _concrete(self, body: Body) -> Any:
         """Everything a body's copies must share to be one `repeat:`: its structure and values, recursively
         (less the values written by copy index, which differ between copies by design)."""
-        cls = (body.call.cls.__module__, body.call.cls.__qualname__)
+        cls = _family(body.call.cls)
         masked = {(entry_id, key) for group_cls, entry_id, key in self.by_copy if _variant(group_cls, cls)}
         return (self.skeleton(body), tuple(
             frozen({k: v for k, v in e.args.items() if (e.id, k) not in masked}) if e.kind == "layer"
@@ -260,6 +261,9 @@ class Blocks:
 
     def _name(self, call: Call) -> str:
         """A group's base name (``rename`` numbers them): its class, or what a plain container holds."""
+        family = _family(call.cls)
+        if family[0] == MARKER:  # an ejected class: its block's name
+            return family[1]
         plain = call.cls in _CONTAINERS or call.cls is nn.Module  # named by what they hold: `layer1`, `downsample`
         base = _snake(call.name.split(".")[-1]) if plain else _snake(call.cls.__name__)
         base = re.sub(r"[^A-Za-z0-9_]", "_", base)
@@ -272,8 +276,8 @@ class Blocks:
         bases = [group.name for group in self.groups]
         taken: set[str] = set()
         for group, base in zip(self.groups, bases):
-            stripped = base.rstrip("0123456789_")  # eject's InvertedResidual2, Conv2dNormActivation2_2
-            if stripped != base and stripped in bases:
+            stripped = base.rstrip("0123456789_")  # InvertedResidual2 (an ejected class from an older skiptrain)
+            if stripped != base and stripped in bases and group.cls[0] != MARKER:
                 base = stripped
             name, k = base, 1
             while name in taken:
@@ -301,9 +305,21 @@ class Blocks:
         return done
 
 
+def _family(cls: type) -> tuple[str, str]:
+    """What decides which classes may share a definition: the block an ejected class says it came from
+    (``skiptrain_block = "inverted_residual"``, written by `skiptrain eject` on each class of a block's
+    structures), else the class's module and name."""
+    marker = vars(cls).get(MARKER)
+    if isinstance(marker, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", marker):
+        return (MARKER, marker)
+    return (cls.__module__, cls.__qualname__)
+
+
 def _variant(a: tuple[str, str], b: tuple[str, str]) -> bool:
-    """Classes of one module where one's name starts with the other's: `BasicBlock`, `BasicBlock2`,
-    `BasicBlockDownsample` (skiptrain eject writes a class per structure of a block) may share a definition."""
+    """Classes that may share a definition: ejected classes of one block (by their marker); else classes of
+    one module where one's name starts with the other's (`BasicBlock`, `BasicBlockDownsample`)."""
+    if MARKER in (a[0], b[0]):
+        return a == b
     return a[0] == b[0] and (a[1].startswith(b[1]) or b[1].startswith(a[1]))
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import fx
 
-from .import_graph import ADDS, CATS, MULS, Call, ImportError_, Trace, node_location
 from .errors import ConfigError
+from .import_graph import ADDS, CATS, MULS, Call, ImportError_, Trace, node_location
 from .merges import MERGES
 from .registry import LAYERS
 
@@ -315,7 +315,10 @@ class Scopes:
         if gap:
             raise ImportError_(f"{describe(node)} ({type(module).__name__}): {gap}", node_location(node))
         inputs = self.tensor_inputs(node)
-        in_shape = self.shapes.get(inputs[0]) if len(inputs) == 1 else None
+        # the shape of what the module reads, not of its alias: a concat folded into an earlier one as skips
+        # (DenseNet's `x = cat([x, d2])`) stands for that one's node, whose own value lacks the skips
+        read = [n for n in _nodes((node.args, node.kwargs)) if _tensor(self.values.get(n))]
+        in_shape = self.shapes.get(read[0]) if len(inputs) == 1 and read else None
         try:  # `match` says why no layer type fits; with the input shape it also checks a forward
             found = self.layers.match(module, in_shape) if hasattr(self.layers, "match") else \
                 self.layers.layer_of(module)

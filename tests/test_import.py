@@ -219,7 +219,9 @@ def test_resnet18_blocks_keys_and_outputs(tmp_path):
     rebuilt(out, original, [3, 32, 32])
     validated = invoke("validate", out)
     assert validated.exit_code == 0 and "valid" in validated.output, validated.output
-    from skiptrain import transfer  # --weights is what `train.init` reads: every tensor loads, strictly
+    from skiptrain import (
+        transfer,  # --weights is what `train.init` reads: every tensor loads, strictly
+    )
     from skiptrain.settings import parse_settings
 
     loaded = transfer.load_into(api.build_model(str(out)), transfer.read(weights),
@@ -251,6 +253,42 @@ def test_round_trip_import_eject_import_is_stable(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     monkeypatch.syspath_prepend(str(tmp_path))
     assert import_text("ejected_hand:HandWritten", "3,16,16", tmp_path / "second.yaml") == first
+
+
+class EjectedPlain(nn.Module):
+    """Two classes of one ejected block (what `skiptrain eject` writes for a block's structures): named
+    unlike each other, tied by their `skiptrain_block` marker."""
+
+    skiptrain_block = "unit"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class WithResidual(EjectedPlain):
+    skiptrain_block = "unit"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+class EjectedVariants(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = EjectedPlain(), WithResidual(), WithResidual()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.b(self.a(x)))
+
+
+def test_ejected_classes_of_one_block_are_one_definition(tmp_path):
+    model = import_text("tests.test_import:EjectedVariants", "4,8,8", tmp_path / "v.yaml")["model"]
+    assert set(model["blocks"]) == {"unit"}, "one definition, named by the marker"
+    assert [e.get("block") for e in model["layers"]] == ["unit"] * 3
 
 
 SLOW_MODELS = [("resnet50", "3,64,64"), ("mobilenet_v2", "3,64,64"), ("mobilenet_v3_small", "3,64,64"),
@@ -297,7 +335,8 @@ def test_torchvision_models_import_exactly(tmp_path, name, shape):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, shape", [("resnet18", "3,32,32"), ("resnet50", "3,64,64"),
-                                         ("mobilenet_v3_small", "3,64,64")])
+                                         ("mobilenet_v2", "3,64,64"), ("mobilenet_v3_small", "3,64,64"),
+                                         ("efficientnet_b0", "3,64,64")])
 def test_torchvision_round_trip_is_stable(tmp_path, monkeypatch, name, shape):
     pytest.importorskip("torchvision")
     first = import_text(f"torchvision.models:{name}", shape, tmp_path / "first.yaml")

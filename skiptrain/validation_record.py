@@ -20,6 +20,7 @@ from .errors import CheckpointError
 FORMAT = 1
 KEEP = 24  # the worst samples recorded: the report's default --samples
 LIMIT = 256 * 1024 * 1024  # a record holds a few dozen samples; anything larger is not one of ours
+SAMPLES_BUDGET = 64 * 1024 * 1024  # worst samples larger than this in all (big masks) are left to a new measure
 SUFFIX = ".validation"
 
 
@@ -36,11 +37,14 @@ def write_record(checkpoint: Path, result: dict[str, Any], *, epoch: int, step: 
     from .checkpoint import atomic_save
 
     worst = result.get("worst")
+    samples, seen, kept = (worst.samples(), worst.seen, worst.k) if worst is not None else ([], 0, 0)
+    if sum(t.numel() * t.element_size() for row in samples for t in row.values() if hasattr(t, "numel")) \
+            > SAMPLES_BUDGET:
+        samples, kept = [], 0  # the report measures these samples again rather than store them
     record = {"format": FORMAT, "checkpoint": Path(checkpoint).name, "epoch": int(epoch), "step": int(step),
-              "task": task, "split": split, "total": int(total),
-              "evaluated": int(worst.seen) if worst is not None else 0, "kept": int(worst.k) if worst is not None else 0,
+              "task": task, "split": split, "total": int(total), "evaluated": int(seen), "kept": int(kept),
               "result": {k: v for k, v in result.items() if k != "worst"},
-              "samples": worst.samples() if worst is not None else []}
+              "samples": samples}
     atomic_save(record, record_path(checkpoint))
 
 

@@ -412,6 +412,31 @@ def test_a_record_of_other_weights_or_a_damaged_one_is_measured_again(recorded, 
     assert _measured_section((copy / "report.html").read_text()).replace(note, "", 1) == expected
 
 
+def test_samples_too_large_to_record_are_measured_again(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from skiptrain import validation_record
+    from skiptrain.evaluate import Worst
+
+    worst = Worst("classification", 4)
+    worst.update(torch.randn(10, 3, 8, 8), torch.randn(10, 5), torch.randint(0, 5, (10,)))
+    state = SimpleNamespace(path=str(tmp_path / "best.pt"), epoch=3, step=30)
+    write = validation_record.write_record
+    write(tmp_path / "best.pt", {"loss": 1.0, "worst": worst}, epoch=3, step=30, task="classification", split="val",
+          total=10)
+    assert len(validation_record.usable(state, 4, 10_000)["samples"]) == 4
+    assert validation_record.usable(state, 5, 10_000) is None  # more samples asked than recorded
+    monkeypatch.setattr(validation_record, "SAMPLES_BUDGET", 4 * 3 * 8 * 8 * 4 - 1)  # the inputs alone exceed it
+    write(tmp_path / "best.pt", {"loss": 1.0, "worst": worst}, epoch=3, step=30, task="classification", split="val",
+          total=10)
+    record = validation_record.read_record(tmp_path / "best.pt")
+    assert (record["kept"], record["samples"], record["evaluated"]) == (0, [], 10)
+    assert validation_record.usable(state, 0, 10_000)["result"] == {"loss": 1.0}  # the figures still serve
+    assert validation_record.usable(state, 1, 10_000) is None
+
+
 def test_worst_samples_of_sharded_passes_merge_to_those_of_one_pass():
     import torch
 
@@ -436,3 +461,34 @@ def test_worst_samples_of_sharded_passes_merge_to_those_of_one_pass():
         assert all(torch.equal(a["input"], b["input"]) for a, b in zip(got, want))
     flat = torch.cat([x for x, _, _ in batches])
     assert all(torch.equal(flat[r["index"]], r["input"]) for r in one.samples())
+
+
+@pytest.mark.slow
+def test_a_two_process_run_records_what_one_process_measures_of_its_checkpoint(tmp_path):
+    """Each rank keeps the worst of its shard; merged, with rank 0's norm statistics on every rank (without
+    them rank 1 measured its own, and the record's confusion matrix was not the checkpoint's)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from skiptrain import html_report
+
+    from .conftest import TINY_RESIDUAL
+
+    (tmp_path / "c.yaml").write_text(TINY_RESIDUAL.replace("num_samples: 160", "num_samples: 420, val_fraction: 0.25"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run([sys.executable, "-m", "skiptrain", "train", "c.yaml", "--run-dir", "double", "--nproc", "2",
+                           "-q"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    recorded = _measured_section((tmp_path / "double" / "report.html").read_text())
+    for item in (tmp_path / "double" / "checkpoints").glob("*.pt.validation*"):
+        item.unlink()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: the same sums, bit for bit
+    try:
+        assert _measured_section(html_report.run_page(tmp_path / "double", device="cpu")) == recorded
+    finally:
+        torch.set_num_threads(threads)

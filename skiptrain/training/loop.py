@@ -264,6 +264,9 @@ def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     run.epoch, run.batch, run.partial = epoch, 0, (0.0, 0)
     row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
     if run.data.val is not None:  # every rank measures its shard; each gets the whole split's metrics
+        if run.world.enabled:  # rank 0's norm statistics (what its checkpoint saves) on every rank, as DDP's
+            for buffer in model.buffers():  # next forward would: the figures are those of the checkpoint
+                torch.distributed.broadcast(buffer, 0)
         val = evaluate(model, run.batches(run.data.val), run.task, run.data.num_classes, run.autocast, run.prepare,
                        run.world, keep_worst=KEEP)
         run.validation = val

@@ -187,6 +187,7 @@ def dump(config: dict[str, Any], header: list[str]) -> str:
 def import_model(target: str, input_shape: str | list[int], output: str | Path, kwargs: str | dict | None = None,
                  weights: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Import ``target`` (``module:callable``), check the YAML by rebuilding, write it (and ``weights``)."""
+    from .import_fold import fold_dense
     from .outputs import atomic_output, check_output, write_text
 
     shape, arguments = parse_input(input_shape), parse_kwargs(kwargs)
@@ -200,6 +201,13 @@ def import_model(target: str, input_shape: str | list[int], output: str | Path, 
     except ImportError_:  # one definition for bodies that differ (`when:`) did not rebuild: one per structure
         written, example = section(model, shape, name, unify=False)
         report = {**check(written, model, example), "unified": False}
+    folded = fold_dense(written)  # DenseNet's dense blocks as `repeat:`, kept only where it rebuilds bitwise
+    if folded is not None:
+        try:
+            report = {**report, **check(folded, model, example)}
+            written = folded
+        except ImportError_:
+            pass
     call = f"{target}(**{json.dumps(arguments)})" if arguments else f"{target}()"
     header = [f"Imported from {call} by `skiptrain import` ({report['parameters']:,} parameters).",
               f"Checked by rebuilding: the same {report['keys']} state-dict keys, bitwise-equal eval-mode outputs.",

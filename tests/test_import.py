@@ -291,6 +291,31 @@ def test_ejected_classes_of_one_block_are_one_definition(tmp_path):
     assert [e.get("block") for e in model["layers"]] == ["unit"] * 3
 
 
+def tiny_dense() -> nn.Module:
+    """torchvision's DenseNet parts, small: a stem, a dense block of three layers, a transition."""
+    from collections import OrderedDict
+
+    from torchvision.models.densenet import _DenseBlock, _Transition
+
+    return nn.Sequential(OrderedDict(conv0=nn.Conv2d(3, 4, 3, padding=1), denseblock1=_DenseBlock(3, 4, 2, 2, 0.0),
+                                     transition1=_Transition(10, 5)))
+
+
+def test_dense_block_is_a_repeat_and_round_trips(tmp_path, monkeypatch):
+    pytest.importorskip("torchvision")
+    first = import_text("tests.test_import:tiny_dense", "3,8,8", tmp_path / "first.yaml")
+    model = first["model"]
+    assert set(model["blocks"]) == {"_dense_layer", "_transition"}, "no definition per dense block"
+    assert {"id": "denseblock1", "block": "_dense_layer", "repeat": 3,
+            "copy_id": "denselayer${repeat_index + 1}"} in model["layers"]
+    assert model["blocks"]["_dense_layer"]["skips"] == [
+        {"from": "input", "to": "conv2", "merge": "concat", "order": "from_first", "axis": 0}]
+    result = invoke("eject", tmp_path / "first.yaml", "--output", tmp_path / "ejected_dense.py")
+    assert result.exit_code == 0, result.output
+    monkeypatch.syspath_prepend(str(tmp_path))  # the transition reads the dense block's concat: its shape
+    assert import_text("ejected_dense:TinyDense", "3,8,8", tmp_path / "second.yaml") == first
+
+
 SLOW_MODELS = [("resnet50", "3,64,64"), ("mobilenet_v2", "3,64,64"), ("mobilenet_v3_small", "3,64,64"),
                ("efficientnet_b0", "3,64,64"), ("regnet_y_400mf", "3,64,64"), ("densenet121", "3,64,64"),
                ("convnext_tiny", "3,64,64"), ("vit_b_16", "3,224,224")]
@@ -320,6 +345,10 @@ def test_torchvision_models_import_exactly(tmp_path, name, shape):
     if name in ("mobilenet_v2", "efficientnet_b0"):  # with and without the expansion conv: one definition
         assert {"inverted_residual", "mbconv"} & set(model["blocks"])
         assert not {"inverted_residual2", "mbconv2"} & set(model["blocks"])
+    if name == "densenet121":  # the zoo's shape: one dense layer, each dense block repeats it
+        assert set(model["blocks"]) == {"_dense_layer", "_transition", "features"}
+        assert {"id": "denseblock3", "block": "_dense_layer", "repeat": 24,
+                "copy_id": "denselayer${repeat_index + 1}"} in model["blocks"]["features"]["layers"]
     if name == "convnext_tiny":  # stochastic depth's rate rises over the 18 blocks: written once, stages repeat
         assert {"id": "stochastic_depth", "type": "stochastic_depth",
                 "p": "${0.1 * block_index / (block_count - 1)}"} in model["blocks"]["cnblock"]["layers"]
@@ -336,7 +365,7 @@ def test_torchvision_models_import_exactly(tmp_path, name, shape):
 @pytest.mark.slow
 @pytest.mark.parametrize("name, shape", [("resnet18", "3,32,32"), ("resnet50", "3,64,64"),
                                          ("mobilenet_v2", "3,64,64"), ("mobilenet_v3_small", "3,64,64"),
-                                         ("efficientnet_b0", "3,64,64")])
+                                         ("efficientnet_b0", "3,64,64"), ("densenet121", "3,64,64")])
 def test_torchvision_round_trip_is_stable(tmp_path, monkeypatch, name, shape):
     pytest.importorskip("torchvision")
     first = import_text(f"torchvision.models:{name}", shape, tmp_path / "first.yaml")

@@ -69,14 +69,15 @@ def test_nothing_to_train_is_a_config_error():
 def test_nproc_relaunches_with_every_option_the_user_gave(tmp_path, monkeypatch, write_yaml):
     """The relaunch is rebuilt from the parsed parameters, so a new option cannot be forgotten."""
     launched = []
-    monkeypatch.setattr(distributed, "launch", lambda nproc, args: launched.append((nproc, args)) or 0)
+    monkeypatch.setattr(distributed, "launch", lambda nproc, args, restarts=0: launched.append((nproc, args, restarts)) or 0)
     monkeypatch.setattr(distributed, "check_gpus", lambda processes, device: None)
     config = write_yaml(TINY_RESIDUAL)
     result = invoke("train", config, "--nproc", 2, "--run-dir", tmp_path / "r", "--epochs", 3, "--set", "train.seed=1",
-                    "--set", "data.batch_size=16", "-q", "--limit-batches", 2, "--device", "cpu")
+                    "--set", "data.batch_size=16", "-q", "--limit-batches", 2, "--device", "cpu", "--max-restarts", 1)
     assert result.exit_code == 0, result.output
-    nproc, args = launched[0]
-    assert nproc == 2 and args[0] == str(config) and "--nproc" not in args
+    nproc, args, restarts = launched[0]
+    assert nproc == 2 and args[0] == str(config) and "--nproc" not in args and "--max-restarts" not in args
+    assert restarts == 1
     pairs = {args[i]: args[i + 1] for i in range(1, len(args) - 1) if args[i].startswith("--") and args[i] != "--quiet"}
     assert pairs["--run-dir"] == str(tmp_path / "r") and pairs["--epochs"] == "3" and pairs["--device"] == "cpu"
     assert pairs["--limit-batches"] == "2" and "--quiet" in args and "--force" not in args

@@ -36,6 +36,7 @@ def test_no_source_names_an_absolute_path_to_the_shared_examples():
     assert not found, "use ../shared/examples relative to the repository root:\n" + "\n".join(found)
 
 
+@pytest.mark.slow  # 30 s; the default suite runs model_overhead --quick inside test_run_quick_writes_every_section
 @pytest.mark.skipif(not RESNET20.is_file(), reason="../shared/examples/resnet20_cifar10.yaml is not beside this checkout")
 def test_model_overhead_quick_prints_a_resnet20_row():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick"], cwd=ROOT, capture_output=True,

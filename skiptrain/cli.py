@@ -361,18 +361,6 @@ def gradflow_command(
 
 
 @app.command()
-def schema(
-    config: Optional[Path] = typer.Argument(None, help="Also check this config's blocks' arguments.", show_default=False),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
-) -> None:
-    """Print a JSON Schema (draft 2020-12) of the config language, for editors and CI."""
-    with user_errors():
-        from .schema import schema_text
-
-        _emit(schema_text(config), output, (config,) if config else ())
-
-
-@app.command()
 def init(
     template: Optional[str] = typer.Argument(None, help="A template or zoo model; without one, list them all.",
                                              show_default=False),
@@ -398,7 +386,7 @@ def init(
         out.print(f"wrote {path}; check it with: skiptrain validate {path}", markup=False)
 
 
-from . import cli_sample, cli_eject, cli_report, cli_import  # noqa: E402,F401  (register `sample`, `eject`, `report`, `import` after `init`)
+from . import cli_schema, cli_sample, cli_eject, cli_report, cli_import  # noqa: E402,F401  (register them after `init`)
 
 
 def main() -> None:

@@ -31,11 +31,15 @@ train:
 """
 
 
-def run(*args, cwd):
+def run(*args, cwd, fault: str | None = None, timeout: float = 300):
+    """`skiptrain train ARGS` in a fresh process, outside any launcher; ``fault``: SKIPTRAIN_TEST_FAULT."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT", "SKIPTRAIN_TEST_FAULT"):
+        env.pop(key, None)
+    if fault:
+        env["SKIPTRAIN_TEST_FAULT"] = fault
     return subprocess.run([sys.executable, "-m", "skiptrain", "train", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def weights(run_dir):

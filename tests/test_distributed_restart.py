@@ -12,6 +12,8 @@ import time
 import pytest
 import torch
 
+from .test_distributed import run as train, weights
+
 CONFIG = """
 model:
   name: restart
@@ -29,20 +31,6 @@ train:
   deterministic: true
 """
 STEPS_PER_EPOCH = 4  # 128 training samples, global batch 32
-
-
-def train(*args, cwd, fault: str | None = None, timeout: float = 300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT", "SKIPTRAIN_TEST_FAULT"):
-        env.pop(key, None)
-    if fault:
-        env["SKIPTRAIN_TEST_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "skiptrain", "train", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def weights(run_dir):
-    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
 @pytest.fixture(scope="module")
